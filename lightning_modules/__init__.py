@@ -1,0 +1,1 @@
+"""Lightning training template for CoAtNet: the classifier module, batch mixing and callbacks."""
