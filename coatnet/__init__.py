@@ -1,0 +1,56 @@
+"""CoAtNet (Dai et al. 2021) in pure PyTorch.
+
+>>> from coatnet import coatnet_0, create_model
+>>> model = coatnet_0(num_classes=10, img_size=384)
+"""
+
+from .attention import RelativeAttention, relative_position_index, resize_table
+from .blocks import MBConvBlock, TransformerBlock
+from .config import (
+    CoAtNetConfig,
+    ConvConfig,
+    HeadConfig,
+    StemConfig,
+    TransformerConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+)
+from .model import CoAtNet
+from .registry import (
+    coatnet_0,
+    coatnet_1,
+    coatnet_2,
+    coatnet_3,
+    coatnet_4,
+    coatnet_nano,
+    create_model,
+    get_config,
+    list_models,
+)
+
+__all__ = [
+    "CoAtNet",
+    "CoAtNetConfig",
+    "ConvConfig",
+    "HeadConfig",
+    "MBConvBlock",
+    "RelativeAttention",
+    "StemConfig",
+    "TransformerBlock",
+    "TransformerConfig",
+    "apply_overrides",
+    "coatnet_0",
+    "coatnet_1",
+    "coatnet_2",
+    "coatnet_3",
+    "coatnet_4",
+    "coatnet_nano",
+    "config_from_dict",
+    "config_to_dict",
+    "create_model",
+    "get_config",
+    "list_models",
+    "relative_position_index",
+    "resize_table",
+]

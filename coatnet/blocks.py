@@ -1,0 +1,126 @@
+"""The two CoAtNet block types. Each owns its downsampling path.
+
+MBConv blocks work on NCHW tensors (channels_last memory friendly). Transformer blocks work on
+(B, H, W, C) tokens, so LayerNorm and Linear run on contiguous channels and, with channels_last
+inputs, the hand-over between the two layouts is a free permute.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import RelativeAttention
+from .config import ConvConfig, TransformerConfig
+from .layers import DropPath, LayerScale, Mlp, Pool2d, SqueezeExcite, make_activation, make_channel_norm
+
+
+class ConvShortcut(nn.Module):
+    """Shortcut of a downsampling block: pool, then a 1x1 projection when the width changes."""
+
+    def __init__(self, dim_in: int, dim_out: int, pool: str, bias: bool) -> None:
+        super().__init__()
+        self.pool = Pool2d(pool)
+        self.proj = nn.Conv2d(dim_in, dim_out, 1, bias=bias) if dim_in != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pool(x))
+
+
+class MBConvBlock(nn.Module):
+    """Pre-norm inverted bottleneck: BN -> 1x1 expand -> 3x3 depthwise -> SE -> 1x1 project."""
+
+    def __init__(
+        self, dim_in: int, dim_out: int, stride: int, cfg: ConvConfig, pool: str, drop_path: float
+    ) -> None:
+        super().__init__()
+        if stride == 1 and dim_in != dim_out:
+            raise ValueError(f"an MBConv block without downsampling keeps its width ({dim_in} != {dim_out})")
+        mid = int((dim_out if cfg.expand_from == "output" else dim_in) * cfg.expand_ratio)
+        se_base = dim_out if cfg.expand_from == "output" else mid
+        self.shortcut = ConvShortcut(dim_in, dim_out, pool, cfg.output_bias) if stride > 1 else nn.Identity()
+        self.pre_norm = nn.BatchNorm2d(dim_in, eps=cfg.norm_eps)
+        self.pre_act = make_activation(cfg.act) if cfg.pre_norm_act else nn.Identity()
+        self.pool = Pool2d(pool) if (stride > 1 and cfg.stride_at == "pool") else nn.Identity()
+        self.conv_expand = nn.Conv2d(
+            dim_in, mid, 1, stride=stride if cfg.stride_at == "1x1" else 1, bias=False
+        )
+        self.norm1 = nn.BatchNorm2d(mid, eps=cfg.norm_eps)
+        self.act1 = make_activation(cfg.act)
+        self.conv_dw = nn.Conv2d(
+            mid, mid, 3, stride=stride if cfg.stride_at == "dw" else 1, padding=1, groups=mid, bias=False
+        )
+        se = SqueezeExcite(mid, int(se_base * cfg.se_ratio), cfg.se_act)
+        self.se_early = se if cfg.se_early else nn.Identity()
+        self.norm2 = nn.BatchNorm2d(mid, eps=cfg.norm_eps)
+        self.act2 = make_activation(cfg.act)
+        self.se = nn.Identity() if cfg.se_early else se
+        self.conv_project = nn.Conv2d(mid, dim_out, 1, bias=cfg.output_bias)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
+        x = self.pool(self.pre_act(self.pre_norm(x)))
+        x = self.act1(self.norm1(self.conv_expand(x)))
+        x = self.se_early(self.conv_dw(x))
+        x = self.se(self.act2(self.norm2(x)))
+        return shortcut + self.drop_path(self.conv_project(x))
+
+
+def _pool_tokens(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2-D pool to (B, H, W, C) tokens."""
+    return pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class TransformerBlock(nn.Module):
+    """x <- Proj(Pool(x)) + Attention(Pool(Norm(x))); x <- x + FFN(Norm(x)), on (B, H, W, C) tokens."""
+
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        stride: int,
+        grid: tuple[int, int],
+        cfg: TransformerConfig,
+        pool: str,
+        drop_path: float,
+    ) -> None:
+        super().__init__()
+        if stride == 1 and dim_in != dim_out:
+            raise ValueError(f"a Transformer block without downsampling keeps its width ({dim_in} != {dim_out})")
+        self.downsample = stride > 1
+        self.pool = Pool2d(pool) if self.downsample else nn.Identity()
+        self.shortcut_proj = (
+            nn.Linear(dim_in, dim_out, bias=cfg.shortcut_bias) if dim_in != dim_out else nn.Identity()
+        )
+        self.norm1 = make_channel_norm(cfg.norm, dim_in, cfg.norm_eps)
+        dim_attn = dim_out if cfg.attn_width_from == "output" else dim_in
+        self.attn = RelativeAttention(
+            dim_in,
+            dim_attn,
+            dim_out,
+            cfg.head_dim,
+            grid,
+            form=cfg.attention,
+            rel_pos=cfg.rel_pos,
+            rel_pos_mlp_dim=cfg.rel_pos_mlp_dim,
+            rel_pos_mlp_dropout=cfg.rel_pos_mlp_dropout,
+        )
+        self.ls1 = LayerScale(dim_out, cfg.layer_scale) if cfg.layer_scale else nn.Identity()
+        self.norm2 = make_channel_norm(cfg.norm, dim_out, cfg.norm_eps)
+        self.mlp = Mlp(dim_out, int(dim_out * cfg.mlp_ratio), cfg.act)
+        self.ls2 = LayerScale(dim_out, cfg.layer_scale) if cfg.layer_scale else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C_in) -> (B, H', W', C_out)."""
+        shortcut = x
+        x = self.norm1(x)
+        if self.downsample:
+            shortcut = _pool_tokens(self.pool, shortcut)
+            x = _pool_tokens(self.pool, x)
+        shortcut = self.shortcut_proj(shortcut)
+        batch, height, width, channels = x.shape
+        attended = self.attn(x.reshape(batch, height * width, channels)).view(batch, height, width, -1)
+        x = shortcut + self.drop_path(self.ls1(attended))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))

@@ -1,0 +1,188 @@
+"""Configuration dataclasses that describe a whole CoAtNet.
+
+Every architectural choice of the paper (and of timm's ``_rw`` variants, so that their
+weights can be imported) is a field here, so an ablation is a config change, not a code change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Pool = Literal["avg2", "max2", "avg", "max"]
+
+
+@dataclass(frozen=True)
+class StemConfig:
+    """S0: two 3x3 convolutions (the paper), or a ViT-style patch embedding (ViT-REL)."""
+
+    widths: tuple[int, int] = (64, 64)
+    stride: int = 2  # 1 keeps full resolution in S0, useful for 32x32 CIFAR images
+    patch_size: int = 0  # > 0 replaces the conv stem with a patchify conv of this size
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """MBConv blocks (pre-norm, inverted bottleneck, squeeze-excitation)."""
+
+    expand_ratio: float = 4.0
+    expand_from: Literal["output", "input"] = "output"  # paper: output width; timm _rw: input
+    stride_at: Literal["dw", "1x1", "pool"] = "dw"  # dw: later paper variant; 1x1: paper v1
+    act: str = "gelu"
+    pre_norm_act: bool = False  # timm _rw coat models apply the activation after the pre-norm
+    output_bias: bool = True  # bias of the last 1x1 conv and of the shortcut projection
+    se_ratio: float = 0.25  # of the output width (or the expanded width with expand_from=input)
+    se_act: str = "silu"
+    se_early: bool = False  # SE before the second norm (timm _rw)
+    norm_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Transformer blocks with global relative attention."""
+
+    head_dim: int = 32
+    attention: Literal["pre_softmax", "post_softmax"] = "pre_softmax"
+    rel_pos: Literal["table", "mlp"] = "table"  # mlp: timm's rmlp log-coordinate MLP
+    rel_pos_mlp_dim: int = 512
+    rel_pos_mlp_dropout: float = 0.125
+    attn_width_from: Literal["output", "input"] = "output"  # paper: heads from the output width
+    mlp_ratio: float = 4.0
+    act: str = "gelu"
+    norm: Literal["layernorm", "batchnorm"] = "layernorm"
+    norm_eps: float = 1e-6
+    shortcut_bias: bool = True
+    layer_scale: float | None = None  # initial LayerScale value, None disables it
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Classifier head.
+
+    pre_logits: pool -> LayerNorm -> Linear(d, hidden) -> tanh -> Linear (paper-like, timm coatnet_N_224).
+    norm_pool: final norm on the feature map -> pool -> Linear (timm _rw models).
+    pool: pool -> Linear.
+    """
+
+    kind: Literal["pre_logits", "norm_pool", "pool"] = "pre_logits"
+    hidden: int = 0  # pre_logits width, 0 means the last stage width
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class CoAtNetConfig:
+    """The whole network. Stages S1..S4 are described by ``depths``, ``widths`` and ``layout``."""
+
+    depths: tuple[int, ...] = (2, 3, 5, 2)
+    widths: tuple[int, ...] = (96, 192, 384, 768)
+    layout: str = "CCTT"  # one letter per stage: C = MBConv, T = Transformer
+    stem: StemConfig = field(default_factory=StemConfig)
+    conv: ConvConfig = field(default_factory=ConvConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    pool: Pool = "avg2"  # spatial downsampling in shortcuts and attention
+    img_size: tuple[int, int] = (224, 224)
+    in_chans: int = 3
+    num_classes: int = 1000
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, int):
+            object.__setattr__(self, "img_size", (self.img_size, self.img_size))
+        object.__setattr__(self, "img_size", tuple(int(s) for s in self.img_size))
+        object.__setattr__(self, "depths", tuple(self.depths))
+        object.__setattr__(self, "widths", tuple(self.widths))
+        self._validate()
+
+    def _validate(self) -> None:
+        if not (len(self.depths) == len(self.widths) == len(self.layout)):
+            raise ValueError(
+                f"depths {self.depths}, widths {self.widths} and layout {self.layout!r} must have one "
+                "entry per stage"
+            )
+        if set(self.layout) - {"C", "T"}:
+            raise ValueError(f"layout {self.layout!r} may only contain 'C' (MBConv) and 'T' (Transformer)")
+        if self.stem.patch_size and "C" in self.layout:
+            raise ValueError("a patch stem (ViT-REL) is followed by Transformer stages only: use layout 'T...'")
+        for width, letter in zip(self.widths, self.layout):
+            if letter == "T" and width % self.transformer.head_dim:
+                raise ValueError(
+                    f"Transformer width {width} is not a multiple of head_dim {self.transformer.head_dim}"
+                )
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        stride = self.total_stride
+        for side in self.img_size:
+            if side <= 0 or side % stride:
+                raise ValueError(
+                    f"image size {self.img_size[0]}x{self.img_size[1]} is invalid: each side must be a "
+                    f"positive multiple of {stride} (the network's total stride). Resize or crop the "
+                    f"input, e.g. to {max(stride, round(side / stride) * stride)}."
+                )
+
+    @property
+    def stem_stride(self) -> int:
+        return self.stem.patch_size or self.stem.stride
+
+    @property
+    def stage_strides(self) -> tuple[int, ...]:
+        """Every stage halves the resolution in its first block, except a stage right after a patch stem."""
+        return tuple(1 if (i == 0 and self.stem.patch_size) else 2 for i in range(len(self.depths)))
+
+    @property
+    def total_stride(self) -> int:
+        stride = self.stem_stride
+        for s in self.stage_strides:
+            stride *= s
+        return stride
+
+    def feature_sizes(self) -> list[tuple[int, int]]:
+        """(H, W) of the output of each stage S1..S4."""
+        h, w = (s // self.stem_stride for s in self.img_size)
+        sizes = []
+        for s in self.stage_strides:
+            h, w = h // s, w // s
+            sizes.append((h, w))
+        return sizes
+
+
+_NESTED = {"stem": StemConfig, "conv": ConvConfig, "transformer": TransformerConfig, "head": HeadConfig}
+
+
+def apply_overrides(config: CoAtNetConfig, **overrides: Any) -> CoAtNetConfig:
+    """Return a copy of ``config`` with top-level fields replaced and nested dicts merged.
+
+    ``apply_overrides(cfg, img_size=384, conv={"stride_at": "1x1"})`` changes one MBConv field and
+    keeps the others, which is what a YAML config or a command line wants.
+    """
+    known = {f.name for f in dataclasses.fields(CoAtNetConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown CoAtNet config field(s) {sorted(unknown)}; valid fields: {sorted(known)}")
+    updates: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if name in _NESTED and isinstance(value, dict):
+            current = getattr(config, name)
+            nested_fields = {f.name for f in dataclasses.fields(current)}
+            bad = set(value) - nested_fields
+            if bad:
+                raise ValueError(f"unknown {name} config field(s) {sorted(bad)}; valid: {sorted(nested_fields)}")
+            value = dataclasses.replace(current, **{k: _as_tuple(v) for k, v in value.items()})
+        updates[name] = _as_tuple(value)
+    return dataclasses.replace(config, **updates)
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def config_to_dict(config: CoAtNetConfig) -> dict[str, Any]:
+    """Plain nested dict, for checkpoints and logs."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> CoAtNetConfig:
+    """Inverse of :func:`config_to_dict`."""
+    return apply_overrides(CoAtNetConfig(), **data)
