@@ -1,0 +1,91 @@
+"""Command line entry point: ``python cli.py fit|validate|test|predict --config smoke.yaml``.
+
+The DataModule is picked by ``class_path`` in the YAML (``data:``); the model is always
+``ImageClassifier`` (``model:`` holds its arguments). ``num_classes`` and ``image_size`` are read
+off the instantiated DataModule and passed to the model, so they are set in one place only.
+A ``--config``/``-c`` value that is not a file in the working directory is also looked up in the
+``configs/`` folder next to this script, so ``--config coatnet0.yaml`` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from lightning.pytorch import LightningDataModule  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+
+from lightning_modules.callbacks import ThroughputLogger  # noqa: E402
+from lightning_modules.classifier import ImageClassifier  # noqa: E402
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_paths(argv: list[str], config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Return ``argv`` with every ``--config``/``-c`` value that is missing in cwd replaced by its ``config_dir`` copy."""
+    resolved = list(argv)
+
+    def lookup(value: str) -> str:
+        candidate = config_dir / value
+        return str(candidate) if not Path(value).exists() and candidate.is_file() else value
+
+    for i, arg in enumerate(resolved):
+        if arg in ("--config", "-c") and i + 1 < len(resolved):
+            resolved[i + 1] = lookup(resolved[i + 1])
+        elif arg.startswith("--config="):
+            resolved[i] = "--config=" + lookup(arg.split("=", 1)[1])
+    return resolved
+
+
+DEFAULT_LOGGER = {
+    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+    "init_args": {"save_dir": "logs", "name": "coatnet"},
+}
+
+CHECKPOINT_DEFAULTS = {
+    "checkpoint.monitor": "val/acc1",
+    "checkpoint.mode": "max",
+    "checkpoint.save_last": True,
+    "checkpoint.save_top_k": 1,
+    "checkpoint.auto_insert_metric_name": False,
+    "checkpoint.filename": "epoch{epoch:03d}-acc1_{val/acc1:.4f}",
+}
+
+
+class CoAtNetCLI(LightningCLI):
+    """LightningCLI with the DataModule -> model links and the training defaults of this template.
+
+    Always-present callbacks get their own top-level config keys: ``checkpoint:`` (ModelCheckpoint:
+    ``last.ckpt`` plus the best on ``val/acc1``, in the logger's version folder) and
+    ``throughput:`` (``train/images_per_sec`` and, on GPUs, ``train/mfu``). ``trainer.callbacks`` is
+    left for optional ones such as EMA. TensorBoard under ``logs/`` is the default logger; the
+    resolved config is saved as ``config.yaml`` in the same version folder.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER})
+        super().__init__(ImageClassifier, LightningDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(CHECKPOINT_DEFAULTS)
+        parser.add_lightning_class_args(ThroughputLogger, "throughput")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
+
+
+def main() -> None:
+    """Run the CLI on ``sys.argv`` with config names resolved against ``configs/``."""
+    sys.argv[1:] = resolve_config_paths(sys.argv[1:])
+    CoAtNetCLI()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The LightningModule that trains, evaluates and runs a CoAtNet image classifier.
+
+Logged metric names (stable; configs and tests rely on them):
+``train/loss``, ``train/acc1`` (each step, accuracy against the *hard* labels even when the
+batch is mixed), ``lr`` (first parameter group, each step), ``val/loss``, ``val/acc1``,
+``val/acc5``, ``test/loss``, ``test/acc1``, ``test/acc5`` (epoch averages). ``*/acc5`` is only
+logged when there are more than 5 classes (otherwise it is always 1). Validation and test losses
+are plain cross-entropy, without label smoothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.classification import MulticlassAccuracy
+
+from coatnet import create_model
+from lightning_modules.mixing import MixupCutmix
+from lightning_modules.optim import WarmupCosine, weight_decay_groups
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """AdamW as in the CoAtNet paper (peak lr 1e-3 for a global batch of 4096, wd 0.05).
+
+    A named function rather than a lambda so that jsonargparse can print it in saved configs.
+    """
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+
+
+def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """``(images, labels)`` from a batch that is a tensor or an ``(images, labels, ...)`` sequence."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    images, labels = batch[0], batch[1] if len(batch) > 1 else None
+    return images, labels
+
+
+class ImageClassifier(LightningModule):
+    """CoAtNet classifier with Mixup/CutMix, label smoothing and a per-step warm-up + cosine schedule.
+
+    Args:
+        model_name: a name from ``coatnet.list_models()``.
+        num_classes: classifier width; linked from the DataModule by ``cli.py``.
+        image_size: ``(height, width)`` the model is built for; linked from the DataModule.
+        model_overrides: extra keyword arguments for ``coatnet.create_model`` (e.g. ``drop_path_rate``).
+        optimizer: called with the parameter groups; its ``weight_decay`` applies to weights only.
+        warmup_steps: optimizer steps of linear warm-up.
+        min_lr_ratio: final learning rate as a fraction of the peak, reached at the last step.
+        label_smoothing: spread over all classes, also inside mixed targets.
+        mixup_alpha, cutmix_alpha: Beta parameters; 0 disables the method.
+        mix_prob: probability that a training batch is mixed at all.
+        switch_prob: probability of CutMix instead of Mixup when both are enabled.
+        compile: compile the network in place with ``torch.compile`` (parameter names, hence
+            checkpoints, stay those of the plain model).
+        compile_options: keyword arguments for ``torch.compile`` (``mode``, ``backend``, ...).
+        channels_last: keep the network and its input batches in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "coatnet_0",
+        num_classes: int = 1000,
+        image_size: tuple[int, int] = (224, 224),
+        model_overrides: dict[str, Any] | None = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
+        switch_prob: float = 0.5,
+        compile: bool = False,
+        compile_options: dict[str, Any] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        # The optimizer is left out so that checkpoints hold only plain values and load with
+        # ``weights_only=True``; the config saved next to the logs records it.
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        self.image_size = tuple(image_size)
+        self.model = self.build_model()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mixer = MixupCutmix(
+            num_classes,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            mix_prob=mix_prob,
+            switch_prob=switch_prob,
+            label_smoothing=label_smoothing,
+        )
+        self.top_k = min(5, num_classes)
+        self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro")
+        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro")
+        self._compiled = False
+
+    def build_model(self) -> nn.Module:
+        """Create the network from the hyper-parameters (weight initialisation from a file goes here)."""
+        hp = self.hparams
+        return create_model(
+            hp.model_name, num_classes=hp.num_classes, img_size=self.image_size, **(hp.model_overrides or {})
+        )
+
+    def setup(self, stage: str) -> None:
+        """Compile here, after callbacks such as EMA have copied the plain module in their own ``setup``."""
+        if self.hparams.compile and not self._compiled:
+            self.model.compile(**(self.hparams.compile_options or {}))
+            self._compiled = True
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images, labels = split_batch(batch)
+        mixed = self.mixer(images, labels)
+        logits = self(mixed.images)
+        loss = F.cross_entropy(logits, mixed.targets)
+        self.train_acc1(logits.detach(), labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/acc1", self.train_acc1, on_step=True, on_epoch=False)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def _evaluate(self, batch: Any, stage: str, acc1: MulticlassAccuracy, acc5: MulticlassAccuracy) -> Tensor:
+        images, labels = split_batch(batch)
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        acc1(logits, labels)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True)
+        self.log(f"{stage}/acc1", acc1, on_epoch=True, prog_bar=True)
+        if self.hparams.num_classes > 5:
+            acc5(logits, labels)
+            self.log(f"{stage}/acc5", acc5, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val", self.val_acc1, self.val_acc5)
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "test", self.test_acc1, self.test_acc5)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Top-k (k = min(5, classes)) softmax probabilities and class indices per image."""
+        images, _ = split_batch(batch)
+        probs = self(images).float().softmax(dim=-1)
+        top_probs, top_classes = probs.topk(self.top_k, dim=-1)
+        return {"probs": top_probs, "classes": top_classes}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        no_decay = getattr(self.model, "no_weight_decay", set)()
+        optimizer = self.optimizer_factory(weight_decay_groups(self.model, no_decay))
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError("The cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        schedule = WarmupCosine(self.hparams.warmup_steps, int(total_steps), self.hparams.min_lr_ratio)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step", "frequency": 1},
+        }

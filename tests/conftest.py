@@ -1,0 +1,69 @@
+"""Shared test helpers: the repository root, a quiet environment for subprocesses, and ``run_cli``.
+
+Other test modules may ``from conftest import run_cli, subprocess_env, free_port, REPO_ROOT``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def subprocess_env(threads: int = 2, **extra: str) -> dict[str, str]:
+    """Environment for child processes: repo importable, albumentations offline, bounded CPU threads."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    env["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["MKL_NUM_THREADS"] = str(threads)
+    env["PYTHONWARNINGS"] = "ignore"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1 (for torch.distributed rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(
+    args: Sequence[str],
+    cwd: Path | str | None = None,
+    threads: int = 2,
+    timeout: float = 300,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``python cli.py *args`` in a subprocess; with ``check``, fail the test with the output tail."""
+    cmd = [sys.executable, str(REPO_ROOT / "cli.py"), *map(str, args)]
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd or REPO_ROOT,
+        env=env or subprocess_env(threads),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}"
+                    f"\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (where ``cli.py`` and ``configs/`` live)."""
+    return REPO_ROOT
