@@ -1,0 +1,189 @@
+"""Shared behaviour of every image-classification DataModule in this project.
+
+Loaders move uint8 images (4x cheaper than float32 through worker IPC and the
+host-to-device copy); conversion to normalised float32 happens on the device
+in ``on_after_batch_transfer``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Callable, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from datamodules.errors import DatasetError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIZE_MULTIPLE = 32
+DEFAULT_NUM_WORKERS = min(8, max(0, (os.cpu_count() or 1) - 1))
+
+ImageSize = int | tuple[int, int]
+
+
+def to_hw(image_size: ImageSize) -> tuple[int, int]:
+    """Normalise an int or (height, width) to a (height, width) tuple of ints."""
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2:
+        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def check_image_size(image_size: ImageSize) -> tuple[int, int]:
+    """CoAtNet downsamples 5 times by 2, so each side must divide by 32."""
+    height, width = to_hw(image_size)
+    if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        raise ValueError(
+            f"image_size {height}x{width} is not allowed: each side must be a multiple of "
+            f"{SIZE_MULTIPLE} (e.g. 32, 64, 224, 384)."
+        )
+    return height, width
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own numpy/python/albumentations random stream.
+
+    Forked workers inherit identical generator states; without reseeding every
+    worker would apply the same augmentations.
+    """
+    info = get_worker_info()
+    seed = (info.seed if info is not None else torch.initial_seed()) % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    dataset = info.dataset if info is not None else None
+    reseed = getattr(dataset, "reseed", None)
+    if callable(reseed):
+        reseed(seed)
+
+
+class ImageClassificationDataModule(L.LightningDataModule):
+    """Base class: loader construction, size checks and on-device normalisation.
+
+    Subclasses set ``num_classes`` in ``__init__``, build ``self.train_set``,
+    ``self.val_set`` and ``self.test_set`` in ``setup`` and may override
+    ``device_transform`` for batched augmentation on the accelerator.
+
+    Args:
+        num_classes: number of target classes (known before any data is read).
+        batch_size: images per batch PER DEVICE; the global batch is
+            batch_size x devices x nodes (x gradient accumulation).
+        num_workers: loader worker processes per device (0 = load in the main process).
+        pin_memory: page-lock host batches for faster, asynchronous copies to the GPU.
+        persistent_workers: keep workers alive between epochs (only used when num_workers > 0).
+        image_size: side or (height, width) of the images the model sees; multiple of 32.
+        mean: per-channel mean (0..1 scale) used for normalisation on the device.
+        std: per-channel standard deviation (0..1 scale).
+        seed: seed for data generation, shuffling and augmentation.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        batch_size: int = 128,
+        num_workers: int = DEFAULT_NUM_WORKERS,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        image_size: ImageSize = 224,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values and std > 0, got mean={mean}, std={std}")
+        self.num_classes = int(num_classes)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.image_size: tuple[int, int] = check_image_size(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.seed = int(seed)
+        self.class_names: list[str] = [str(i) for i in range(self.num_classes)]
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+        self.test_set: Optional[Dataset] = None
+        self._affine_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------- loaders
+    def _loader(
+        self, dataset: Optional[Dataset], split: str, train: bool, collate_fn: Optional[Callable] = None
+    ) -> DataLoader:
+        if dataset is None:
+            raise DatasetError(f"the {split} split is not set up: call setup() (or let the Trainer do it) first.")
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=seed_worker if workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            collate_fn=collate_fn,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, drop_last=True so every step sees a full per-device batch."""
+        return self._loader(self.train_set, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Serves the validation split with eval transforms."""
+        return self._loader(self.val_set, "val", train=False)
+
+    # ------------------------------------------------------- device-side work
+    def _is_training(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and bool(trainer.training)
+
+    def device_transform(self, images: Any, train: bool) -> torch.Tensor:
+        """Hook for batched work on the device before normalisation (identity here)."""
+        return images
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        images = self.device_transform(images, self._is_training())
+        return self.normalize(images), labels
+
+    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (str(device), self.mean, self.std)
+        if key not in self._affine_cache:
+            std = torch.tensor(self.std, dtype=torch.float32)
+            mean = torch.tensor(self.mean, dtype=torch.float32)
+            scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(device)
+            shift = (-mean / std).view(1, 3, 1, 1).to(device)
+            self._affine_cache = {key: (scale, shift)}
+        return self._affine_cache[key]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float 0..255) [B,3,H,W] -> float32 ``(x/255 - mean)/std`` in one fused op."""
+        scale, shift = self._affine(images.device)
+        return torch.addcmul(shift, images.float(), scale)
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``normalize`` to float in [0, 1], e.g. for TensorBoard images."""
+        scale, shift = self._affine(images.device)
+        return ((images.float() - shift) / scale / 255.0).clamp_(0.0, 1.0)

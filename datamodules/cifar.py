@@ -1,0 +1,196 @@
+"""CIFAR-10/100 from the official python-pickle release, held in memory as uint8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+from datamodules.base import DEFAULT_NUM_WORKERS, ImageClassificationDataModule, ImageSize
+from datamodules.cifar_files import RELEASES, Variant, ensure_release, holdout_indices, load_batches, load_class_names
+from datamodules.memory import TensorImageDataset
+from datamodules.tensor_ops import PadMode, pad_crop_flip, random_erase
+from datamodules.transforms import CifarTrainTransform
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+NATIVE_SIZE = (32, 32)
+
+
+class CIFARDataModule(ImageClassificationDataModule):
+    """CIFAR-10 or CIFAR-100 (fine labels) with the standard pad-crop/flip recipe.
+
+    Args:
+        variant: "cifar10" or "cifar100".
+        root: folder holding ``cifar-10-batches-py/`` or ``cifar-100-python/``.
+        download: fetch and verify the official archive when files are missing.
+        download_url, download_md5: override the archive source (default: the official release).
+        val_split: "test" validates on the official test batch; "holdout" validates on
+            the last ``holdout_per_class`` training images of each class (no tuning on test).
+        crop_padding, pad_mode: random crop from the image padded by this many pixels.
+        hflip: probability of a horizontal flip.
+        randaugment_layers, randaugment_magnitude: RandAugment-style policy (0 layers = off).
+        random_erasing: per-image probability of erasing a random rectangle.
+        augment_on_device: do crop/flip/erasing batched on the device in
+            ``on_after_batch_transfer``; workers then only index memory.
+        image_size: model input size; other than 32 means upsampling on the device.
+        batch_size: images per batch PER DEVICE.
+        Others: see ``ImageClassificationDataModule``.
+    """
+
+    def __init__(
+        self,
+        *,
+        variant: Variant = "cifar10",
+        root: str = "data",
+        download: bool = False,
+        download_url: Optional[str] = None,
+        download_md5: Optional[str] = None,
+        val_split: Literal["test", "holdout"] = "test",
+        holdout_per_class: int = 500,
+        crop_padding: int = 4,
+        pad_mode: PadMode = "reflect",
+        hflip: float = 0.5,
+        randaugment_layers: int = 0,
+        randaugment_magnitude: float = 9.0,
+        random_erasing: float = 0.0,
+        augment_on_device: bool = False,
+        image_size: ImageSize = 32,
+        batch_size: int = 128,
+        num_workers: int = DEFAULT_NUM_WORKERS,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        mean: tuple[float, float, float] = CIFAR_MEAN,
+        std: tuple[float, float, float] = CIFAR_STD,
+        seed: int = 0,
+    ) -> None:
+        if variant not in RELEASES:
+            raise ValueError(f"variant must be one of {sorted(RELEASES)}, got {variant!r}")
+        self.release = RELEASES[variant]
+        super().__init__(
+            num_classes=self.release.num_classes,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            seed=seed,
+        )
+        if val_split == "holdout" and holdout_per_class < 1:
+            raise ValueError(f"val_split='holdout' needs holdout_per_class >= 1, got {holdout_per_class}")
+        self.variant = variant
+        self.root = Path(root)
+        self.download = download
+        self.download_url, self.download_md5 = download_url, download_md5
+        self.val_split, self.holdout_per_class = val_split, holdout_per_class
+        self.augment_on_device = augment_on_device
+        self.crop_padding, self.pad_mode, self.hflip = crop_padding, pad_mode, hflip
+        self.random_erasing = random_erasing
+        self.train_transform = CifarTrainTransform(
+            padding=crop_padding,
+            pad_mode=pad_mode,
+            hflip=hflip,
+            randaugment_layers=randaugment_layers,
+            randaugment_magnitude=randaugment_magnitude,
+            random_erasing=0.0 if augment_on_device else random_erasing,
+            crop_flip=not augment_on_device,
+            seed=seed,
+        )
+        self.save_hyperparameters(logger=False)
+
+    def prepare_data(self) -> None:
+        """Runs on one process per node: download/extract if needed."""
+        ensure_release(self.root, self.release, self.download, self.download_url, self.download_md5)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        folder = ensure_release(self.root, self.release, self.download, self.download_url, self.download_md5)
+        self.class_names = load_class_names(folder, self.release)
+        train_x, train_y = load_batches(folder, self.release.train_files, self.release.label_key)
+        test_x, test_y = load_batches(folder, (self.release.test_file,), self.release.label_key)
+        self.test_set = TensorImageDataset(test_x, test_y)
+        if self.val_split == "holdout":
+            keep, held = holdout_indices(train_y, self.holdout_per_class, self.num_classes)
+            self.val_set = TensorImageDataset(train_x[held], train_y[held])
+            train_x, train_y = train_x[keep], train_y[keep]
+        else:
+            self.val_set = self.test_set
+        self.train_set = TensorImageDataset(train_x, train_y, self.train_transform)
+
+    def device_transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """Batched crop/flip/erasing (when ``augment_on_device``) and upsampling to ``image_size``."""
+        if train and self.augment_on_device:
+            images = pad_crop_flip(images, self.crop_padding, self.pad_mode, self.hflip)
+            images = random_erase(images, self.random_erasing)
+        if tuple(images.shape[-2:]) != self.image_size:
+            images = F.interpolate(images.float(), size=self.image_size, mode="bilinear", align_corners=False)
+        return images
+
+
+class CIFAR10DataModule(CIFARDataModule):
+    """CIFAR-10: ``CIFARDataModule`` with ``variant="cifar10"``."""
+
+    def __init__(
+        self,
+        *,
+        root: str = "data",
+        download: bool = False,
+        download_url: Optional[str] = None,
+        download_md5: Optional[str] = None,
+        val_split: Literal["test", "holdout"] = "test",
+        holdout_per_class: int = 500,
+        crop_padding: int = 4,
+        pad_mode: PadMode = "reflect",
+        hflip: float = 0.5,
+        randaugment_layers: int = 0,
+        randaugment_magnitude: float = 9.0,
+        random_erasing: float = 0.0,
+        augment_on_device: bool = False,
+        image_size: ImageSize = 32,
+        batch_size: int = 128,
+        num_workers: int = DEFAULT_NUM_WORKERS,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        mean: tuple[float, float, float] = CIFAR_MEAN,
+        std: tuple[float, float, float] = CIFAR_STD,
+        seed: int = 0,
+    ) -> None:
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__(variant="cifar10", **args)
+
+
+class CIFAR100DataModule(CIFARDataModule):
+    """CIFAR-100 (fine labels): ``CIFARDataModule`` with ``variant="cifar100"``."""
+
+    def __init__(
+        self,
+        *,
+        root: str = "data",
+        download: bool = False,
+        download_url: Optional[str] = None,
+        download_md5: Optional[str] = None,
+        val_split: Literal["test", "holdout"] = "test",
+        holdout_per_class: int = 500,
+        crop_padding: int = 4,
+        pad_mode: PadMode = "reflect",
+        hflip: float = 0.5,
+        randaugment_layers: int = 0,
+        randaugment_magnitude: float = 9.0,
+        random_erasing: float = 0.0,
+        augment_on_device: bool = False,
+        image_size: ImageSize = 32,
+        batch_size: int = 128,
+        num_workers: int = DEFAULT_NUM_WORKERS,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        mean: tuple[float, float, float] = (0.5071, 0.4865, 0.4409),
+        std: tuple[float, float, float] = (0.2673, 0.2564, 0.2762),
+        seed: int = 0,
+    ) -> None:
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__(variant="cifar100", **args)

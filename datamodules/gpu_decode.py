@@ -1,0 +1,108 @@
+"""Device-side decode + crop for the image-folder "gpu" path.
+
+Workers only read bytes; here JPEGs are decoded in one batched call on the
+batch's device (nvJPEG on CUDA, libjpeg on CPU) and cropped per image with the
+same box sampler as the CPU path. Non-JPEG files are decoded on the CPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+from datamodules.crops import CropBox, eval_crop_box, sample_resized_crop
+from datamodules.errors import DatasetError
+from datamodules.folder_datasets import CorruptFiles, EncodedImages
+from datamodules.tensor_ops import Interpolation, crop_resize, pad_crop_flip
+
+JPEG_MAGIC = (0xFF, 0xD8, 0xFF)
+
+
+def is_jpeg(data: torch.Tensor) -> bool:
+    return len(data) >= 3 and tuple(data[:3].tolist()) == JPEG_MAGIC
+
+
+def _quiet(fn, *args, **kwargs):
+    """torchvision 0.29 flags its decoders as deprecated on every call; keep batch logs readable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return fn(*args, **kwargs)
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if is_jpeg(data):
+        return _quiet(decode_jpeg, data, mode=ImageReadMode.RGB, device=device)
+    return _quiet(decode_image, data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
+
+
+def decode_batch(
+    batch: EncodedImages, device: torch.device, corrupt: CorruptFiles
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Decode every file to CHW uint8 on ``device``; unreadable ones follow ``corrupt``'s policy.
+
+    Returns the images and, per slot, the index of the file it came from: a
+    skipped file's slot reuses a good image of the batch (so the batch keeps
+    its size), and the caller must take labels from those indices.
+    """
+    images: list[Optional[torch.Tensor]] = [None] * len(batch)
+    jpegs = [i for i, d in enumerate(batch.data) if is_jpeg(d)]
+    if jpegs:
+        try:
+            decoded = _quiet(decode_jpeg, [batch.data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            for i, image in zip(jpegs, decoded):
+                images[i] = image
+        except RuntimeError:
+            pass  # one bad file fails the whole call; retry one by one below to find it
+    for i, image in enumerate(images):
+        if image is None:
+            try:
+                images[i] = _decode_one(batch.data[i], device)
+            except RuntimeError as exc:
+                corrupt.report(batch.paths[i], exc)
+    good = [i for i, image in enumerate(images) if image is not None]
+    if not good:
+        raise DatasetError(f"no image of the batch could be decoded (first: {batch.paths[0]}); check the files.")
+    sources = [i if images[i] is not None else good[0] for i in range(len(images))]
+    return [images[i] for i in sources], sources
+
+
+class DeviceCropper:
+    """Train: random-resized crop + flip; eval: centre crop. Resizes each image to ``size`` on its device."""
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        scale: tuple[float, float],
+        ratio: tuple[float, float],
+        interpolation: Interpolation,
+        hflip: float,
+        crop_pct: float,
+        preset: Literal["imagenet", "cifar"] = "imagenet",
+        crop_padding: int = 4,
+        seed: int = 0,
+    ) -> None:
+        self.size, self.scale, self.ratio, self.interpolation = size, scale, ratio, interpolation
+        self.hflip, self.crop_pct, self.preset, self.crop_padding = hflip, crop_pct, preset, crop_padding
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, images: list[torch.Tensor], train: bool) -> torch.Tensor:
+        """List of CHW uint8 images (any sizes) -> float [B,3,H,W] in 0..255."""
+        if self.preset == "cifar":
+            out = torch.stack([crop_resize(im, CropBox(0, 0, *im.shape[-2:]), self.size, self.interpolation) for im in images])
+            if train:
+                out = pad_crop_flip(out, self.crop_padding, "reflect", self.hflip)
+            return out
+        crops = []
+        for image in images:
+            height, width = image.shape[-2:]
+            if train:
+                box = sample_resized_crop(height, width, self.scale, self.ratio, self.rng)
+                flip = bool(self.rng.random() < self.hflip)
+            else:
+                box, flip = eval_crop_box(height, width, self.size, self.crop_pct), False
+            crops.append(crop_resize(image, box, self.size, self.interpolation, flip))
+        return torch.stack(crops)

@@ -1,0 +1,224 @@
+"""ImageNet-style ``root/<split>/<class>/<image>`` folders, decoded on the CPU or on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from datamodules.base import DEFAULT_NUM_WORKERS, IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule, ImageSize
+from datamodules.crops import DEFAULT_RATIO
+from datamodules.errors import DatasetError
+from datamodules.folder_datasets import CorruptFiles, EncodedCollate, EncodedImages, FileDataset, OnCorrupt, decode_file, read_bytes
+from datamodules.folder_scan import FileList, check_same_classes, hold_out, list_classes, scan_split
+from datamodules.gpu_decode import DeviceCropper, decode_batch
+from datamodules.tensor_ops import Interpolation, PadMode
+from datamodules.transforms import CifarTrainTransform, EvalTransform, ImageNetTrainTransform, ResizeTo
+
+
+class ImageFolderDataModule(ImageClassificationDataModule):
+    """Class-per-folder image datasets (ImageNet layout, or JPEG copies of CIFAR).
+
+    Args:
+        root: dataset root holding ``train_dir`` (and ``val_dir`` / ``test_dir``).
+        num_classes: expected number of class folders; ``setup`` checks it (1000 for ImageNet).
+        train_dir, val_dir, test_dir: split folders under ``root``; without ``test_dir``
+            the test loader serves the validation split.
+        val_holdout_per_class: if > 0, validation is the last N files (sorted) of each
+            training class instead of ``val_dir``.
+        image_size: model input side or (height, width), multiple of 32.
+        crop_pct: eval centre crop covers this fraction of the resized short side.
+        interpolation: resampling filter for resizing up (shrinking uses an area/antialiased filter).
+        randaugment_layers, randaugment_magnitude: RandAugment-style policy (0 layers = off; CPU path).
+        color_jitter: brightness/contrast/saturation jitter strength (0 = off; CPU path).
+        scale: area fraction range of the train random-resized crop.
+        hflip: horizontal flip probability.
+        on_corrupt: "skip" replaces unreadable files (warning + ``num_corrupt_skipped``); "error" stops.
+        decode: "cpu" decodes and augments in workers; "gpu" has workers read bytes only and
+            decodes JPEGs batched on the batch's device (crop + flip + resize there).
+        preset: "imagenet" (random-resized crop recipe) or "cifar" (pad-crop + flip recipe).
+        crop_padding, pad_mode: pad-crop settings of the "cifar" preset.
+        batch_size: images per batch PER DEVICE.
+        Others: see ``ImageClassificationDataModule``.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str = "data/imagenet",
+        num_classes: int = 1000,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        test_dir: Optional[str] = None,
+        val_holdout_per_class: int = 0,
+        image_size: ImageSize = 224,
+        crop_pct: float = 0.875,
+        interpolation: Interpolation = "bicubic",
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        randaugment_layers: int = 2,
+        randaugment_magnitude: float = 9.0,
+        color_jitter: float = 0.4,
+        scale: tuple[float, float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        on_corrupt: OnCorrupt = "skip",
+        decode: Literal["cpu", "gpu"] = "cpu",
+        preset: Literal["imagenet", "cifar"] = "imagenet",
+        crop_padding: int = 4,
+        pad_mode: PadMode = "reflect",
+        batch_size: int = 128,
+        num_workers: int = DEFAULT_NUM_WORKERS,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            seed=seed,
+        )
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if val_holdout_per_class < 0:
+            raise ValueError(f"val_holdout_per_class must be >= 0, got {val_holdout_per_class}")
+        self.root = Path(root)
+        self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
+        self.val_holdout_per_class = val_holdout_per_class
+        self.crop_pct, self.interpolation = crop_pct, interpolation
+        self.randaugment_layers, self.randaugment_magnitude = randaugment_layers, randaugment_magnitude
+        self.color_jitter, self.scale, self.hflip = color_jitter, tuple(scale), hflip
+        self.decode, self.preset = decode, preset
+        self.crop_padding, self.pad_mode = crop_padding, pad_mode
+        self.corrupt = CorruptFiles(on_corrupt)
+        self.cropper = DeviceCropper(
+            self.image_size, self.scale, DEFAULT_RATIO, interpolation, hflip, crop_pct, preset, crop_padding, seed
+        )
+        self.save_hyperparameters(logger=False)
+
+    @property
+    def num_corrupt_skipped(self) -> int:
+        """Unreadable files replaced so far, summed over all loader workers."""
+        return self.corrupt.count
+
+    # ---------------------------------------------------------------- transforms
+    def train_transform(self) -> Any:
+        if self.preset == "cifar":
+            then = CifarTrainTransform(
+                padding=self.crop_padding,
+                pad_mode=self.pad_mode,
+                hflip=self.hflip,
+                randaugment_layers=self.randaugment_layers,
+                randaugment_magnitude=self.randaugment_magnitude,
+                seed=self.seed,
+            )
+            return ResizeTo(self.image_size, self.interpolation, then)
+        return ImageNetTrainTransform(
+            size=self.image_size,
+            scale=self.scale,
+            interpolation=self.interpolation,
+            hflip=self.hflip,
+            randaugment_layers=self.randaugment_layers,
+            randaugment_magnitude=self.randaugment_magnitude,
+            color_jitter=self.color_jitter,
+            seed=self.seed,
+        )
+
+    def eval_transform(self) -> Any:
+        if self.preset == "cifar":
+            return ResizeTo(self.image_size, self.interpolation)
+        return EvalTransform(self.image_size, self.crop_pct, self.interpolation)
+
+    # --------------------------------------------------------------------- setup
+    def _scan(self) -> tuple[FileList, FileList, Optional[FileList]]:
+        train_path = self.root / self.train_dir
+        classes = list_classes(train_path)
+        if len(classes) != self.num_classes:
+            raise DatasetError(
+                f"num_classes={self.num_classes} but {train_path} has {len(classes)} class folders; "
+                f"set num_classes: {len(classes)} or fix the folder."
+            )
+        self.class_names = classes
+        train = scan_split(train_path, classes)
+        if self.val_holdout_per_class > 0:
+            train, val = hold_out(train, self.val_holdout_per_class, classes)
+        else:
+            val_path = self.root / self.val_dir
+            if not val_path.is_dir():
+                raise DatasetError(
+                    f"validation folder {val_path} not found; add {val_path}/<class>/<image> "
+                    "or set val_holdout_per_class > 0 to hold out training images."
+                )
+            check_same_classes(classes, list_classes(val_path), train_path, val_path)
+            val = scan_split(val_path, classes)
+        test = None
+        if self.test_dir is not None:
+            test_path = self.root / self.test_dir
+            check_same_classes(classes, list_classes(test_path), train_path, test_path)
+            test = scan_split(test_path, classes)
+        return train, val, test
+
+    def _dataset(self, files: FileList, train: bool) -> FileDataset:
+        if self.decode == "gpu":
+            return FileDataset(files, read_bytes, None, self.corrupt, with_path=True)
+        transform = self.train_transform() if train else self.eval_transform()
+        return FileDataset(files, decode_file, transform, self.corrupt)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        train, val, test = self._scan()
+        self.train_set = self._dataset(train, train=True)
+        self.val_set = self._dataset(val, train=False)
+        self.test_set = self._dataset(test, train=False) if test is not None else None
+        if self.trainer is not None:  # distinct device-side crop streams per DDP rank
+            self.cropper.rng = np.random.default_rng([self.seed, self.trainer.global_rank])
+
+    # ------------------------------------------------------------------- loaders
+    def _collate(self, train: bool) -> Optional[EncodedCollate]:
+        return EncodedCollate(train) if self.decode == "gpu" else None
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", train=True, collate_fn=self._collate(True))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", train=False, collate_fn=self._collate(False))
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None and self.val_set is not None:
+            rank_zero_warn("test_dir is not set: test_dataloader serves the validation split.")
+            return self.val_dataloader()
+        return self._loader(self.test_set, "test", train=False, collate_fn=self._collate(False))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    # -------------------------------------------------------------- device side
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Encoded files stay on the CPU (decoders read host memory); only labels move."""
+        images, labels = batch
+        if isinstance(images, EncodedImages):
+            return images, labels.to(device, non_blocking=True)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        if isinstance(images, EncodedImages):
+            images, labels = self.decode_on_device(images, labels)
+        return self.normalize(images), labels
+
+    def decode_on_device(self, batch: EncodedImages, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode + crop on ``labels.device``: float [B,3,H,W] in 0..255 and the matching labels."""
+        decoded, sources = decode_batch(batch, labels.device, self.corrupt)
+        if sources != list(range(len(sources))):
+            labels = labels[torch.tensor(sources, device=labels.device)]
+        return self.cropper(decoded, batch.train), labels
