@@ -67,8 +67,10 @@ RELEASES: dict[str, CifarRelease] = {
     ),
 }
 
-# The only globals a CIFAR pickle needs: numpy array reconstruction (numpy 1 and 2 module names).
+# The only globals a CIFAR pickle needs: numpy array reconstruction (numpy 1 and 2 module
+# names) and _codecs.encode, which protocol-2 pickles written by Python 3 use for bytes.
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
