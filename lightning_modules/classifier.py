@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from coatnet import create_model
 from lightning_modules.mixing import MixupCutmix
-from lightning_modules.optim import WarmupCosine, weight_decay_groups
+from lightning_modules.optim import WarmupCosine, no_decay_names, weight_decay_groups
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -88,6 +88,8 @@ class ImageClassifier(LightningModule):
         self.optimizer_factory = optimizer
         self.image_size = tuple(image_size)
         self.model = self.build_model()
+        # Decided now, before any strategy wraps or shards the network.
+        self.no_decay = no_decay_names(self.model, getattr(self.model, "no_weight_decay", set)())
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.mixer = MixupCutmix(
@@ -161,8 +163,7 @@ class ImageClassifier(LightningModule):
         return {"probs": top_probs, "classes": top_classes}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        no_decay = getattr(self.model, "no_weight_decay", set)()
-        optimizer = self.optimizer_factory(weight_decay_groups(self.model, no_decay))
+        optimizer = self.optimizer_factory(weight_decay_groups(self.model, self.no_decay))
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ValueError("The cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")

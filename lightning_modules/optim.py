@@ -10,21 +10,41 @@ from typing import Any
 from torch import nn
 
 
-def weight_decay_groups(model: nn.Module, extra_no_decay: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Split trainable parameters into a decayed group and a ``weight_decay=0`` group.
+# Prefixes that wrappers (FSDP, activation checkpointing, torch.compile) insert into parameter names.
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name as the unwrapped model reports it."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def no_decay_names(model: nn.Module, extra: Iterable[str] = ()) -> set[str]:
+    """Names of parameters that should not be decayed.
 
     Decay only helps on weight matrices and conv kernels: norm scales/shifts and biases (every
-    parameter with at most one dimension) and the names in ``extra_no_decay`` (relative-position
-    tables, from ``model.no_weight_decay()``) are left undecayed. The optimizer's own
-    ``weight_decay`` then applies to the first group only.
+    parameter with at most one dimension) and the names in ``extra`` (relative-position tables,
+    from ``model.no_weight_decay()``) are excluded. Call it on the unwrapped model: FSDP shards
+    parameters into flat pieces whose shapes no longer tell.
     """
-    skip = set(extra_no_decay)
-    decay, no_decay = [], []
+    names = {canonical_name(n) for n, p in model.named_parameters() if p.ndim <= 1}
+    return names | {canonical_name(n) for n in extra}
+
+
+def weight_decay_groups(model: nn.Module, no_decay: set[str]) -> list[dict[str, Any]]:
+    """Trainable parameters split into a decayed group and a ``weight_decay=0`` group.
+
+    ``no_decay`` holds names from :func:`no_decay_names`; names are matched after removing
+    wrapper prefixes, so this works on a model already wrapped by FSDP or checkpointing. The
+    optimizer's own ``weight_decay`` then applies to the first group only.
+    """
+    decay, skip = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if param.requires_grad:
+            (skip if canonical_name(name) in no_decay else decay).append(param)
+    return [{"params": decay}, {"params": skip, "weight_decay": 0.0}]
 
 
 @dataclass(frozen=True)

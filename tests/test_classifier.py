@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.callbacks import training_flops_per_image
 from lightning_modules.classifier import ImageClassifier
-from lightning_modules.optim import WarmupCosine, weight_decay_groups
+from lightning_modules.optim import WarmupCosine, no_decay_names, weight_decay_groups
 
 NANO = {"model_name": "coatnet_nano", "num_classes": 10, "image_size": (32, 32)}
 
@@ -35,21 +35,38 @@ def _trainer(**kwargs) -> Trainer:
     return Trainer(**{**defaults, **kwargs})
 
 
-def test_weight_decay_groups_exclude_norms_biases_and_tables():
-    model = ImageClassifier(**NANO).model
-    tables = model.no_weight_decay()
-    assert tables, "CoAtNet must report its relative-position tables"
-    decay, no_decay = weight_decay_groups(model, tables)
+def _check_groups(model: torch.nn.Module, groups: list[dict], tables: set[str]) -> None:
+    decay, no_decay = groups
     assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
     decay_ids = {id(p) for p in decay["params"]}
     no_decay_ids = {id(p) for p in no_decay["params"]}
     assert not decay_ids & no_decay_ids
     for name, param in model.named_parameters():
-        expect_no_decay = param.ndim <= 1 or name in tables
+        plain = name.replace("_checkpoint_wrapped_module.", "")
+        expect_no_decay = param.ndim <= 1 or plain in tables
         assert (id(param) in no_decay_ids) == expect_no_decay, name
         assert (id(param) in decay_ids) == (not expect_no_decay), name
-    table_params = [p for n, p in model.named_parameters() if n in tables]
-    assert all(p.ndim >= 2 for p in table_params), "tables are 2-D: only the name rule catches them"
+
+
+def test_weight_decay_groups_exclude_norms_biases_and_tables():
+    model = ImageClassifier(**NANO).model
+    tables = model.no_weight_decay()
+    assert tables, "CoAtNet must report its relative-position tables"
+    assert all(p.ndim >= 2 for n, p in model.named_parameters() if n in tables), "only the name rule catches them"
+    _check_groups(model, weight_decay_groups(model, no_decay_names(model, tables)), tables)
+
+
+def test_weight_decay_groups_see_through_wrappers():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    from coatnet.blocks import MBConvBlock, TransformerBlock
+
+    model = ImageClassifier(**NANO).model
+    tables = model.no_weight_decay()
+    no_decay = no_decay_names(model, tables)  # decided before wrapping, as the classifier does
+    apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, (MBConvBlock, TransformerBlock)))
+    assert any("_checkpoint_wrapped_module." in n for n, _ in model.named_parameters())
+    _check_groups(model, weight_decay_groups(model, no_decay), tables)
 
 
 def test_configure_optimizers_applies_decay_per_group():
