@@ -35,7 +35,7 @@ def pad_crop_flip(images: torch.Tensor, padding: int, pad_mode: PadMode, flip_p:
     Done as one gather (no padded copy is materialised), so it stays uint8 and
     costs one pass over the batch.
     """
-    batch, channels, height, width = images.shape
+    batch, _, height, width = images.shape
     device = images.device
     oy = torch.randint(0, 2 * padding + 1, (batch,), device=device)
     ox = torch.randint(0, 2 * padding + 1, (batch,), device=device)
@@ -60,7 +60,7 @@ def random_erase(
     """With probability ``p`` per image, overwrite one random rectangle with uniform noise."""
     if p <= 0:
         return images
-    batch, channels, height, width = images.shape
+    batch, _, height, width = images.shape
     device = images.device
     area = torch.empty(batch, device=device).uniform_(*scale) * height * width
     log_ratio = torch.empty(batch, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
