@@ -18,6 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+if str(REPO_ROOT) not in sys.path:  # makes the top-level ``cli.py`` importable in tests
+    sys.path.insert(0, str(REPO_ROOT))
 
 
 def subprocess_env(threads: int = 2, **extra: str) -> dict[str, str]:

@@ -1,0 +1,112 @@
+"""Every YAML under configs/ parses, and the recipes instantiate their model, DataModule and Trainer.
+
+No data is read: DataModules only touch files in ``setup``/``prepare_data``. Models are built on
+the ``meta`` device (shapes, no memory or init time), which keeps CoAtNet-3/4 (168M/275M
+parameters) to a second each. The GPU recipes are instantiated with ``accelerator=cpu,
+devices=1`` since the Trainer refuses GPU settings on a machine without one; the YAML's own
+device counts are checked from the file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+from cli import CoAtNetCLI
+from coatnet.blocks import MBConvBlock, TransformerBlock
+from conftest import REPO_ROOT
+from lightning_modules.callbacks import ThroughputLogger
+from lightning_modules.classifier import ImageClassifier
+
+CONFIG_DIR = REPO_ROOT / "configs"
+PRESETS = ["bf16.yaml", "ddp.yaml", "ema.yaml", "fsdp.yaml"]
+RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in PRESETS)
+IMAGENET_DROP_PATH = {"coatnet0.yaml": 0.2, "coatnet1.yaml": 0.3, "coatnet2.yaml": 0.5, "coatnet3.yaml": 0.7}
+
+
+def _cli(*configs: str, extra: tuple[str, ...] = ()) -> CoAtNetCLI:
+    args = [a for name in configs for a in ("--config", str(CONFIG_DIR / name))]
+    with torch.device("meta"), mock.patch.object(sys, "argv", ["cli.py"]):  # pytest's own argv is not ours
+        return CoAtNetCLI(run=False, args=[*args, *extra])
+
+
+def test_expected_configs_exist_and_are_commented():
+    expected = {"smoke.yaml", "cifar10.yaml", "cifar100.yaml", "cifar10_smoke.yaml", *PRESETS}
+    expected |= {f"coatnet{i}.yaml" for i in range(5)}
+    assert expected <= {p.name for p in CONFIG_DIR.glob("*.yaml")}
+    for path in CONFIG_DIR.glob("*.yaml"):
+        assert path.read_text().startswith("#"), f"{path.name} needs a comment saying what it is for"
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_instantiates_with_linked_data_settings(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written or read relative to cwd
+    cli = _cli(name, extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
+    assert isinstance(model, ImageClassifier)
+    assert model.hparams.num_classes == data.num_classes
+    assert tuple(model.hparams.image_size) == tuple(data.image_size)
+    assert model.model.config.num_classes == data.num_classes
+    assert tuple(model.model.config.img_size) == tuple(data.image_size)
+    assert trainer.gradient_clip_val == 1.0 and trainer.gradient_clip_algorithm == "norm"
+    checkpoint = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))
+    assert checkpoint.monitor == "val/acc1" and checkpoint.mode == "max" and checkpoint.save_last
+    assert "/" not in checkpoint.format_checkpoint_name({"epoch": 3, "val/acc1": torch.tensor(0.5)}).split(
+        "checkpoints"
+    )[-1].lstrip("/")
+    assert any(isinstance(cb, ThroughputLogger) for cb in trainer.callbacks)
+    assert not list(Path(tmp_path).iterdir()), "instantiation must not create files"
+
+
+@pytest.mark.parametrize("name", [f"coatnet{i}.yaml" for i in range(5)])
+def test_imagenet_recipes_follow_the_paper(name):
+    raw = yaml.safe_load((CONFIG_DIR / name).read_text())
+    cli = _cli(name, extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
+    cfg, model = cli.config, cli.model
+    assert cfg.model.optimizer.class_path == "torch.optim.AdamW"
+    assert cfg.model.optimizer.init_args.lr == 1e-3 and cfg.model.optimizer.init_args.weight_decay == 0.05
+    assert cfg.model.warmup_steps == 10_000 and cfg.trainer.max_epochs == 300
+    assert model.mixer.mixup_alpha == 0.8 and model.mixer.label_smoothing == 0.1
+    drop_path = model.model.config.drop_path_rate
+    assert drop_path == IMAGENET_DROP_PATH[name] if name in IMAGENET_DROP_PATH else drop_path >= 0.7
+    assert cli.trainer.precision == "bf16-mixed"
+    assert model.model.config.num_classes == 1000 and tuple(cli.datamodule.image_size) == (224, 224)
+    data_args = cfg.data.init_args
+    assert data_args.root == "data/imagenet" and type(cli.datamodule).__name__ == "ImageFolderDataModule"
+    assert (data_args.randaugment_layers, data_args.randaugment_magnitude) == (2, 15)
+    trainer = raw["trainer"]
+    global_batch = data_args.batch_size * trainer["devices"] * trainer["num_nodes"] * trainer["accumulate_grad_batches"]
+    assert global_batch == 4096, "peak lr 1e-3 belongs to a global batch of 4096"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_only_touch_trainer_keys(preset):
+    assert set(yaml.safe_load((CONFIG_DIR / preset).read_text())) == {"trainer"}
+
+
+def test_ddp_bf16_and_ema_presets_compose_with_a_recipe():
+    cli = _cli("smoke.yaml", "ddp.yaml", "bf16.yaml", "ema.yaml")
+    assert isinstance(cli.trainer.strategy, DDPStrategy)
+    assert cli.trainer.precision == "bf16-mixed"
+    assert any(isinstance(cb, EMAWeightAveraging) for cb in cli.trainer.callbacks)
+    assert any(isinstance(cb, ModelCheckpoint) for cb in cli.trainer.callbacks), "EMA must not drop checkpoints"
+
+
+def test_fsdp_preset_wraps_each_coatnet_block():
+    # The Trainer refuses FSDP without a GPU, so only the strategy object is built from the config.
+    cli = _cli("smoke.yaml")
+    cfg = cli.parser.parse_args(["--config", str(CONFIG_DIR / "smoke.yaml"), "--config", str(CONFIG_DIR / "fsdp.yaml")])
+    strategy = cli.parser.instantiate_classes(cfg).trainer.strategy
+    assert isinstance(strategy, FSDPStrategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, ModuleWrapPolicy)
+    assert set(policy._module_classes) == {MBConvBlock, TransformerBlock}
+    assert strategy.kwargs["use_orig_params"], "weight-decay groups need the original parameter names"
