@@ -54,7 +54,7 @@ def summarize(model: nn.Module, img_size: tuple[int, int], in_chans: int = 3) ->
             hook.remove()
         model.train(was_training)
     by_module = counter.get_flop_counts()
-    root = next(iter(by_module))  # the top-level module's name, e.g. "CoAtNet"
+    root = type(model).__name__  # the flop counter names modules from the root's class name
     rows = []
     for name, module in parts.items():
         key = f"{root}.{_module_path(model, module)}"
