@@ -72,7 +72,7 @@ def _coatnet_4() -> CoAtNetConfig:
 
 @register_variant("coatnet_nano")
 def _coatnet_nano() -> CoAtNetConfig:
-    """A 2.6M-parameter paper-style CoAtNet for CPU tests and quick CIFAR runs (not in the paper)."""
+    """A 1.5M-parameter paper-style CoAtNet for CPU tests and quick CIFAR runs (not in the paper)."""
     return CoAtNetConfig(
         depths=(1, 2, 2, 1), widths=(32, 64, 128, 256), stem=StemConfig(widths=(32, 32)), img_size=(32, 32)
     )
