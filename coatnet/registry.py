@@ -198,3 +198,12 @@ coatnet_2 = _named_constructor("coatnet_2")
 coatnet_3 = _named_constructor("coatnet_3")
 coatnet_4 = _named_constructor("coatnet_4")
 coatnet_nano = _named_constructor("coatnet_nano")
+
+
+@register_variant("coatnet_rmlp_1_rw2")
+def _coatnet_rmlp_1_rw2() -> CoAtNetConfig:
+    """timm's second rmlp-1 (ImageNet-12k weights): dw stride, SE after the norm, 512-wide rel-pos MLP."""
+    return _rw(
+        (2, 6, 14, 2), (96, 192, 384, 768), (32, 64),
+        {**_COAT_RW, "stride_at": "dw"}, {"rel_pos": "mlp", "rel_pos_mlp_dim": 512},
+    )
