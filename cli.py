@@ -81,10 +81,10 @@ class CoAtNetCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
 
 
-def main() -> None:
-    """Run the CLI on ``sys.argv`` with config names resolved against ``configs/``."""
+def main() -> CoAtNetCLI:
+    """Run the CLI on ``sys.argv`` with config names resolved against ``configs/``; return it for inspection."""
     sys.argv[1:] = resolve_config_paths(sys.argv[1:])
-    CoAtNetCLI()
+    return CoAtNetCLI()
 
 
 if __name__ == "__main__":
