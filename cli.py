@@ -20,7 +20,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from lightning_modules.callbacks import ThroughputLogger  # noqa: E402
+from lightning_modules.checkpoint_io import resolve_ckpt_path  # noqa: E402
 from lightning_modules.classifier import ImageClassifier  # noqa: E402
+from lightning_modules.pictures import TensorBoardPictures  # noqa: E402
+from lightning_modules.errors import ConciseArgumentParser, exit_readably  # noqa: E402
+from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -46,6 +50,9 @@ DEFAULT_LOGGER = {
     "init_args": {"save_dir": "logs", "name": "coatnet"},
 }
 
+# Checkpoints are written to a temporary file and renamed, so a kill mid-write never truncates one.
+ATOMIC_CHECKPOINT_IO = {"class_path": "lightning_modules.checkpoint_io.AtomicCheckpointIO"}
+
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/acc1",
     "checkpoint.mode": "max",
@@ -60,8 +67,9 @@ class CoAtNetCLI(LightningCLI):
     """LightningCLI with the DataModule -> model links and the training defaults of this template.
 
     Always-present callbacks get their own top-level config keys: ``checkpoint:`` (ModelCheckpoint:
-    ``last.ckpt`` plus the best on ``val/acc1``, in the logger's version folder) and
-    ``throughput:`` (``train/images_per_sec`` and, on GPUs, ``train/mfu``). ``trainer.callbacks`` is
+    ``last.ckpt`` plus the best on ``val/acc1``, in the logger's version folder),
+    ``throughput:`` (``train/images_per_sec`` and, on GPUs, ``train/mfu``) and ``pictures:``
+    (TensorBoard images, per-class accuracy and HParams; see ``lightning_modules.pictures``). ``trainer.callbacks`` is
     left for optional ones such as EMA. TensorBoard under ``logs/`` is the default logger; the
     resolved config is saved as ``config.yaml`` in the same version folder.
     """
@@ -70,15 +78,26 @@ class CoAtNetCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER})
+        kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER, "plugins": [ATOMIC_CHECKPOINT_IO]})
+        kwargs.setdefault("parser_class", ConciseArgumentParser)
         super().__init__(ImageClassifier, LightningDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
+        parser.add_lightning_class_args(TensorBoardPictures, "pictures")
+        parser.add_lightning_class_args(FiniteLossGuard, "nan_guard")
+        parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` also finds ``last.ckpt`` of earlier logger versions (Lightning looks only in the new one)."""
+        config = self.config_init[self.subcommand]
+        config["ckpt_path"] = resolve_ckpt_path(self.trainer, config.get("ckpt_path"))
+
+    before_validate = before_test = before_predict = before_fit
 
 
 def main() -> CoAtNetCLI:
@@ -88,4 +107,4 @@ def main() -> CoAtNetCLI:
 
 
 if __name__ == "__main__":
-    main()
+    exit_readably(main)  # user-fixable errors as one "error: ..." line, exit 2; COATNET_TRACEBACK=1 for the traceback
