@@ -1,0 +1,228 @@
+"""What the Lightning ``fit`` loop costs on top of the bare training step of the same model and optimizer.
+
+Both loops train ``lightning_modules.ImageClassifier`` on one fixed batch that already lives on the
+device, so neither times an input pipeline. The raw loop does only the arithmetic of a step
+(mixing/label smoothing, forward, cross-entropy, backward, optimizer step); everything else that
+``Trainer.fit`` adds per step (hooks, ``self.log``, the accuracy metric, the LR scheduler, closure
+and precision plugin) counts as overhead. Progress bar, logger and checkpointing are off: they are
+I/O choices of a run, not of the loop.
+
+    python -m bench.lightning_overhead --model coatnet_0 --batch-size 256 --img-size 224 \\
+        --precision bf16 --channels-last --device cuda
+    python -m bench.lightning_overhead --model coatnet_nano --batch-size 8 --img-size 64 --device cpu \\
+        --threads 1 --precision fp32 --warmup 2 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.classifier import ImageClassifier
+from lightning_modules.optim import weight_decay_groups
+
+LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    device: torch.device
+    batch_size: int
+    img_size: int
+    num_classes: int
+    precision: str
+    channels_last: bool
+    compile: bool
+    warmup: int
+    steps: int
+
+
+class DeviceBatches(L.LightningDataModule):
+    """The same device-resident batch, once per step: the loader costs nothing, so only the loop is timed."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def train_dataloader(self) -> RepeatedBatch:
+        return RepeatedBatch(synthetic_batch(self.settings), self.settings.warmup + self.settings.steps + 1)
+
+
+class RepeatedBatch:
+    """An iterable of one batch ``length`` times (a plain list would be read as a list of loaders)."""
+
+    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor], length: int) -> None:
+        self.batch = batch
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return itertools.repeat(self.batch, self.length)
+
+
+class StepTimer(L.Callback):
+    """Wall time between consecutive ends of training batches, i.e. one full loop iteration each."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        synchronize(self.device)
+        self.ends.append(time.perf_counter())
+
+
+@dataclass(frozen=True)
+class LoopTiming:
+    label: str
+    seconds_per_step: float
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_batch(settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(settings.batch_size, 3, settings.img_size, settings.img_size, generator=generator)
+    labels = torch.randint(0, settings.num_classes, (settings.batch_size,), generator=generator)
+    return images.to(settings.device), labels.to(settings.device)
+
+
+def build_module(settings: Settings) -> ImageClassifier:
+    """The same initial weights for both loops."""
+    torch.manual_seed(0)
+    return ImageClassifier(
+        model_name=settings.model,
+        num_classes=settings.num_classes,
+        image_size=(settings.img_size, settings.img_size),
+        compile=settings.compile,
+        channels_last=settings.channels_last,
+    )
+
+
+def time_raw_loop(settings: Settings) -> LoopTiming:
+    """Median time of the bare step, with the module's own mixer, optimizer and parameter groups."""
+    module = build_module(settings).to(settings.device)
+    module.setup("fit")  # compiles when asked, as Lightning would
+    module.train()
+    optimizer = module.optimizer_factory(weight_decay_groups(module.model, module.no_decay))
+    scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.precision == "fp16")
+    dtype = AUTOCAST_DTYPES[settings.precision]
+    images, labels = synthetic_batch(settings)
+
+    def step() -> None:
+        with nullcontext() if dtype is None else torch.autocast(settings.device.type, dtype=dtype):
+            mixed = module.mixer(images, labels)
+            loss = F.cross_entropy(module(mixed.images), mixed.targets)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(settings.warmup):
+        step()
+    times = []
+    for _ in range(settings.steps):
+        synchronize(settings.device)
+        start = time.perf_counter()
+        step()
+        synchronize(settings.device)
+        times.append(time.perf_counter() - start)
+    return LoopTiming("raw PyTorch step", statistics.median(times))
+
+
+def time_lightning_loop(settings: Settings) -> LoopTiming:
+    """Median interval between batch ends of ``Trainer.fit``, after the warm-up steps."""
+    timer = StepTimer(settings.device)
+    trainer = L.Trainer(
+        accelerator=settings.device.type,
+        devices=1,
+        precision=LIGHTNING_PRECISION[settings.precision],
+        max_steps=settings.warmup + settings.steps + 1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(build_module(settings), datamodule=DeviceBatches(settings))
+    intervals = [b - a for a, b in zip(timer.ends, timer.ends[1:])][settings.warmup :]
+    return LoopTiming("Lightning Trainer.fit", statistics.median(intervals))
+
+
+def format_table(raw: LoopTiming, lightning: LoopTiming, batch_size: int) -> str:
+    lines = ["| loop | steps/s | ms/step (median) | img/s | overhead vs raw |", "|---|---:|---:|---:|---:|"]
+    for timing in (raw, lightning):
+        overhead = 100 * (timing.seconds_per_step / raw.seconds_per_step - 1)
+        lines.append(
+            f"| {timing.label} | {1 / timing.seconds_per_step:.2f} | {1000 * timing.seconds_per_step:.1f} | "
+            f"{batch_size / timing.seconds_per_step:,.1f} | {overhead:+.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="coatnet_0")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--precision", choices=tuple(LIGHTNING_PRECISION), default="bf16")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a shared, busy machine)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per loop")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per loop; the median is reported")
+    args = parser.parse_args(argv)
+    if args.warmup < 0 or args.steps < 1:
+        parser.error("--warmup must be >= 0 and --steps >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """Time both loops, print the table and return it."""
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = Settings(
+        model=args.model,
+        device=torch.device(args.device),
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        warmup=args.warmup,
+        steps=args.steps,
+    )
+    raw = time_raw_loop(settings)
+    lightning = time_lightning_loop(settings)
+    table = format_table(raw, lightning, settings.batch_size)
+    print(f"\n{settings.model}, batch {settings.batch_size}, {settings.img_size}px, {settings.precision}, "
+          f"{settings.device}\n\n{table}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
