@@ -12,6 +12,7 @@ from datamodules.base import ImageClassificationDataModule  # noqa: E402
 from datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule  # noqa: E402
 from datamodules.errors import DatasetError  # noqa: E402
 from datamodules.image_folder import ImageFolderDataModule  # noqa: E402
+from datamodules.predict_files import PredictFilesDataModule  # noqa: E402
 from datamodules.synthetic import SyntheticDataModule  # noqa: E402
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "DatasetError",
     "ImageClassificationDataModule",
     "ImageFolderDataModule",
+    "PredictFilesDataModule",
     "SyntheticDataModule",
 ]

@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from coatnet import create_model
 from lightning_modules.mixing import MixupCutmix
 from lightning_modules.optim import WarmupCosine, no_decay_names, weight_decay_groups
+from lightning_modules.prediction import DATA_INFO_KEY, data_info
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -161,6 +162,12 @@ class ImageClassifier(LightningModule):
         probs = self(images).float().softmax(dim=-1)
         top_probs, top_classes = probs.topk(self.top_k, dim=-1)
         return {"probs": top_probs, "classes": top_classes}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store class names and eval preprocessing next to the weights, for predict and export."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "class_names"):
+            checkpoint[DATA_INFO_KEY] = data_info(datamodule)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(weight_decay_groups(self.model, self.no_decay))
