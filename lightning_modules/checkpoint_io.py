@@ -1,0 +1,132 @@
+"""Crash-safe checkpoint files, and ``--ckpt_path last`` that finds the previous run's checkpoint.
+
+A checkpoint write that is killed half-way (SLURM's SIGKILL after the grace period, a full disk,
+a node failure) must never leave a truncated ``last.ckpt`` behind: that file is exactly the one a
+requeued job resumes from. ``AtomicCheckpointIO`` therefore writes the whole file under a temporary
+name in the same directory, forces it to disk and only then renames it over the target; a rename
+within one file system is atomic, so readers see either the old or the new checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch import Trainer
+
+from lightning_modules.errors import CheckpointError
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary name a checkpoint is written under; a leftover one after a hard kill is safe to delete."""
+    return path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (POSIX only; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: _PATH) -> None:
+    """``torch.save`` to ``path`` so that ``path`` is at all times either absent, the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` with atomic local writes and readable errors for unusable checkpoint files.
+
+    Remote paths (``s3://`` ...) keep Lightning's fsspec transaction. Loading raises
+    :class:`~lightning_modules.errors.CheckpointError` naming the file when it is missing, truncated,
+    not a PyTorch file at all, or a bare weights file rather than a Lightning training checkpoint.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        try:
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {path} does not exist; check --ckpt_path") from None
+        except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
+            if "weights_only" in str(err):  # a real checkpoint holding objects torch will not unpickle by default
+                raise
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint ({reason}). It may be truncated or a different "
+                "kind of file; pass another one, e.g. last.ckpt or an epoch*.ckpt from the same folder"
+            ) from None
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise CheckpointError(
+                f"{path} is not a Lightning training checkpoint (it has no 'state_dict'); --ckpt_path needs a "
+                ".ckpt written by this trainer, plain model weights have to be loaded into the model instead"
+            )
+        return checkpoint
+
+
+def previous_last_checkpoint(trainer: Trainer) -> str | None:
+    """The newest ``last*.ckpt`` of any earlier version of this run's logger, or ``None``.
+
+    Lightning resolves ``ckpt_path="last"`` only inside the checkpoint folder of the *current* logger
+    version, which is a fresh, empty ``version_N`` for every new process, so a plain restart would
+    silently train from scratch. Runs are grouped by the logger's ``save_dir/name``; an explicit
+    ``checkpoint.dirpath`` is left to Lightning, which already looks there.
+    """
+    callback = trainer.checkpoint_callback
+    if callback is None or callback.dirpath is not None or not trainer.loggers:
+        return None
+    logger = trainer.loggers[0]
+    save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+    run_dir = Path(save_dir) / str(logger.name)
+    if not run_dir.is_dir():
+        return None
+    candidates = [
+        p for p in run_dir.glob("*/checkpoints/last*.ckpt") if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX)
+    ]
+    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
+
+
+def resolve_ckpt_path(trainer: Trainer, ckpt_path: str | None) -> str | None:
+    """``ckpt_path`` with ``"last"`` replaced by :func:`previous_last_checkpoint` where that finds one."""
+    if ckpt_path != "last":
+        return ckpt_path
+    return previous_last_checkpoint(trainer) or ckpt_path

@@ -1,0 +1,135 @@
+"""Callbacks that keep a run's progress safe: stop on a diverged loss, checkpoint on SIGTERM/SIGINT.
+
+``FiniteLossGuard`` stops training at the first NaN/inf loss, before ``ModelCheckpoint`` (which
+Lightning always runs after other callbacks) can write the damaged weights, so the newest
+checkpoint on disk is the last good one.
+
+``InterruptCheckpoint`` turns a SIGTERM (SLURM preemption, ``kill``) or a first Ctrl+C into a clean
+stop at the next step boundary with ``last.ckpt`` written, so ``fit --ckpt_path last`` continues
+the run. Lightning already stops on SIGTERM at a step boundary (and tells every DDP rank) but
+saves nothing; SIGINT it would deliver as a ``KeyboardInterrupt`` in the middle of a step.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from lightning_modules.errors import TrainingDiverged
+
+
+def _loss(outputs: Any) -> torch.Tensor | None:
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict) and isinstance(outputs.get("loss"), torch.Tensor):
+        return outputs["loss"]
+    return None
+
+
+@rank_zero_only
+def _tell(message: str) -> None:
+    """Straight to stderr: warnings may be filtered and logging silenced, this line must be seen."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class FiniteLossGuard(Callback):
+    """Raises :class:`TrainingDiverged` naming the global step when the training loss is not finite.
+
+    The check costs one device-to-host sync per step. With DDP every rank checks its own loss; the
+    gradients are all-reduced, so a NaN on one rank poisons all of them and they stop together.
+    """
+
+    def __init__(self) -> None:
+        self._step = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._step = trainer.global_step  # the step this batch's loss is logged under
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = _loss(outputs)
+        if loss is None:
+            return
+        value = float(loss.detach().float().mean())
+        if math.isfinite(value):
+            return
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+        raise TrainingDiverged(
+            f"training loss is {value} at global step {self._step} (epoch {trainer.current_epoch}, batch "
+            f"{batch_idx}); stopped before saving these weights. Last good checkpoint: {last}. Resume from it "
+            "with a lower learning rate, more warm-up, gradient clipping (--trainer.gradient_clip_val 1.0) "
+            "or fp32/bf16 instead of fp16."
+        )
+
+
+class InterruptCheckpoint(Callback):
+    """On SIGTERM or a first SIGINT during ``fit``: finish the current step, save ``last.ckpt``, exit.
+
+    SIGINT is forwarded to Lightning's SIGTERM handler, so both take the same path: Lightning raises
+    ``SIGTERMException`` at the step boundary (on all ranks), and :meth:`on_exception` saves. The
+    process then exits with the usual 128 + signal number. A second Ctrl+C interrupts at once.
+    """
+
+    def __init__(self, filename: str = "last.ckpt") -> None:
+        self.filename = filename
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl+C: the user does not want to wait
+        self.signal = self.signal or signum
+        lightning_sigterm = self._previous.get(signal.SIGTERM)
+        if callable(lightning_sigterm):
+            lightning_sigterm(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Install the handlers now: Lightning registers its own SIGTERM handler just before this hook."""
+        self.signal = None
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._record)
+        except ValueError:  # not in the main thread: leave signals to Lightning
+            self._previous.clear()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore()
+
+    def checkpoint_path(self, trainer: Trainer) -> Path:
+        """``last.ckpt`` next to ``ModelCheckpoint``'s files (or under ``default_root_dir`` without one)."""
+        callback = trainer.checkpoint_callback
+        folder = callback.dirpath if callback is not None and callback.dirpath else Path(trainer.default_root_dir)
+        return Path(folder) / self.filename
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or self.signal is None:
+            return
+        signum, self.signal = self.signal, None
+        self._restore()
+        exception.code = 128 + signum  # the shell convention, so job scripts can tell the run did not finish
+        if trainer.state.fn != TrainerFn.FITTING or trainer.global_step == 0:
+            return
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        _tell(
+            f"{signal.Signals(signum).name} received: stopped after global step {trainer.global_step} and saved "
+            f"{path}. Resume with the same command plus --ckpt_path last"
+        )
