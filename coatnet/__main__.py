@@ -1,0 +1,86 @@
+"""Command line: ``python -m coatnet {convert,summary,list}``.
+
+    python -m coatnet convert --timm-name coatnet_0_rw_224.sw_in1k --input coatnet_0_rw_224.pth \\
+        --output coatnet_0_rw_224.safetensors
+    python -m coatnet summary --variant coatnet_0 --img-size 224
+    python -m coatnet list
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .checkpoint import save_weights, weights_summary
+from .config import config_to_dict
+from .convert import (
+    TIMM_TO_VARIANT,
+    CheckpointError,
+    convert_timm_state_dict,
+    detect_variant,
+    load_state_dict_file,
+    timm_img_size,
+    timm_preprocessing,
+    variant_for_timm_name,
+)
+from .registry import create_model, list_models
+from .summary import format_summary, summarize
+
+
+def _convert(args: argparse.Namespace) -> None:
+    state_dict = load_state_dict_file(args.input)
+    timm_name = args.timm_name or next(k for k, v in TIMM_TO_VARIANT.items() if v == detect_variant(state_dict))
+    variant = variant_for_timm_name(timm_name)
+    img_size = args.img_size or timm_img_size(timm_name)
+    model = convert_timm_state_dict(state_dict, variant, img_size=img_size)
+    preprocessing = timm_preprocessing(timm_name)
+    source = {"timm_name": timm_name, "file": str(Path(args.input).resolve())}
+    path = save_weights(args.output, model, preprocessing, source, variant=variant)
+    params = sum(p.numel() for p in model.parameters())
+    meta = {"variant": variant, "config": config_to_dict(model.config), "preprocessing": preprocessing}
+    print(f"converted timm {timm_name} ({len(state_dict)} tensors, {params / 1e6:.2f}M parameters) -> {path}")
+    print(f"  {weights_summary(meta)}")
+
+
+def _summary(args: argparse.Namespace) -> None:
+    model = create_model(args.variant, img_size=args.img_size, num_classes=args.num_classes)
+    print(format_summary(summarize(model, model.img_size)))
+
+
+def _list(args: argparse.Namespace) -> None:
+    for variant in list_models():
+        timm_names = [name for name, v in TIMM_TO_VARIANT.items() if v == variant]
+        print(f"{variant:24s} {'timm: ' + ', '.join(timm_names) if timm_names else ''}".rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m coatnet", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="timm CoAtNet weights -> this project's weights file")
+    convert.add_argument("--timm-name", help="e.g. coatnet_0_rw_224.sw_in1k (detected from the weights if left out)")
+    convert.add_argument("--input", required=True, help="timm state dict: .pth/.pt/.bin or .safetensors")
+    convert.add_argument("--output", required=True, help="weights file to write: .safetensors or .pth")
+    convert.add_argument("--img-size", type=int, help="input side to convert for (default: the weights')")
+    convert.set_defaults(run=_convert)
+    summary = commands.add_parser("summary", help="per-stage parameters and multiply-adds")
+    summary.add_argument("--variant", required=True, choices=list_models())
+    summary.add_argument("--img-size", type=int, default=224)
+    summary.add_argument("--num-classes", type=int, default=1000)
+    summary.set_defaults(run=_summary)
+    commands.add_parser("list", help="registered variants and the timm models they import").set_defaults(run=_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Import timm's CoAtNet weights (``timm/models/maxxvit.py``) into :class:`coatnet.CoAtNet`.
+
+Works on plain state dicts, so timm is not needed to convert a downloaded file. The two models
+compute the same function; only names and a few tensor layouts differ:
+
+* keys: ``stages.i.blocks.j`` -> ``stages.i.j``, MBConv convs and the head are renamed;
+* Transformer blocks use 1x1 convs in timm and Linear layers here, (O, I, 1, 1) -> (O, I);
+* timm lays the qkv output channels out head by head ([head][q|k|v][dim]), we as [q|k|v][head][dim].
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from .attention import RelativeAttention
+from .config import CoAtNetConfig
+from .model import CoAtNet
+from .registry import get_config, list_models
+
+# timm architecture name (as in timm.list_models) -> our registered variant.
+TIMM_TO_VARIANT: dict[str, str] = {
+    **{f"coatnet_{i}_224": f"coatnet_{i}" for i in range(5)},
+    "coatnet_nano_rw_224": "coatnet_nano_rw",
+    "coatnet_0_rw_224": "coatnet_0_rw",
+    "coatnet_1_rw_224": "coatnet_1_rw",
+    "coatnet_2_rw_224": "coatnet_2_rw",
+    "coatnet_3_rw_224": "coatnet_3_rw",
+    "coatnet_bn_0_rw_224": "coatnet_bn_0_rw",
+    "coatnet_rmlp_nano_rw_224": "coatnet_rmlp_nano_rw",
+    "coatnet_rmlp_1_rw_224": "coatnet_rmlp_1_rw",
+    "coatnet_rmlp_1_rw2_224": "coatnet_rmlp_1_rw2",
+    "coatnet_rmlp_2_rw_224": "coatnet_rmlp_2_rw",
+    "coatnet_rmlp_2_rw_384": "coatnet_rmlp_2_rw",
+}
+
+# Variants whose converted model does not yet compute what timm's does, and why.
+KNOWN_DIFFERENCES: dict[str, str] = {
+    "coatnet_rmlp_1_rw": (
+        "timm downsamples its MBConv residual branch with avg2 pooling but the shortcut with max; "
+        "CoAtNetConfig has one `pool` for both, so outputs differ (about 0.1 in logits)"
+    ),
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Non-persistent buffers that build_uninitialised knows how to recompute.
+_DERIVED_BUFFERS = (".attn.index", ".attn.rel_pos.coords")
+
+# Renames inside one block, applied to the key after ``stages.i.j.``; first match wins.
+_MBCONV_RENAMES = (
+    ("shortcut.expand.", "shortcut.proj."),
+    ("conv1_1x1.", "conv_expand."),
+    ("conv2_kxk.", "conv_dw."),
+    ("conv3_1x1.", "conv_project."),
+)
+_TRANSFORMER_RENAMES = (
+    ("shortcut.expand.", "shortcut_proj."),
+    ("norm1.norm.", "norm1."),
+    ("attn.rel_pos.relative_position_bias_table", "attn.rel_pos.table"),
+    ("attn.rel_pos.mlp.", "attn.rel_pos."),
+)
+_TOP_RENAMES = (
+    ("norm.", "head.final_norm."),  # rw models: norm on the last feature map
+    ("head.norm.", "head.pool_norm."),  # paper models: norm after pooling
+    ("head.pre_logits.fc.", "head.pre_logits.0."),
+)
+_BLOCK_KEY = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
+
+
+class CheckpointError(ValueError):
+    """A file or state dict that cannot become the requested CoAtNet."""
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def _strip_tag(timm_name: str) -> str:
+    """``coatnet_0_rw_224.sw_in1k`` -> ``coatnet_0_rw_224`` (also drops an ``hf-hub:timm/`` prefix)."""
+    return timm_name.split("/")[-1].split(".")[0]
+
+
+def variant_for_timm_name(timm_name: str) -> str:
+    """Our variant for a timm name, with or without ``_224`` and a pretrained tag."""
+    base = _strip_tag(timm_name)
+    for candidate in (base, f"{base}_224"):
+        if candidate in TIMM_TO_VARIANT:
+            return TIMM_TO_VARIANT[candidate]
+    known = ", ".join(sorted(TIMM_TO_VARIANT))
+    raise CheckpointError(f"no CoAtNet variant for timm model {timm_name!r}; supported: {known}")
+
+
+def timm_img_size(timm_name: str) -> int | None:
+    """Input side encoded in a timm name (``..._384`` -> 384), None when the name has none."""
+    match = re.search(r"_(\d{3})$", _strip_tag(timm_name))
+    return int(match.group(1)) if match else None
+
+
+def timm_preprocessing(timm_name: str) -> dict[str, Any]:
+    """Eval preprocessing timm's weights were trained with (their pretrained cfg), by name.
+
+    timm's own rw weights use mean = std = 0.5, except bn_0_rw (ImageNet statistics); timm has no
+    weights for the paper models, so those get the ImageNet defaults of this project's recipes.
+    """
+    base = _strip_tag(timm_name)
+    variant = variant_for_timm_name(timm_name)
+    paper = not variant.endswith(("_rw", "_rw2"))
+    imagenet_stats = paper or variant == "coatnet_bn_0_rw"
+    crop_pct = 0.875 if paper else 0.9 if "nano" in variant else 0.95
+    if base.endswith("_384"):
+        crop_pct = 1.0
+    return {
+        "mean": IMAGENET_MEAN if imagenet_stats else (0.5, 0.5, 0.5),
+        "std": IMAGENET_STD if imagenet_stats else (0.5, 0.5, 0.5),
+        "interpolation": "bicubic",
+        "crop_pct": crop_pct,
+    }
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_torch_file(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` and an error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and string metadata of a ``.safetensors`` file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            return tensors, dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+
+
+def unwrap_state_dict(obj: Any, path: str | Path) -> dict[str, Tensor]:
+    """The tensor dict inside a loaded checkpoint: itself, or under ``state_dict`` / ``model``."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        found = f"keys {sorted(map(str, obj))[:6]}" if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{path} holds no state dict of tensors (found {found})")
+    state_dict = dict(obj)
+    if all(k.startswith("module.") for k in state_dict):  # saved from a DDP-wrapped model
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from ``.pth/.pt/.bin/.ckpt`` (weights only, no pickled code) or ``.safetensors``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return unwrap_state_dict(read_safetensors(path)[0], path)
+    if path.suffix not in _TORCH_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: unsupported file type {path.suffix!r}; expected .safetensors or {', '.join(_TORCH_SUFFIXES)}"
+        )
+    return unwrap_state_dict(read_torch_file(path), path)
+
+
+# ----------------------------------------------------------------------------- mapping
+
+
+def _rename(rest: str, renames: tuple[tuple[str, str], ...]) -> str:
+    for old, new in renames:
+        if rest.startswith(old):
+            return new + rest[len(old):]
+    return rest
+
+
+def _qkv_head_first_to_ours(tensor: Tensor, head_dim: int) -> Tensor:
+    """Rows [head][q|k|v][dim] -> [q|k|v][head][dim] (qkv weight or bias)."""
+    heads, extra = divmod(tensor.shape[0], 3 * head_dim)
+    if extra:  # not this variant's attention: left for the shape check to report
+        return tensor
+    grouped = tensor.reshape(heads, 3, head_dim, *tensor.shape[1:])
+    return grouped.transpose(0, 1).reshape(tensor.shape)
+
+
+def _map_block_tensor(rest: str, tensor: Tensor, layout: str, head_dim: int) -> tuple[str, Tensor]:
+    """Key and tensor of one block parameter, MBConv (``C``) or Transformer (``T``)."""
+    if layout == "C":
+        return _rename(rest, _MBCONV_RENAMES), tensor
+    rest = _rename(rest, _TRANSFORMER_RENAMES)
+    if tensor.ndim == 4 and tensor.shape[2:] == (1, 1):  # 1x1 conv -> Linear
+        tensor = tensor.flatten(1)
+    if rest in ("attn.qkv.weight", "attn.qkv.bias"):
+        tensor = _qkv_head_first_to_ours(tensor, head_dim)
+    return rest, tensor
+
+
+def map_timm_state_dict(state_dict: Mapping[str, Tensor], config: CoAtNetConfig) -> dict[str, Tensor]:
+    """Rename timm keys to ours and convert layouts; unknown keys pass through unchanged."""
+    mapped: dict[str, Tensor] = {}
+    for key, tensor in state_dict.items():
+        match = _BLOCK_KEY.match(key)
+        if match and int(match.group(1)) < len(config.layout):
+            stage, block, rest = int(match.group(1)), match.group(2), match.group(3)
+            rest, tensor = _map_block_tensor(rest, tensor, config.layout[stage], config.transformer.head_dim)
+            mapped[f"stages.{stage}.{block}.{rest}"] = tensor
+        else:
+            mapped[_rename(key, _TOP_RENAMES)] = tensor
+    return mapped
+
+
+def _stage_stride(config: CoAtNetConfig, stage: int) -> int:
+    return config.stem_stride * math.prod(config.stage_strides[: stage + 1])
+
+
+def infer_img_size(state_dict: Mapping[str, Tensor], config: CoAtNetConfig) -> tuple[int, int] | None:
+    """Square input size implied by the first relative-position table; None when there is none."""
+    for key, tensor in state_dict.items():
+        match = _BLOCK_KEY.match(key)
+        if not (match and key.endswith("relative_position_bias_table")):
+            continue
+        side = (math.isqrt(tensor.shape[0]) + 1) // 2
+        if (2 * side - 1) ** 2 != tensor.shape[0]:
+            raise CheckpointError(
+                f"{key} has {tensor.shape[0]} rows, not a square grid's (2H-1)^2: pass img_size=(H, W)"
+            )
+        size = side * _stage_stride(config, int(match.group(1)))
+        return (size, size)
+    return None
+
+
+def infer_num_classes(state_dict: Mapping[str, Tensor]) -> int:
+    """Classes of the classifier in a timm or project state dict (0 when it has none)."""
+    weight = state_dict.get("head.fc.weight")
+    return int(weight.shape[0]) if weight is not None else 0
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _short_list(keys: list[str], limit: int = 3) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def state_dict_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> list[str]:
+    """A few lines describing missing, unexpected and reshaped keys; empty when they fit."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in given and given[k].shape != expected[k].shape
+    ]
+    lines = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", reshaped)):
+        if keys:
+            lines.append(f"  {len(keys)} {label}: {_short_list(keys)}")
+    return lines
+
+
+def load_mapped(model: CoAtNet, mapped: Mapping[str, Tensor], what: str) -> None:
+    """``load_state_dict(strict=True)`` with a short, counted report instead of torch's full dump.
+
+    ``what`` names source and target for the message, e.g. "timm state dict for coatnet_0_rw".
+    """
+    problems = state_dict_mismatch(model.state_dict(), mapped)
+    if problems:
+        cfg = model.config
+        header = f"{what} does not fit (img {cfg.img_size[0]}x{cfg.img_size[1]}, {cfg.num_classes} classes):"
+        raise CheckpointError("\n".join([header, *problems]))
+    model.load_state_dict(mapped, strict=True)
+
+
+def build_uninitialised(config: CoAtNetConfig) -> CoAtNet:
+    """A model whose weights are about to be loaded: skips the random init (seconds for CoAtNet-3/4).
+
+    Parameters are left uninitialised; the derived buffers (relative-position indices and
+    coordinates) are recomputed. A model with other non-persistent buffers is built normally.
+    """
+    with torch.device("meta"):
+        model = CoAtNet(config)
+    derived = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    if not all(name.endswith(_DERIVED_BUFFERS) for name in derived):
+        return CoAtNet(config)
+    model.to_empty(device="cpu")
+    for module in model.modules():
+        if isinstance(module, RelativeAttention):
+            module.set_grid(module.rel_pos.grid)
+    return model
+
+
+def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **overrides: Any) -> CoAtNet:
+    """Our model for ``variant`` holding the weights of a timm state dict.
+
+    ``variant`` is ours (``coatnet_0_rw``) or a timm name. The checkpoint's own image size (from its
+    tables; rmlp models have none and use the variant's) and classes are used to load; an
+    ``img_size`` or ``num_classes`` override then resizes the tables or resets the classifier.
+    """
+    if variant not in list_models():
+        variant = variant_for_timm_name(variant)
+    if variant in KNOWN_DIFFERENCES:
+        warnings.warn(f"{variant}: {KNOWN_DIFFERENCES[variant]}", stacklevel=2)
+    img_size = overrides.pop("img_size", None)
+    num_classes = overrides.pop("num_classes", None)
+    base = get_config(variant, **overrides)
+    native = infer_img_size(state_dict, base) or img_size or base.img_size
+    model = build_uninitialised(
+        get_config(variant, img_size=native, num_classes=infer_num_classes(state_dict), **overrides)
+    )
+    load_mapped(model, map_timm_state_dict(state_dict, model.config), f"timm state dict for {variant}")
+    if img_size is not None and get_config(variant, img_size=img_size).img_size != model.img_size:
+        model.set_img_size(img_size)
+    if num_classes is not None and num_classes != model.config.num_classes:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def detect_variant(state_dict: Mapping[str, Tensor]) -> str:
+    """The registered variant whose parameter names and shapes a timm state dict matches exactly."""
+    depths = _stage_depths(state_dict)
+    num_classes = infer_num_classes(state_dict)
+    for variant in list_models():
+        config = get_config(variant)
+        if config.depths != depths or config.layout != "CCTT":
+            continue
+        config = get_config(variant, num_classes=num_classes, img_size=infer_img_size(state_dict, config) or 224)
+        with torch.device("meta"):
+            expected = CoAtNet(config).state_dict()
+        if not state_dict_mismatch(expected, map_timm_state_dict(state_dict, config)):
+            return variant
+    raise CheckpointError(f"no registered CoAtNet variant matches this state dict (stage depths {depths})")
+
+
+def _stage_depths(state_dict: Mapping[str, Tensor]) -> tuple[int, ...]:
+    blocks: dict[int, set[str]] = {}
+    for key in state_dict:
+        match = _BLOCK_KEY.match(key)
+        if match:
+            blocks.setdefault(int(match.group(1)), set()).add(match.group(2))
+    return tuple(len(blocks[i]) for i in sorted(blocks))
+
+
+def from_timm_model(model: torch.nn.Module) -> CoAtNet:
+    """Convert a live timm CoAtNet (needs no timm import: reads its name, input size and weights)."""
+    architecture = getattr(model, "pretrained_cfg", {}).get("architecture")
+    if not architecture:
+        raise CheckpointError(f"{type(model).__name__} has no timm pretrained_cfg naming its architecture")
+    img_size = tuple(getattr(model, "img_size", ())) or None
+    return convert_timm_state_dict(model.state_dict(), architecture, img_size=img_size)
