@@ -1,0 +1,84 @@
+"""The benchmark scripts run end to end on the CPU at a tiny size and print well-formed tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from bench import lightning_overhead, throughput
+
+TINY = ["--batch-size", "2", "--img-size", "32", "--num-classes", "10", "--device", "cpu", "--precision", "fp32"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Small kernels on a shared 2-core machine run far faster on one thread than on two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def table_rows(table: str) -> dict[str, list[str]]:
+    """First cell -> remaining cells, header and separator lines excluded."""
+    lines = [line.strip("|").split("|") for line in table.strip().splitlines()[2:]]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in lines}
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", "").rstrip("x%"))
+
+
+def test_throughput_table_and_results_file(tmp_path, monkeypatch):
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(throughput, "RESULTS_FILE", results)
+    argv = ["--model", "coatnet_nano", "--timm-name", "coatnet_pico_rw_224", *TINY, "--warmup", "0", "--iters", "1",
+            "--append-results"]
+    table = throughput.main(argv)
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert header == list(throughput.COLUMNS)
+    rows = table_rows(table)
+    assert list(rows) == ["ours coatnet_nano", "timm coatnet_pico_rw_224 (fused attn on)", "ratio ours / best timm"]
+    for label in list(rows)[:2]:
+        train, infer, train_mem, infer_mem, gflop, train_mfu, infer_mfu = rows[label]
+        assert number(train) > 0 and number(infer) > 0 and number(gflop) > 0
+        assert [train_mem, infer_mem, train_mfu, infer_mfu] == ["n/a"] * 4  # CUDA-only figures
+    assert number(rows["ratio ours / best timm"][0]) > 0 and number(rows["ratio ours / best timm"][1]) > 0
+    written = results.read_text()
+    assert "python -m bench.throughput --model coatnet_nano" in written and table in written
+
+
+class BrokenInTraining(nn.Module):
+    """Runs forward in eval mode only, to stand in for a configuration that cannot train."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("(*bias): last dimension must be contiguous\nmore detail")
+        return self.fc(x.mean((2, 3)))
+
+
+def test_failing_configuration_is_reported_not_raised():
+    settings = throughput.settings_from(throughput.parse_args(TINY + ["--warmup", "0", "--iters", "1"]))
+    row = throughput.benchmark(throughput.Candidate("broken", BrokenInTraining, ours=False), settings)
+    table = throughput.format_table([row], peak_tflops=None)
+    cells = table_rows(table)["broken"]
+    assert cells[0] == "fails: RuntimeError: (*bias): last dimension must be contiguous"
+    assert number(cells[1]) > 0
+
+
+def test_lightning_overhead_table():
+    argv = ["--model", "coatnet_nano", *TINY, "--warmup", "1", "--steps", "2"]
+    table = lightning_overhead.main(argv)
+    rows = table_rows(table)
+    assert list(rows) == ["raw PyTorch step", "Lightning Trainer.fit"]
+    for steps_per_s, ms_per_step, images_per_s, overhead in rows.values():
+        assert number(steps_per_s) > 0 and number(ms_per_step) > 0 and number(images_per_s) > 0
+    assert rows["raw PyTorch step"][3] == "+0.0%"
+    assert number(rows["Lightning Trainer.fit"][3]) > -100
