@@ -339,7 +339,7 @@ def device_name(device: torch.device) -> str:
         (line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")),
         platform.processor() or platform.machine(),
     )
-    return f"CPU {cpu}, {torch.get_num_threads()} torch threads"
+    return f"CPU {cpu}, torch threads: {torch.get_num_threads()}"
 
 
 def _cpuinfo_lines() -> list[str]:
