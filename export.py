@@ -1,0 +1,217 @@
+"""Export a trained CoAtNet to ONNX, TorchScript or ``torch.export``, check parity, time CPU inference.
+
+    python export.py --ckpt logs/smoke/version_0/checkpoints/last.ckpt --format onnx --output model.onnx --check
+    python export.py --model coatnet_0 --image-size 224 --format onnx --output c0.onnx --check --benchmark
+
+The exported graph takes normalised float32 images ``[B, 3, H, W]`` (B is dynamic, H x W is the
+training size) and returns logits. The checkpoint's class names and preprocessing (``data_info``:
+mean/std, resize mode, crop_pct, interpolation) are embedded: ONNX ``metadata_props`` keys, or a
+``data_info.json`` extra file in TorchScript / ``.pt2`` archives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from coatnet import create_model
+
+Format = Literal["onnx", "torchscript", "exported"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported")
+OPSET = 17
+MAX_BATCH = 1024
+
+
+def _require(module: str) -> Any:
+    """Import an optional (dev) dependency, saying how to get it when missing."""
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise SystemExit(f"{module} is needed for this; install it with: pip install -e '.[dev]'") from exc
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The eval-mode CoAtNet inside a Lightning checkpoint of ``ImageClassifier``, and its ``data_info``.
+
+    The network is rebuilt from the hyper-parameters the way ``ImageClassifier.build_model`` does,
+    so neither the LightningModule nor its optimizer settings are needed.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    hp = state["hyper_parameters"]
+    model = create_model(
+        hp["model_name"], num_classes=hp["num_classes"], img_size=tuple(hp["image_size"]), **(hp.get("model_overrides") or {})
+    )
+    weights = {k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(weights)
+    info = state.get("data_info") or {"image_size": list(hp["image_size"])}
+    return model.eval(), info
+
+
+def example_input(info: dict[str, Any], batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """Random normalised images of the model's input size (seeded, so checks are repeatable)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, *info["image_size"], generator=generator)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, output: Path, info: dict[str, Any], opset: int = OPSET) -> None:
+    """ONNX with a dynamic batch axis, ``images`` -> ``logits``; ``data_info`` entries become metadata.
+
+    Uses the TorchScript-based exporter: the dynamo one needs ``onnxscript``, which is not a
+    dependency. The relative-position bias becomes a constant Gather of the learned table.
+    """
+    onnx = _require("onnx")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes about the input-shape checks and the exporter's deprecation
+        torch.onnx.export(
+            model,
+            (example,),
+            str(output),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    proto = onnx.load(str(output))
+    for key, value in info.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(output))
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, output: Path, info: dict[str, Any]) -> None:
+    """``torch.jit.trace``; the traced graph keeps the batch size symbolic."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes and torch.jit's deprecation notice
+        traced = torch.jit.trace(model, (example,), check_trace=False)  # --check compares outputs instead
+        torch.jit.save(traced, str(output), _extra_files={"data_info.json": json.dumps(info)})
+
+
+def export_program(model: nn.Module, example: torch.Tensor, output: Path, info: dict[str, Any]) -> None:
+    """``torch.export`` to a ``.pt2`` archive (name the output ``*.pt2``) with a dynamic batch dimension."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(output), extra_files={"data_info.json": json.dumps(info)})
+
+
+EXPORTERS: dict[str, Callable[..., None]] = {
+    "onnx": export_onnx,
+    "torchscript": export_torchscript,
+    "exported": export_program,
+}
+
+
+def load_exported(path: Path, fmt: Format) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function running the exported file on a CPU tensor and returning a CPU tensor."""
+    if fmt == "onnx":
+        session = onnx_session(path)
+        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+    return lambda x: module(x)
+
+
+def onnx_session(path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session with all graph optimisations (``threads`` intra-op threads)."""
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def max_abs_diff(model: nn.Module, path: Path, fmt: Format, inputs: torch.Tensor) -> float:
+    """Largest absolute logit difference between eager PyTorch and the exported file."""
+    run = load_exported(path, fmt)
+    with torch.no_grad():
+        return float((run(inputs) - model(inputs)).abs().max())
+
+
+def _median_ms(fn: Callable[[], Any], runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def benchmark(model: nn.Module, onnx_path: Path, info: dict[str, Any], runs: int = 30, warmup: int = 5) -> dict[str, float]:
+    """Median CPU milliseconds per image at batch 1: eager PyTorch vs onnxruntime, same thread count."""
+    threads = torch.get_num_threads()
+    image = example_input(info, batch=1)
+    session = onnx_session(onnx_path, threads)
+    feed = {"images": image.numpy()}
+    with torch.inference_mode():
+        eager = _median_ms(lambda: model(image), runs, warmup)
+    onnx_ms = _median_ms(lambda: session.run(None, feed), runs, warmup)
+    return {"threads": threads, "eager_ms": eager, "onnxruntime_ms": onnx_ms, "speedup": eager / onnx_ms}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Export a CoAtNet checkpoint (see the module docstring).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="Lightning checkpoint of ImageClassifier")
+    source.add_argument("--model", help="or a randomly initialised variant, e.g. coatnet_0 (for timing)")
+    parser.add_argument("--image-size", type=int, default=224, help="input side with --model")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classes with --model")
+    parser.add_argument("--format", choices=FORMATS, default="onnx")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (>= 17)")
+    parser.add_argument("--check", action="store_true", help="compare outputs with PyTorch on random inputs")
+    parser.add_argument("--atol", type=float, default=1e-4, help="allowed absolute logit difference for --check")
+    parser.add_argument("--benchmark", action="store_true", help="CPU latency at batch 1 vs eager (ONNX only)")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs for --benchmark")
+    args = parser.parse_args(argv)
+    if args.benchmark and args.format != "onnx":
+        parser.error("--benchmark times onnxruntime: use --format onnx")
+    if args.opset < 17:
+        parser.error("--opset must be >= 17")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export, then optionally check and time; returns the exit status (1 when --check fails)."""
+    args = parse_args(argv)
+    if args.ckpt:
+        model, info = load_checkpoint(args.ckpt)
+    else:
+        size = (args.image_size, args.image_size)
+        model = create_model(args.model, num_classes=args.num_classes, img_size=size).eval()
+        info = {"image_size": list(size)}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"opset": args.opset} if args.format == "onnx" else {}
+    EXPORTERS[args.format](model, example_input(info), args.output, info, **extra)
+    print(f"wrote {args.output} ({args.output.stat().st_size / 2**20:.1f} MiB)")
+    status = 0
+    if args.check:
+        diff = max_abs_diff(model, args.output, args.format, example_input(info, batch=3, seed=1))
+        ok = diff <= args.atol
+        print(f"parity: max |exported - eager| = {diff:.2e} ({'ok' if ok else 'FAILED'}, atol {args.atol:g})")
+        status = 0 if ok else 1
+    if args.benchmark:
+        result = benchmark(model, args.output, info, runs=args.runs)
+        print(
+            f"batch 1, {result['threads']} threads: eager {result['eager_ms']:.1f} ms/image, "
+            f"onnxruntime {result['onnxruntime_ms']:.1f} ms/image ({result['speedup']:.2f}x)"
+        )
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""export.py: ONNX and TorchScript files match eager PyTorch on a tiny CoAtNet (each exported once)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import export
+from coatnet import create_model
+
+INFO = {"class_names": [f"c{i}" for i in range(4)], "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": [32, 64],
+        "resize": "resize", "crop_pct": 1.0, "interpolation": "bicubic"}  # fmt: skip
+FORMATS = ["onnx", "torchscript"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint shaped like ImageClassifier's (``model.`` prefix, hyper-parameters, data_info), non-square input."""
+    hp = {"model_name": "coatnet_nano", "num_classes": 4, "image_size": (32, 64), "model_overrides": {"drop_path_rate": 0.1}}
+    model = create_model("coatnet_nano", num_classes=4, img_size=(32, 64), drop_path_rate=0.1)
+    with torch.no_grad():  # non-zero, head-specific relative-position tables, as after training
+        for name, param in model.named_parameters():
+            if "rel_pos" in name:
+                param.normal_(0, 1)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"hyper_parameters": hp, "state_dict": state, "data_info": INFO}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """Each format written once through ``export.main`` with ``--check``: path and printed output."""
+    folder = tmp_path_factory.mktemp("exported")
+    results = {}
+    for fmt in FORMATS:
+        output = folder / f"model.{fmt}"
+        status = export.main(["--ckpt", str(checkpoint), "--format", fmt, "--output", str(output), "--check"])
+        assert status == 0, f"{fmt} parity check failed"
+        results[fmt] = output
+    return results
+
+
+def test_load_checkpoint_rebuilds_the_network(checkpoint):
+    model, info = export.load_checkpoint(checkpoint)
+    assert not model.training and info == INFO
+    assert model.config.img_size == (32, 64) and model.config.drop_path_rate == 0.1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_matches_eager_at_other_batch_sizes(checkpoint, exported, fmt):
+    model, _ = export.load_checkpoint(checkpoint)
+    for batch in (1, 5):  # traced/exported with batch 2
+        assert export.max_abs_diff(model, exported[fmt], fmt, export.example_input(INFO, batch=batch, seed=batch)) < 1e-4
+
+
+def test_onnx_carries_opset_and_preprocessing_metadata(exported):
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(exported["onnx"]))
+    assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= 17
+    metadata = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert metadata["class_names"] == INFO["class_names"] and metadata["mean"] == INFO["mean"]
+
+
+def test_torchscript_carries_preprocessing(exported):
+    files = {"data_info.json": ""}
+    torch.jit.load(str(exported["torchscript"]), _extra_files=files)
+    assert json.loads(files["data_info.json"]) == INFO
+
+
+def test_check_fails_when_the_file_disagrees(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(export.EXPORTERS, "onnx", lambda model, example, output, info, **kw: output.write_bytes(b"x"))
+    monkeypatch.setattr(export, "max_abs_diff", lambda *args: 1.0)
+    assert export.main(["--ckpt", str(checkpoint), "--output", str(tmp_path / "m.onnx"), "--check"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_arguments_are_validated():
+    with pytest.raises(SystemExit):
+        export.parse_args(["--model", "coatnet_nano", "--format", "torchscript", "--output", "x", "--benchmark"])
+    with pytest.raises(SystemExit):
+        export.parse_args(["--model", "coatnet_nano", "--output", "x", "--opset", "13"])
