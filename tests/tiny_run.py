@@ -11,7 +11,12 @@ from pathlib import Path
 from conftest import run_cli
 
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"]
+SHORT = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.num_sanity_val_steps=0",
+]
 
 
 @functools.lru_cache(maxsize=None)
