@@ -20,7 +20,6 @@ from .convert import (
     convert_timm_state_dict,
     detect_variant,
     load_state_dict_file,
-    timm_img_size,
     timm_preprocessing,
     variant_for_timm_name,
 )
@@ -32,8 +31,7 @@ def _convert(args: argparse.Namespace) -> None:
     state_dict = load_state_dict_file(args.input)
     timm_name = args.timm_name or next(k for k, v in TIMM_TO_VARIANT.items() if v == detect_variant(state_dict))
     variant = variant_for_timm_name(timm_name)
-    img_size = args.img_size or timm_img_size(timm_name)
-    model = convert_timm_state_dict(state_dict, variant, img_size=img_size)
+    model = convert_timm_state_dict(state_dict, timm_name, img_size=args.img_size)
     preprocessing = timm_preprocessing(timm_name)
     source = {"timm_name": timm_name, "file": str(Path(args.input).resolve())}
     path = save_weights(args.output, model, preprocessing, source, variant=variant)

@@ -11,7 +11,6 @@ compute the same function; only names and a few tensor layouts differ:
 from __future__ import annotations
 
 import math
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -136,8 +135,8 @@ def read_torch_file(path: str | Path) -> Any:
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}" if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
 
 
@@ -312,18 +311,20 @@ def build_uninitialised(config: CoAtNetConfig) -> CoAtNet:
 def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **overrides: Any) -> CoAtNet:
     """Our model for ``variant`` holding the weights of a timm state dict.
 
-    ``variant`` is ours (``coatnet_0_rw``) or a timm name. The checkpoint's own image size (from its
-    tables; rmlp models have none and use the variant's) and classes are used to load; an
-    ``img_size`` or ``num_classes`` override then resizes the tables or resets the classifier.
+    ``variant`` is ours (``coatnet_0_rw``) or a timm name. Loading uses the checkpoint's classes and
+    image size: its tables', or for rmlp weights (no tables) the timm name's, else the variant's.
+    An ``img_size`` or ``num_classes`` override then resizes the tables or resets the classifier.
     """
+    name_size = None
     if variant not in list_models():
+        name_size = timm_img_size(variant)  # the size a timm name states, for rmlp weights (no tables)
         variant = variant_for_timm_name(variant)
     if variant in KNOWN_DIFFERENCES:
         warnings.warn(f"{variant}: {KNOWN_DIFFERENCES[variant]}", stacklevel=2)
     img_size = overrides.pop("img_size", None)
     num_classes = overrides.pop("num_classes", None)
     base = get_config(variant, **overrides)
-    native = infer_img_size(state_dict, base) or img_size or base.img_size
+    native = infer_img_size(state_dict, base) or img_size or name_size or base.img_size
     model = build_uninitialised(
         get_config(variant, img_size=native, num_classes=infer_num_classes(state_dict), **overrides)
     )
@@ -337,18 +338,31 @@ def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **ov
 
 def detect_variant(state_dict: Mapping[str, Tensor]) -> str:
     """The registered variant whose parameter names and shapes a timm state dict matches exactly."""
-    depths = _stage_depths(state_dict)
     num_classes = infer_num_classes(state_dict)
     for variant in list_models():
         config = get_config(variant)
-        if config.depths != depths or config.layout != "CCTT":
-            continue
+        if _signature(config) != _state_dict_signature(state_dict):
+            continue  # cheap filter before building the candidate on the meta device
         config = get_config(variant, num_classes=num_classes, img_size=infer_img_size(state_dict, config) or 224)
         with torch.device("meta"):
             expected = CoAtNet(config).state_dict()
         if not state_dict_mismatch(expected, map_timm_state_dict(state_dict, config)):
             return variant
-    raise CheckpointError(f"no registered CoAtNet variant matches this state dict (stage depths {depths})")
+    raise CheckpointError(
+        f"no registered CoAtNet variant matches this state dict (stage depths {_stage_depths(state_dict)})"
+    )
+
+
+def _signature(config: CoAtNetConfig) -> tuple[Any, ...]:
+    return config.layout, config.depths, config.stem.widths, config.transformer.rel_pos
+
+
+def _state_dict_signature(state_dict: Mapping[str, Tensor]) -> tuple[Any, ...]:
+    """What :func:`_signature` reads from a config; every timm CoAtNet is C-C-T-T."""
+    convs = [state_dict.get(f"stem.{name}.weight") for name in ("conv1", "conv2")]
+    stem = tuple(int(w.shape[0]) for w in convs if w is not None)
+    rel_pos = "mlp" if any(".rel_pos.mlp." in k for k in state_dict) else "table"
+    return "CCTT", _stage_depths(state_dict), stem, rel_pos
 
 
 def _stage_depths(state_dict: Mapping[str, Tensor]) -> tuple[int, ...]:
@@ -360,10 +374,14 @@ def _stage_depths(state_dict: Mapping[str, Tensor]) -> tuple[int, ...]:
     return tuple(len(blocks[i]) for i in sorted(blocks))
 
 
-def from_timm_model(model: torch.nn.Module) -> CoAtNet:
-    """Convert a live timm CoAtNet (needs no timm import: reads its name, input size and weights)."""
+def from_timm_model(model: torch.nn.Module, **overrides: Any) -> CoAtNet:
+    """Convert a live timm CoAtNet (needs no timm import: reads its name, input size and weights).
+
+    ``overrides`` go to :func:`convert_timm_state_dict`, e.g. ``depths`` for a model that timm built
+    with its config overlaid.
+    """
     architecture = getattr(model, "pretrained_cfg", {}).get("architecture")
     if not architecture:
         raise CheckpointError(f"{type(model).__name__} has no timm pretrained_cfg naming its architecture")
     img_size = tuple(getattr(model, "img_size", ())) or None
-    return convert_timm_state_dict(model.state_dict(), architecture, img_size=img_size)
+    return convert_timm_state_dict(model.state_dict(), architecture, **{"img_size": img_size, **overrides})
