@@ -77,7 +77,7 @@ def prediction_grid(
     for image, pred, prob, label in zip(images, preds.tolist(), probs.tolist(), labels.tolist()):
         pixels = upscale((image * 255).round().to(torch.uint8), min_side)
         colour = RIGHT if pred == label else WRONG
-        caption = text_block([f"P: {names[pred]} {prob:.2f}", f"T: {names[label]}"], pixels.shape[2], [colour, (0, 0, 0)])
+        caption = text_block([f"P: {names[pred]} ({prob:.2f})", f"T: {names[label]}"], pixels.shape[2], [colour, (0, 0, 0)])
         tiles.append(bordered(torch.cat([pixels, caption], dim=1), colour))
     return make_grid(tiles, nrow=min(nrow, len(tiles)), padding=4, pad_value=255)
 

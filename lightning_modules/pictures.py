@@ -7,7 +7,7 @@ Tags (all images are uint8 CHW):
 C-C-T-T), scalars ``val_class_acc/<class name>`` (up to ``max_matrix_classes`` classes), and the
 HParams tab (hyper-parameters with the best/final validation metrics) at the end of a fit.
 
-Validation logits are caught with a forward hook on ``pl_module.model``, so nothing runs twice.
+Validation logits are caught with a forward hook on the LightningModule, so nothing runs twice.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class TensorBoardPictures(Callback):
         self.max_images, self.max_matrix_classes = max_images, max_matrix_classes
         self._train_logged = False
         self._hook: RemovableHandle | None = None
+        self._collecting = False
         self._logits: Tensor | None = None
         self._matrix: Tensor | None = None
         self._samples: tuple[Tensor, Tensor, Tensor] | None = None
@@ -117,6 +118,14 @@ class TensorBoardPictures(Callback):
             # TensorBoard keeps the first HParams session of a run; the placeholder ``hp_metric = -1``
             # written at fit start would hide the real metrics logged in ``on_fit_end``.
             logger._default_hp_metric = False
+        if self._needs_logits and self._hook is None:
+            # On the LightningModule, outside a compiled ``model``: registered once, so no recompilation.
+            self._hook = pl_module.register_forward_hook(self._catch_logits)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._train_logged, self._best = False, {}
@@ -131,20 +140,20 @@ class TensorBoardPictures(Callback):
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not self._needs_logits:
-            return
-        classes = pl_module.hparams.num_classes
-        self._matrix = torch.zeros(classes * classes, dtype=torch.long, device=pl_module.device)
-        self._samples, self._logits = None, None
-        self._hook = pl_module.model.register_forward_hook(self._catch_logits)
+        self._collecting = self._hook is not None and not trainer.sanity_checking
+        if self._collecting:
+            classes = pl_module.hparams.num_classes
+            self._matrix = torch.zeros(classes * classes, dtype=torch.long, device=pl_module.device)
+            self._samples, self._logits = None, None
 
     def _catch_logits(self, module: torch.nn.Module, inputs: Any, output: Tensor) -> None:
-        self._logits = output.detach()
+        if self._collecting:
+            self._logits = output.detach()
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._hook is None or self._logits is None:
+        if not self._collecting or self._logits is None:
             return
         images, labels = split_batch(batch)
         logits, self._logits = self._logits.float(), None
@@ -157,10 +166,9 @@ class TensorBoardPictures(Callback):
             self._samples = (to_unit_range(trainer, images[keep]), preds[keep].cpu(), probs.cpu(), labels[keep].cpu())
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._hook is None:
+        if not self._collecting:
             return
-        self._hook.remove()
-        self._hook = None
+        self._collecting = False
         classes = pl_module.hparams.num_classes
         matrix = trainer.strategy.reduce(self._matrix, reduce_op="sum").view(classes, classes).cpu()
         names = class_names(trainer, classes)
