@@ -83,6 +83,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         map_location: Callable | None = lambda storage, loc: storage,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
+        unreadable = (
+            f"{path} is not a readable PyTorch checkpoint ({{reason}}). It may be truncated or a different kind of "
+            "file; pass another one, e.g. last.ckpt or an epoch*.ckpt from the same folder"
+        )
+        # torch.save writes zip archives; a truncated one has lost its directory at the end of the file.
+        if _is_local_file_protocol(path) and os.path.isfile(path) and not zipfile.is_zipfile(path):
+            raise CheckpointError(unreadable.format(reason="not a zip archive"))
         try:
             checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except FileNotFoundError:
@@ -91,10 +98,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if "weights_only" in str(err):  # a real checkpoint holding objects torch will not unpickle by default
                 raise
             reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            raise CheckpointError(
-                f"{path} is not a readable PyTorch checkpoint ({reason}). It may be truncated or a different "
-                "kind of file; pass another one, e.g. last.ckpt or an epoch*.ckpt from the same folder"
-            ) from None
+            raise CheckpointError(unreadable.format(reason=reason)) from None
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise CheckpointError(
                 f"{path} is not a Lightning training checkpoint (it has no 'state_dict'); --ckpt_path needs a "

@@ -10,9 +10,11 @@ its traceback.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import sys
 import traceback
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -94,8 +96,26 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
+def unreadable_checkpoint_message(err: BaseException) -> str | None:
+    """For ``torch.load`` failing on a file that is no checkpoint (LightningCLI reads ``--ckpt_path`` early and raw)."""
+    text = str(err).strip()
+    if not (
+        isinstance(err, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile))
+        or (isinstance(err, RuntimeError) and "PytorchStreamReader" in text)
+    ):
+        return None
+    detail = " ".join(line.strip() for line in text.splitlines()[-4:] if line.strip())[:200] or type(err).__name__
+    return (
+        f"the --ckpt_path file could not be loaded as a PyTorch checkpoint ({detail}). It may be truncated, "
+        "another kind of file, or hold objects that torch.load(weights_only=True) refuses; pass another one, "
+        "e.g. last.ckpt or an epoch*.ckpt from the same folder."
+    )
+
+
 def user_message(err: BaseException) -> str | None:
     """The message to show for an error the user can fix, or ``None`` for a bug (keep the traceback)."""
+    if (unreadable := unreadable_checkpoint_message(err)) is not None:
+        return unreadable
     if isinstance(err, MisconfigurationException | ValueError) and "gpu" in str(err).lower():
         if not torch.cuda.is_available():
             return f"{err}\n{CPU_HINT}"

@@ -1,0 +1,188 @@
+"""Bad input gives a short ``error:`` message naming the problem and the fix; a diverged run keeps its last good checkpoint.
+
+Most CLI cases run ``cli.py``'s entry point in-process (a subprocess costs ~10 s of imports); one
+subprocess checks the real exit status and stderr of a missing dataset.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import cli
+from conftest import run_cli
+from datamodules import DatasetError, SyntheticDataModule
+from lightning_modules.checkpoint_io import AtomicCheckpointIO
+from lightning_modules.classifier import ImageClassifier
+from lightning_modules.errors import TRACEBACK_ENV, USER_ERROR_EXIT, exit_readably, summarize_state_dict_error
+from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint
+
+QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"]
+CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
+MAX_LINES = 8  # an error message plus the one-line usage/origin; Lightning's own errors are 30-80 lines
+
+
+def tiny_model(**overrides) -> ImageClassifier:
+    return ImageClassifier(
+        model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)}, **overrides
+    )
+
+
+def tiny_data() -> SyntheticDataModule:
+    return SyntheticDataModule(num_classes=4, image_size=32, train_size=64, val_size=16, test_size=16, batch_size=8)
+
+
+def run_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """``python cli.py *argv`` in-process: (exit status, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        exit_readably(cli.main)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_short(err: str, *needles: str) -> None:
+    assert "Traceback" not in err, err
+    assert len(err.strip().splitlines()) <= MAX_LINES, err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in:\n{err}"
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_missing_dataset_via_subprocess_is_one_error_line(tmp_path):
+    proc = run_cli(["fit", "--config", "coatnet0.yaml", "--trainer.fast_dev_run=1", *CPU], cwd=tmp_path, check=False)
+    assert proc.returncode == USER_ERROR_EXIT, proc.stderr[-3000:]
+    err = "\n".join(line for line in proc.stderr.splitlines() if line.startswith(("error:", "(raised", "  ")))
+    assert err.startswith("error: image folder data/imagenet/train not found"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and TRACEBACK_ENV in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--data.init_args.image_size=40"], ["error: image_size 40x40", "multiple of 32"]),
+        (["--model.model_overrides={drop_path_rate: 2}"], ["drop_path_rate", "[0, 1)"]),
+        (["--model.nonexistent=1"], ["error:", "--model.nonexistent"]),
+        (["--model.warmup_steps=abc"], ["error:", "model.warmup_steps", "abc"]),
+        (["--config", "fsdp.yaml", "--trainer.accelerator=cpu"], ["error:", "fsdp", "GPU", "--trainer.accelerator cpu"]),
+    ],
+    ids=["image-size", "model-config", "unknown-key", "wrong-type", "fsdp-on-cpu"],
+)
+def test_config_errors_are_short(args, needles, in_tmp, monkeypatch, capsys):
+    code, err = run_main(["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", *args], monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, *needles)
+
+
+def test_traceback_env_gives_the_full_error(in_tmp, monkeypatch):
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "coatnet0.yaml", *CPU, *QUICK, "--trainer.fast_dev_run=1"])
+    with pytest.raises(DatasetError, match="data/imagenet"):
+        exit_readably(cli.main)
+
+
+def test_bad_ckpt_path_files_are_named(in_tmp, monkeypatch, capsys):
+    common = ["validate", "--config", "smoke.yaml", *QUICK, "--trainer.limit_val_batches=1"]
+    code, err = run_main([*common, "--ckpt_path=nope.ckpt"], monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, "nope.ckpt does not exist")
+
+    (in_tmp / "notes.ckpt").write_text("not a checkpoint")
+    code, err = run_main([*common, "--ckpt_path=notes.ckpt"], monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, "--ckpt_path file could not be loaded as a PyTorch checkpoint", "Unsupported operand")
+
+    torch.save({"weight": torch.zeros(2)}, in_tmp / "weights.pt")
+    code, err = run_main([*common, "--ckpt_path=weights.pt"], monkeypatch, capsys)
+    assert_short(err, "weights.pt is not a Lightning training checkpoint")
+
+
+def test_checkpoint_of_another_variant_is_summarised(in_tmp, monkeypatch, capsys):
+    other = ImageClassifier(model_name="coatnet_nano", num_classes=7, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
+    torch.save({"state_dict": other.state_dict(), "pytorch-lightning_version": "2.6.0"}, in_tmp / "other.ckpt")
+    code, err = run_main(
+        ["validate", "--config", "smoke.yaml", *QUICK, "--trainer.limit_val_batches=1", "--ckpt_path=other.ckpt"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == USER_ERROR_EXIT
+    assert_short(err, "does not fit the model", "33 missing keys", "missing in checkpoint:", "(+30 more)", "config.yaml")
+    assert "shapes (checkpoint vs model): model.head" in err and "[7" in err and "[10" in err
+
+
+def test_state_dict_summary_counts_and_truncates():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 4))
+    with pytest.raises(RuntimeError) as error:
+        model.load_state_dict({"0.weight": torch.zeros(5, 2), "x1": torch.zeros(1), "x2": torch.zeros(1)})
+    summary = summarize_state_dict_error(str(error.value))
+    assert summary.splitlines()[0].endswith("3 missing keys, 2 unexpected keys, 1 shape mismatches")
+    assert "0.weight [5, 2] vs [3, 2]" in summary
+    assert summarize_state_dict_error("some other error") is None
+
+
+class NaNAtStep(ImageClassifier):
+    """Returns a NaN loss at one global step, as a diverging run would."""
+
+    def __init__(self, nan_step: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.nan_step = nan_step
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step == self.nan_step else loss
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    seed_everything(0)
+    model = NaNAtStep(3, model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True), FiniteLossGuard()],
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        exit_readably(lambda: trainer.fit(model, tiny_data()))
+    assert exit_info.value.code == USER_ERROR_EXIT
+    err = capsys.readouterr().err
+    assert_short(err, "error: training loss is nan at global step 3", "last.ckpt", "learning rate")
+    last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3, "saved after the good steps 0..2, not after the NaN step"
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert not any(torch.isfinite(p).all() for p in model.parameters()), "the in-memory weights are damaged"
+
+
+class OutOfMemoryAtFirstStep(ImageClassifier):
+    def training_step(self, batch, batch_idx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+
+
+def test_out_of_memory_suggests_smaller_batch_and_accumulation(capsys):
+    model = OutOfMemoryAtFirstStep(model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, num_sanity_val_steps=0)
+    with pytest.raises(SystemExit):
+        exit_readably(lambda: trainer.fit(model, tiny_data()))
+    assert_short(capsys.readouterr().err, "out of GPU memory", "Tried to allocate 2.00 GiB",
+                 "--data.init_args.batch_size", "--trainer.accumulate_grad_batches")
+
+
+def test_cli_registers_the_safety_callbacks_and_atomic_io(in_tmp):
+    trainer = cli.CoAtNetCLI(args=["--config", str(cli.CONFIG_DIR / "smoke.yaml"), *QUICK], run=False).trainer
+    kinds = {type(c) for c in trainer.callbacks}
+    assert {FiniteLossGuard, InterruptCheckpoint} <= kinds
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
