@@ -24,7 +24,7 @@ from lightning_modules.checkpoint_io import resolve_ckpt_path  # noqa: E402
 from lightning_modules.classifier import ImageClassifier  # noqa: E402
 from lightning_modules.pictures import TensorBoardPictures  # noqa: E402
 from lightning_modules.errors import ConciseArgumentParser, exit_readably  # noqa: E402
-from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint  # noqa: E402
+from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -89,6 +89,7 @@ class CoAtNetCLI(LightningCLI):
         parser.add_lightning_class_args(TensorBoardPictures, "pictures")
         parser.add_lightning_class_args(FiniteLossGuard, "nan_guard")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
+        parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
 

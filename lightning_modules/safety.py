@@ -1,4 +1,5 @@
-"""Callbacks that keep a run's progress safe: stop on a diverged loss, checkpoint on SIGTERM/SIGINT.
+"""Callbacks that keep a run's progress safe: stop on a diverged loss, checkpoint on SIGTERM/SIGINT,
+resume with the same random streams.
 
 ``FiniteLossGuard`` stops training at the first NaN/inf loss, before ``ModelCheckpoint`` (which
 Lightning always runs after other callbacks) can write the damaged weights, so the newest
@@ -13,12 +14,14 @@ saves nothing; SIGINT it would deliver as a ``KeyboardInterrupt`` in the middle 
 from __future__ import annotations
 
 import math
+import random
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
@@ -133,3 +136,32 @@ class InterruptCheckpoint(Callback):
             f"{signal.Signals(signum).name} received: stopped after global step {trainer.global_step} and saved "
             f"{path}. Resume with the same command plus --ckpt_path last"
         )
+
+
+class RandomStateCheckpoint(Callback):
+    """Saves the global torch/CUDA/numpy/Python random states in checkpoints and restores them on resume.
+
+    Lightning restores weights, optimizer, schedulers and loop counters but not the random streams,
+    so without this a resumed run draws different Mixup/CutMix and drop-path samples than an
+    uninterrupted one. States are stored as tensors and plain Python values so the checkpoint still
+    loads with ``weights_only=True``. Rank 0's state is saved and restored on every rank
+    (``seed_everything`` gives all ranks the same global streams anyway).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))

@@ -19,7 +19,7 @@ from datamodules import DatasetError, SyntheticDataModule
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.errors import TRACEBACK_ENV, USER_ERROR_EXIT, exit_readably, summarize_state_dict_error
-from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint
+from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint
 
 QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"]
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
@@ -184,5 +184,5 @@ def test_out_of_memory_suggests_smaller_batch_and_accumulation(capsys):
 def test_cli_registers_the_safety_callbacks_and_atomic_io(in_tmp):
     trainer = cli.CoAtNetCLI(args=["--config", str(cli.CONFIG_DIR / "smoke.yaml"), *QUICK], run=False).trainer
     kinds = {type(c) for c in trainer.callbacks}
-    assert {FiniteLossGuard, InterruptCheckpoint} <= kinds
+    assert {FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint} <= kinds
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
