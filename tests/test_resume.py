@@ -1,0 +1,145 @@
+"""Interrupt and resume lose nothing: same seed -> same run; stop + resume -> same weights; SIGTERM -> checkpoint.
+
+The in-process runs use a 4-block CoAtNet-nano on 32x32 synthetic images (seconds each). Resumes
+happen at an epoch boundary, the realistic case: mid-epoch, the rest of the epoch's shuffled order
+cannot be restored from a plain ``DataLoader``. Comparisons are exact, not within a tolerance:
+on one CPU process with a fixed seed every kernel is deterministic, and a resumed run replays the
+same arithmetic in the same order.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, RandomSampler
+
+from conftest import REPO_ROOT, run_cli, subprocess_env
+from datamodules import SyntheticDataModule
+from lightning_modules.checkpoint_io import AtomicCheckpointIO
+from lightning_modules.classifier import ImageClassifier
+from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint
+
+EPOCHS = 3
+
+
+class EpochSeededSampler(RandomSampler):
+    """A permutation that depends only on (seed, epoch); Lightning calls ``set_epoch`` before every epoch."""
+
+    def __init__(self, dataset, seed: int) -> None:
+        super().__init__(dataset, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+
+
+class EpochSeededData(SyntheticDataModule):
+    """The project's synthetic data with a shuffle order that a resumed run can reproduce."""
+
+    def train_dataloader(self) -> DataLoader:
+        loader = super().train_dataloader()
+        return DataLoader(loader.dataset, batch_size=self.batch_size, sampler=EpochSeededSampler(loader.dataset, self.seed),
+                          drop_last=True)
+
+
+class StopAfterEpoch(Callback):
+    """Ends ``fit`` after ``epoch`` as a preempted job would, without changing ``max_epochs`` (and so the lr schedule)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def train(folder: Path, data_class=SyntheticDataModule, ckpt_path: str | None = None, callbacks=()) -> tuple[ImageClassifier, dict]:
+    seed_everything(0, workers=True)
+    model = ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32),
+                            model_overrides={"depths": (1, 1, 1, 1)}, warmup_steps=2, mixup_alpha=0.2)
+    data = data_class(num_classes=4, image_size=32, train_size=48, val_size=16, test_size=8, batch_size=16)
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=EPOCHS, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=True, default_root_dir=folder, plugins=[AtomicCheckpointIO()],
+        callbacks=[ModelCheckpoint(dirpath=folder, save_last=True), FiniteLossGuard(), InterruptCheckpoint(), RandomStateCheckpoint(), *callbacks],
+    )
+    trainer.fit(model, data, ckpt_path=ckpt_path)
+    return model, {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def assert_same(a: tuple[ImageClassifier, dict], b: tuple[ImageClassifier, dict]) -> None:
+    assert a[1] == b[1], f"metrics differ:\n{a[1]}\n{b[1]}"
+    state_a, state_b = a[0].state_dict(), b[0].state_dict()
+    assert state_a.keys() == state_b.keys()
+    different = [k for k in state_a if not torch.equal(state_a[k], state_b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_same_seed_gives_same_metrics_and_weights(tmp_path):
+    assert_same(train(tmp_path / "a"), train(tmp_path / "b"))
+
+
+def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
+    full = train(tmp_path / "full", EpochSeededData)
+    train(tmp_path / "first", EpochSeededData, callbacks=[StopAfterEpoch(0)])
+    resumed = train(tmp_path / "resumed", EpochSeededData, ckpt_path=str(tmp_path / "first" / "last.ckpt"))
+    assert_same(full, resumed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="datamodules/base.py shuffles with one torch.Generator per DataLoader, so epoch k's order depends on "
+    "epochs 0..k-1 having run in the same process; a sampler with set_epoch (as EpochSeededSampler) fixes it",
+)
+def test_resume_with_project_datamodule_matches_uninterrupted_run(tmp_path):
+    full = train(tmp_path / "full")
+    train(tmp_path / "first", callbacks=[StopAfterEpoch(0)])
+    assert_same(full, train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt")))
+
+
+def _watch(stream, lines: list[str], seen: threading.Event, pattern: re.Pattern) -> None:
+    for line in iter(stream.readline, ""):
+        lines.append(line)
+        if pattern.search(line):
+            seen.set()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_checkpoint_and_last_resumes(tmp_path):
+    logs = tmp_path / "logs"
+    args = ["fit", "--config", "smoke.yaml", f"--trainer.logger.init_args.save_dir={logs}", "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=2", "--trainer.enable_model_summary=false"]
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "cli.py"), *args], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1)
+    lines: list[str] = []
+    stepped = threading.Event()  # the progress bar has shown a finished training batch
+    reader = threading.Thread(target=_watch, args=(proc.stderr, lines, stepped, re.compile(r"Epoch 0:\s+\d+%\|.*\| [2-9]/")))
+    reader.start()
+    try:
+        assert stepped.wait(timeout=240), "no training step seen:\n" + "".join(lines)[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines)[-3000:]
+    finally:
+        proc.kill()
+        reader.join()
+    output = "".join(lines)
+    last = logs / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"SIGTERM received: stopped after global step" in output and str(last) in output, output[-3000:]
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert 2 <= saved["global_step"] < 12, "saved at the step boundary where the signal arrived"
+
+    resumed = run_cli([*args, "--ckpt_path=last", "--trainer.enable_progress_bar=false"], cwd=tmp_path)
+    assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + resumed.stderr
+    final = torch.load(logs / "smoke" / "version_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == 12 and final["epoch"] == 0, "the interrupted epoch was completed, not restarted"
