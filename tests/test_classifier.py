@@ -192,3 +192,24 @@ def test_training_flops_per_image_matches_the_paper_scale():
     module = ImageClassifier(model_name="coatnet_0", num_classes=1000, image_size=(224, 224))
     flops = training_flops_per_image(module)
     assert 3 * 2 * 4.0e9 < flops < 3 * 2 * 5.0e9
+
+
+def test_ema_checkpoints_hold_average_and_live_weights_with_compile(tmp_path):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    torch.manual_seed(0)
+    module = ImageClassifier(**NANO, compile=True, compile_options={"backend": "eager"})
+    trainer = _trainer(
+        max_epochs=1,
+        default_root_dir=tmp_path,
+        enable_checkpointing=True,
+        callbacks=[EMAWeightAveraging(decay=0.5)],
+    )
+    trainer.fit(module, _loader(), _loader())  # EMA copies the module before it is compiled
+    path = next(tmp_path.rglob("*.ckpt"))
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    ema, live = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert ema.keys() == live.keys() and not any("_orig_mod" in k for k in ema)
+    assert any(not torch.equal(ema[k], live[k]) for k in ema), "EMA weights must differ from the live ones"
+    restored = ImageClassifier.load_from_checkpoint(path)
+    assert all(torch.equal(v, ema[k]) for k, v in restored.state_dict().items())
