@@ -140,27 +140,26 @@ def max_abs_diff(model: nn.Module, path: Path, fmt: Format, inputs: torch.Tensor
         return float((run(inputs) - model(inputs)).abs().max())
 
 
-def _median_ms(fn: Callable[[], Any], runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def benchmark(model: nn.Module, onnx_path: Path, info: dict[str, Any], runs: int = 30, warmup: int = 5) -> dict[str, float]:
-    """Median CPU milliseconds per image at batch 1: eager PyTorch vs onnxruntime, same thread count."""
+    """Median CPU milliseconds per image at batch 1: eager PyTorch vs onnxruntime, same thread count.
+
+    The two are timed alternately, run by run, so that load from other processes hits both alike.
+    """
     threads = torch.get_num_threads()
     image = example_input(info, batch=1)
     session = onnx_session(onnx_path, threads)
     feed = {"images": image.numpy()}
+    candidates = {"eager_ms": lambda: model(image), "onnxruntime_ms": lambda: session.run(None, feed)}
+    times: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.inference_mode():
-        eager = _median_ms(lambda: model(image), runs, warmup)
-    onnx_ms = _median_ms(lambda: session.run(None, feed), runs, warmup)
-    return {"threads": threads, "eager_ms": eager, "onnxruntime_ms": onnx_ms, "speedup": eager / onnx_ms}
+        for step in range(warmup + runs):
+            for name, fn in candidates.items():
+                start = time.perf_counter()
+                fn()
+                if step >= warmup:
+                    times[name].append(1000 * (time.perf_counter() - start))
+    result = {name: statistics.median(values) for name, values in times.items()}
+    return {"threads": threads, **result, "speedup": result["eager_ms"] / result["onnxruntime_ms"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -83,3 +83,9 @@ def test_arguments_are_validated():
         export.parse_args(["--model", "coatnet_nano", "--format", "torchscript", "--output", "x", "--benchmark"])
     with pytest.raises(SystemExit):
         export.parse_args(["--model", "coatnet_nano", "--output", "x", "--opset", "13"])
+
+
+def test_benchmark_times_both_runtimes(checkpoint, exported):
+    model, info = export.load_checkpoint(checkpoint)
+    result = export.benchmark(model, exported["onnx"], info, runs=2, warmup=1)
+    assert result["eager_ms"] > 0 and result["onnxruntime_ms"] > 0 and result["threads"] >= 1
