@@ -41,7 +41,7 @@ class MBConvBlock(nn.Module):
         self.shortcut = ConvShortcut(dim_in, dim_out, pool, cfg.output_bias) if stride > 1 else nn.Identity()
         self.pre_norm = nn.BatchNorm2d(dim_in, eps=cfg.norm_eps)
         self.pre_act = make_activation(cfg.act) if cfg.pre_norm_act else nn.Identity()
-        self.pool = Pool2d(pool) if (stride > 1 and cfg.stride_at == "pool") else nn.Identity()
+        self.pool = Pool2d(cfg.stride_pool or pool) if (stride > 1 and cfg.stride_at == "pool") else nn.Identity()
         self.conv_expand = nn.Conv2d(
             dim_in, mid, 1, stride=stride if cfg.stride_at == "1x1" else 1, bias=False
         )

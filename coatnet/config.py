@@ -36,6 +36,7 @@ class ConvConfig:
     se_ratio: float = 0.25  # of the output width (or the expanded width with expand_from=input)
     se_act: str = "silu"
     se_early: bool = False  # SE before the second norm (timm _rw)
+    stride_pool: Pool | None = None  # pool of the residual branch with stride_at="pool"; None: the model's pool
     norm_eps: float = 1e-5
 
 

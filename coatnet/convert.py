@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,12 +40,6 @@ TIMM_TO_VARIANT: dict[str, str] = {
 }
 
 # Variants whose converted model does not yet compute what timm's does, and why.
-KNOWN_DIFFERENCES: dict[str, str] = {
-    "coatnet_rmlp_1_rw": (
-        "timm downsamples its MBConv residual branch with avg2 pooling but the shortcut with max; "
-        "CoAtNetConfig has one `pool` for both, so outputs differ (about 0.1 in logits)"
-    ),
-}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -319,8 +312,6 @@ def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **ov
     if variant not in list_models():
         name_size = timm_img_size(variant)  # the size a timm name states, for rmlp weights (no tables)
         variant = variant_for_timm_name(variant)
-    if variant in KNOWN_DIFFERENCES:
-        warnings.warn(f"{variant}: {KNOWN_DIFFERENCES[variant]}", stacklevel=2)
     img_size = overrides.pop("img_size", None)
     num_classes = overrides.pop("num_classes", None)
     base = get_config(variant, **overrides)

@@ -170,7 +170,8 @@ def _coatnet_rmlp_nano_rw() -> CoAtNetConfig:
 def _coatnet_rmlp_1_rw() -> CoAtNetConfig:
     return _rw(
         (2, 6, 14, 2), (96, 192, 384, 768), (32, 64),
-        {**_COAT_RW, "se_early": True}, {"shortcut_bias": False, "rel_pos": "mlp", "rel_pos_mlp_dim": 384},
+        {**_COAT_RW, "se_early": True, "stride_pool": "avg2"},
+        {"shortcut_bias": False, "rel_pos": "mlp", "rel_pos_mlp_dim": 384},
         pool="max",
     )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
-import warnings
 
 import pytest
 import timm
@@ -25,7 +24,6 @@ from coatnet import CoAtNet, create_model
 from coatnet.checkpoint import load_weights, save_weights
 from coatnet.convert import (
     IMAGENET_MEAN,
-    KNOWN_DIFFERENCES,
     TIMM_TO_VARIANT,
     CheckpointError,
     convert_timm_state_dict,
@@ -115,26 +113,12 @@ def test_full_depth_coatnet_nano_rw_gives_timm_logits():
     _assert_same_logits(theirs, ours)
 
 
-def _cut_params():
-    for name in CUT:
-        variant = TIMM_TO_VARIANT[name]
-        marks = [pytest.mark.xfail(strict=True, reason=KNOWN_DIFFERENCES[variant])] if variant in KNOWN_DIFFERENCES else []
-        yield pytest.param(name, marks=marks)
-
-
-@pytest.mark.parametrize("name", _cut_params())
+@pytest.mark.parametrize("name", CUT)
 def test_variants_give_timm_logits_with_cut_depths(name):
     theirs = _timm(name, cut=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the known-difference warning; the xfail states it
-        ours = from_timm_model(theirs, depths=CUT_DEPTHS)
+    ours = from_timm_model(theirs, depths=CUT_DEPTHS)
     assert ours.config.depths == CUT_DEPTHS and _params(ours) == _params(theirs)
     _assert_same_logits(theirs, ours)
-
-
-def test_known_difference_warns():
-    with pytest.warns(UserWarning, match="avg2"):
-        from_timm_model(_timm("coatnet_rmlp_1_rw_224", cut=True), depths=CUT_DEPTHS)
 
 
 def test_other_resolution_table_model():
