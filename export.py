@@ -20,7 +20,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import numpy as np
 import torch
 from torch import nn
 

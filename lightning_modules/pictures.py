@@ -12,7 +12,6 @@ Validation logits are caught with a forward hook on the LightningModule, so noth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
