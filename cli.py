@@ -18,6 +18,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from lightning.pytorch import LightningDataModule  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
+
+from coatnet.checkpoint import preprocessing_of as preprocessing_of_weights  # noqa: E402
 
 from lightning_modules.callbacks import ThroughputLogger  # noqa: E402
 from lightning_modules.checkpoint_io import resolve_ckpt_path  # noqa: E402
@@ -92,6 +95,26 @@ class CoAtNetCLI(LightningCLI):
         parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Weights given by ``model.init_from`` bring their eval preprocessing: apply it to the DataModule.
+
+        mean, std, interpolation and crop_pct recorded by ``python -m coatnet convert`` replace the
+        data config's values (each only where the DataModule takes that argument), with a notice.
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        init_from = config.model.get("init_from")
+        if not init_from:
+            return
+        preprocessing = preprocessing_of_weights(init_from)
+        data_args = config.data.get("init_args")
+        if not preprocessing or data_args is None:
+            return
+        applied = {key: value for key, value in preprocessing.items() if key in data_args}
+        for key, value in applied.items():
+            data_args[key] = list(value) if isinstance(value, tuple) else value
+        if applied:
+            rank_zero_info(f"preprocessing from {init_from}: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
 
     def before_fit(self) -> None:
         """``--ckpt_path last`` also finds ``last.ckpt`` of earlier logger versions (Lightning looks only in the new one)."""

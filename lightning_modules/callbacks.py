@@ -25,7 +25,7 @@ def training_flops_per_image(pl_module: LightningModule) -> int:
     10x the forward convolutions on CoAtNet-0), which would inflate MFU.
     """
     with torch.device("meta"):
-        model = pl_module.build_model()
+        model = pl_module.build_model(load_weights=False)
         images = torch.empty(1, 3, *pl_module.image_size)
     return 3 * measure_flops(model, lambda: model(images))
 

@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from coatnet import create_model
+from coatnet.checkpoint import load_for_finetune
 from lightning_modules.mixing import MixupCutmix
 from lightning_modules.optim import WarmupCosine, no_decay_names, weight_decay_groups
 from lightning_modules.prediction import DATA_INFO_KEY, data_info
@@ -62,6 +64,9 @@ class ImageClassifier(LightningModule):
             checkpoints, stay those of the plain model).
         compile_options: keyword arguments for ``torch.compile`` (``mode``, ``backend``, ...).
         channels_last: keep the network and its input batches in channels-last memory format.
+        init_from: weights to fine-tune from (a ``python -m coatnet convert`` file, a checkpoint of
+            this project, or a timm CoAtNet state dict). Relative-position tables are resized to
+            ``image_size`` and the classifier is re-initialised when ``num_classes`` differs.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class ImageClassifier(LightningModule):
         compile: bool = False,
         compile_options: dict[str, Any] | None = None,
         channels_last: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         # The optimizer is left out so that checkpoints hold only plain values and load with
@@ -109,12 +115,17 @@ class ImageClassifier(LightningModule):
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro")
         self._compiled = False
 
-    def build_model(self) -> nn.Module:
-        """Create the network from the hyper-parameters (weight initialisation from a file goes here)."""
+    def build_model(self, load_weights: bool = True) -> nn.Module:
+        """Create the network from the hyper-parameters, then load ``init_from`` unless ``load_weights`` is False
+        (a meta-device copy for FLOP counting needs no weights)."""
         hp = self.hparams
-        return create_model(
+        model = create_model(
             hp.model_name, num_classes=hp.num_classes, img_size=self.image_size, **(hp.model_overrides or {})
         )
+        if hp.init_from and load_weights:
+            # Loaded here, not in setup(): callbacks such as EMA copy the weights in their own setup first.
+            rank_zero_info(str(load_for_finetune(model, hp.init_from)))
+        return model
 
     def setup(self, stage: str) -> None:
         """Compile here, after callbacks such as EMA have copied the plain module in their own ``setup``."""
