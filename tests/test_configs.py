@@ -28,7 +28,8 @@ from lightning_modules.classifier import ImageClassifier
 
 CONFIG_DIR = REPO_ROOT / "configs"
 PRESETS = ["bf16.yaml", "ddp.yaml", "ema.yaml", "fsdp.yaml"]
-RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in PRESETS)
+DATA_PRESETS = ["cifar10_folder.yaml"]
+RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in PRESETS + DATA_PRESETS)
 IMAGENET_DROP_PATH = {"coatnet0.yaml": 0.2, "coatnet1.yaml": 0.3, "coatnet2.yaml": 0.5, "coatnet3.yaml": 0.7}
 
 
@@ -92,6 +93,16 @@ def test_imagenet_recipes_follow_the_paper(name):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_only_touch_trainer_keys(preset):
     assert set(yaml.safe_load((CONFIG_DIR / preset).read_text())) == {"trainer"}
+
+
+def test_cifar_recipe_runs_on_an_image_folder_copy():
+    assert set(yaml.safe_load((CONFIG_DIR / "cifar10_folder.yaml").read_text())) == {"data"}
+    cli = _cli("cifar10.yaml", "cifar10_folder.yaml", extra=("--trainer.accelerator=cpu", "--trainer.precision=32-true"))
+    data = cli.datamodule
+    assert type(data).__name__ == "ImageFolderDataModule" and data.hparams.preset == "cifar"
+    assert data.hparams.val_holdout_per_class == 500
+    assert tuple(cli.model.hparams.image_size) == (32, 32) and cli.model.hparams.num_classes == 10
+    assert cli.model.hparams.model_name == yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["model"]["model_name"]
 
 
 def test_ddp_bf16_and_ema_presets_compose_with_a_recipe():
