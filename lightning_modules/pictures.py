@@ -145,8 +145,10 @@ class TensorBoardPictures(Callback):
             self._matrix = torch.zeros(classes * classes, dtype=torch.long, device=pl_module.device)
             self._samples, self._logits = None, None
 
-    def _catch_logits(self, module: torch.nn.Module, inputs: Any, output: Tensor) -> None:
-        if self._collecting:
+    def _catch_logits(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        # Under DDP the strategy also calls the module to run validation_step: that call returns
+        # the loss, not (B, classes) logits, and is ignored.
+        if self._collecting and isinstance(output, Tensor) and output.ndim == 2:
             self._logits = output.detach()
 
     def on_validation_batch_end(
