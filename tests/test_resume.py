@@ -9,6 +9,7 @@ same arithmetic in the same order.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -108,10 +109,11 @@ def test_resume_with_project_datamodule_matches_uninterrupted_run(tmp_path):
     assert_same(full, train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt")))
 
 
-def _watch(stream, lines: list[str], seen: threading.Event, pattern: re.Pattern) -> None:
-    for line in iter(stream.readline, ""):
-        lines.append(line)
-        if pattern.search(line):
+def _watch(fd: int, chunks: list[str], seen: threading.Event, pattern: re.Pattern) -> None:
+    """Collect a child's output; the progress bar redraws with carriage returns, so read raw chunks, not lines."""
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk.decode(errors="replace"))
+        if pattern.search("".join(chunks[-3:])):
             seen.set()
 
 
@@ -121,13 +123,16 @@ def test_sigterm_saves_checkpoint_and_last_resumes(tmp_path):
     args = ["fit", "--config", "smoke.yaml", f"--trainer.logger.init_args.save_dir={logs}", "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=2", "--trainer.enable_model_summary=false"]
     proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "cli.py"), *args], cwd=tmp_path, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # Lightning's progress bar is on stdout
     lines: list[str] = []
     stepped = threading.Event()  # the progress bar has shown a finished training batch
-    reader = threading.Thread(target=_watch, args=(proc.stderr, lines, stepped, re.compile(r"Epoch 0:\s+\d+%\|.*\| [2-9]/")))
+    reader = threading.Thread(target=_watch, args=(proc.stdout.fileno(), lines, stepped, re.compile(r"Epoch 0:\s+\d+%\|.*\| [2-9]/")))
     reader.start()
     try:
-        assert stepped.wait(timeout=240), "no training step seen:\n" + "".join(lines)[-3000:]
+        deadline = time.monotonic() + 240
+        while not stepped.wait(timeout=0.05) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        assert stepped.is_set() and proc.poll() is None, "no training step seen:\n" + "".join(lines)[-3000:]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines)[-3000:]
     finally:
@@ -135,7 +140,7 @@ def test_sigterm_saves_checkpoint_and_last_resumes(tmp_path):
         reader.join()
     output = "".join(lines)
     last = logs / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
-    assert f"SIGTERM received: stopped after global step" in output and str(last) in output, output[-3000:]
+    assert "SIGTERM received: stopped after global step" in output and str(last) in output, output[-3000:]
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert 2 <= saved["global_step"] < 12, "saved at the step boundary where the signal arrived"
 
