@@ -32,6 +32,15 @@ from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, Rando
 
 EPOCHS = 3
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on 2 shared cores: one intra-op thread is ~10x faster than two fighting over them."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 
 class EpochSeededSampler(RandomSampler):
     """A permutation that depends only on (seed, epoch); Lightning calls ``set_epoch`` before every epoch."""
@@ -122,7 +131,7 @@ def test_sigterm_saves_checkpoint_and_last_resumes(tmp_path):
     logs = tmp_path / "logs"
     args = ["fit", "--config", "smoke.yaml", f"--trainer.logger.init_args.save_dir={logs}", "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=2", "--trainer.enable_model_summary=false"]
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "cli.py"), *args], cwd=tmp_path, env=subprocess_env(),
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "cli.py"), *args], cwd=tmp_path, env=subprocess_env(threads=1),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # Lightning's progress bar is on stdout
     lines: list[str] = []
     stepped = threading.Event()  # the progress bar has shown a finished training batch
@@ -144,7 +153,7 @@ def test_sigterm_saves_checkpoint_and_last_resumes(tmp_path):
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert 2 <= saved["global_step"] < 12, "saved at the step boundary where the signal arrived"
 
-    resumed = run_cli([*args, "--ckpt_path=last", "--trainer.enable_progress_bar=false"], cwd=tmp_path)
+    resumed = run_cli([*args, "--ckpt_path=last", "--trainer.enable_progress_bar=false"], cwd=tmp_path, threads=1)
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + resumed.stderr
     final = torch.load(logs / "smoke" / "version_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 12 and final["epoch"] == 0, "the interrupted epoch was completed, not restarted"

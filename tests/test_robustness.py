@@ -25,6 +25,15 @@ QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
 MAX_LINES = 8  # an error message plus the one-line usage/origin; Lightning's own errors are 30-80 lines
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on 2 shared cores: one intra-op thread is ~10x faster than two fighting over them."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 
 def tiny_model(**overrides) -> ImageClassifier:
     return ImageClassifier(
@@ -60,7 +69,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_missing_dataset_via_subprocess_is_one_error_line(tmp_path):
-    proc = run_cli(["fit", "--config", "coatnet0.yaml", "--trainer.fast_dev_run=1", *CPU], cwd=tmp_path, check=False)
+    proc = run_cli(["fit", "--config", "coatnet0.yaml", "--trainer.fast_dev_run=1", *CPU], cwd=tmp_path, threads=1, check=False)
     assert proc.returncode == USER_ERROR_EXIT, proc.stderr[-3000:]
     err = "\n".join(line for line in proc.stderr.splitlines() if line.startswith(("error:", "(raised", "  ")))
     assert err.startswith("error: image folder data/imagenet/train not found"), proc.stderr[-3000:]
