@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from typing import Any, Callable, Optional
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from datamodules.errors import DatasetError
 
@@ -47,12 +48,39 @@ def check_image_size(image_size: ImageSize) -> tuple[int, int]:
     return height, width
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle order that depends only on (seed, epoch).
+
+    Lightning calls ``set_epoch`` before every epoch (DDP replaces this sampler with a
+    ``DistributedSampler``, which works the same way), so a run resumed at epoch k sees the
+    same order as one that never stopped.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.size = len(dataset)  # type: ignore[arg-type]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
 def seed_worker(worker_id: int) -> None:
     """Give each loader worker its own numpy/python/albumentations random stream.
 
     Forked workers inherit identical generator states; without reseeding every
-    worker would apply the same augmentations.
+    worker would apply the same augmentations. Workers also ignore SIGINT/SIGTERM: the main
+    process handles them (it saves a checkpoint first) and a dead worker would abort that.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     info = get_worker_info()
     seed = (info.seed if info is not None else torch.initial_seed()) % 2**32
     np.random.seed(seed)
@@ -130,13 +158,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochShuffleSampler(dataset, self.seed) if train else None,
             drop_last=train,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
             worker_init_fn=seed_worker if workers > 0 else None,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
             collate_fn=collate_fn,
         )
 

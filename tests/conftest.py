@@ -13,16 +13,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# The suite's models are tiny and CI has 2 cores: one intra-op thread per process avoids threads
+# spinning against each other (and against subprocesses), which made small fits ~10x slower.
+torch.set_num_threads(1)
 if str(REPO_ROOT) not in sys.path:  # makes the top-level ``cli.py`` importable in tests
     sys.path.insert(0, str(REPO_ROOT))
 
 
-def subprocess_env(threads: int = 2, **extra: str) -> dict[str, str]:
+def subprocess_env(threads: int = 1, **extra: str) -> dict[str, str]:
     """Environment for child processes: repo importable, albumentations offline, bounded CPU threads."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
@@ -44,7 +48,7 @@ def free_port() -> int:
 def run_cli(
     args: Sequence[str],
     cwd: Path | str | None = None,
-    threads: int = 2,
+    threads: int = 1,
     timeout: float = 300,
     check: bool = True,
     env: dict[str, str] | None = None,

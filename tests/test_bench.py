@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 from torch import nn
 
@@ -13,13 +10,6 @@ from bench import lightning_overhead, throughput
 TINY = ["--batch-size", "2", "--img-size", "32", "--num-classes", "10", "--device", "cpu", "--precision", "fp32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small kernels on a shared 2-core machine run far faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def table_rows(table: str) -> dict[str, list[str]]:

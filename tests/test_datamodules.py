@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from datamodules.base import EpochShuffleSampler
 from datamodules import (
     CIFAR10DataModule,
     CIFARDataModule,
@@ -58,8 +59,15 @@ def test_loader_settings_follow_the_contract():
     dm.setup()
     train, val = dm.train_dataloader(), dm.val_dataloader()
     assert train.drop_last and len(train) == 3 and not val.drop_last and len(val) == 2
-    assert isinstance(train.sampler, torch.utils.data.RandomSampler)
+    assert isinstance(train.sampler, EpochShuffleSampler)
     assert isinstance(val.sampler, torch.utils.data.SequentialSampler)
+    first = list(train.sampler)
+    assert sorted(first) == list(range(50)) and first == list(train.sampler)  # a permutation, stable within an epoch
+    train.sampler.set_epoch(1)
+    second = list(train.sampler)
+    assert second != first
+    train.sampler.set_epoch(0)
+    assert list(train.sampler) == first  # depends on (seed, epoch) only: a resumed run sees the same order
     assert dm.predict_dataloader().dataset is dm.val_set
 
 

@@ -8,7 +8,6 @@ pass and for the gradients that training uses.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 
 import pytest
@@ -22,13 +21,6 @@ BF16_LOGITS_TOLERANCE = 0.02  # relative norm error; measured about 0.7% here
 BF16_GRAD_TOLERANCE = 0.05  # measured up to about 3.3% on the tables and depthwise kernels
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small kernels on a shared 2-core machine run far faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -25,13 +25,7 @@ QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
 MAX_LINES = 8  # an error message plus the one-line usage/origin; Lightning's own errors are 30-80 lines
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: one intra-op thread is ~10x faster than two fighting over them."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+
 
 
 

@@ -1,0 +1,25 @@
+"""A callback for subprocess tests: reports the global step in a file and slows each step.
+
+A test that must signal a training process mid-run polls this file instead of parsing the
+progress bar, whose output timing depends on buffering and machine load.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class StepMarker(Callback):
+    def __init__(self, path: str, delay: float = 0.5) -> None:
+        self.path = Path(path)
+        self.delay = delay
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(str(trainer.global_step))
+        os.replace(partial, self.path)
+        time.sleep(self.delay)  # leaves the test time to send its signal before the epoch ends
