@@ -70,7 +70,7 @@ _BLOCK_KEY = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
 
 
 class CheckpointError(ValueError):
-    """A file or state dict that cannot become the requested CoAtNet."""
+    """A weights or checkpoint file that is missing, unreadable, or does not fit the requested model."""
 
 
 # ----------------------------------------------------------------------------- names

@@ -22,7 +22,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Trainer
 
-from lightning_modules.errors import CheckpointError
+from coatnet.convert import CheckpointError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -67,7 +67,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with atomic local writes and readable errors for unusable checkpoint files.
 
     Remote paths (``s3://`` ...) keep Lightning's fsspec transaction. Loading raises
-    :class:`~lightning_modules.errors.CheckpointError` naming the file when it is missing, truncated,
+    :class:`~coatnet.convert.CheckpointError` naming the file when it is missing, truncated,
     not a PyTorch file at all, or a bare weights file rather than a Lightning training checkpoint.
     """
 

@@ -29,10 +29,6 @@ USER_ERROR_EXIT = 2
 SHOWN_KEYS = 3
 
 
-class CheckpointError(ValueError):
-    """A ``--ckpt_path`` file is missing, unreadable, or does not fit the configured model."""
-
-
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; raised before the bad weights reach a checkpoint."""
 

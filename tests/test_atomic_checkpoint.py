@@ -20,7 +20,7 @@ import torch
 
 from conftest import REPO_ROOT, subprocess_env
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, partial_path
-from lightning_modules.errors import CheckpointError
+from coatnet.convert import CheckpointError
 
 KILLS = 8
 MAX_STEPS = 40
