@@ -29,6 +29,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from bench.throughput import synchronize, timed_median
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.optim import weight_decay_groups
 
@@ -93,11 +94,6 @@ class LoopTiming:
     seconds_per_step: float
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def synthetic_batch(settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(settings.batch_size, 3, settings.img_size, settings.img_size, generator=generator)
@@ -136,16 +132,7 @@ def time_raw_loop(settings: Settings) -> LoopTiming:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(settings.warmup):
-        step()
-    times = []
-    for _ in range(settings.steps):
-        synchronize(settings.device)
-        start = time.perf_counter()
-        step()
-        synchronize(settings.device)
-        times.append(time.perf_counter() - start)
-    return LoopTiming("raw PyTorch step", statistics.median(times))
+    return LoopTiming("raw PyTorch step", timed_median(step, settings.device, settings.warmup, settings.steps))
 
 
 def time_lightning_loop(settings: Settings) -> LoopTiming:

@@ -182,18 +182,22 @@ def synthetic_batch(settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels.to(settings.device)
 
 
-def median_seconds(step: Callable[[], object], settings: Settings) -> float:
-    """Median wall time of one call, synchronising the device around each timed call."""
-    for _ in range(settings.warmup):
+def timed_median(step: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
+    """Median wall time of one call after ``warmup`` calls, synchronising the device around each timed call."""
+    for _ in range(warmup):
         step()
     times = []
-    for _ in range(settings.iters):
-        synchronize(settings.device)
+    for _ in range(iters):
+        synchronize(device)
         start = time.perf_counter()
         step()
-        synchronize(settings.device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def median_seconds(step: Callable[[], object], settings: Settings) -> float:
+    return timed_median(step, settings.device, settings.warmup, settings.iters)
 
 
 def reset_peak_memory(device: torch.device) -> None:
