@@ -9,15 +9,13 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
 
 from datamodules.base import ImageClassificationDataModule  # noqa: E402
-from datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule  # noqa: E402
+from datamodules.cifar import CIFARDataModule  # noqa: E402
 from datamodules.errors import DatasetError  # noqa: E402
 from datamodules.image_folder import ImageFolderDataModule  # noqa: E402
 from datamodules.predict_files import PredictFilesDataModule  # noqa: E402
 from datamodules.synthetic import SyntheticDataModule  # noqa: E402
 
 __all__ = [
-    "CIFAR10DataModule",
-    "CIFAR100DataModule",
     "CIFARDataModule",
     "DatasetError",
     "ImageClassificationDataModule",

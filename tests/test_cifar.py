@@ -8,7 +8,7 @@ import pytest
 import torch
 from data_helpers import make_tar_gz, serve_directory, write_fake_cifar
 
-from datamodules import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule, DatasetError
+from datamodules import CIFARDataModule, DatasetError
 from datamodules.download import file_md5
 from datamodules.tensor_ops import pad_crop_flip
 
@@ -21,7 +21,7 @@ def cifar10(tmp_path):
 
 def test_loads_official_layout_with_labels_matching_images(cifar10):
     root, arrays = cifar10
-    dm = CIFAR10DataModule(root=str(root), batch_size=8, num_workers=0)
+    dm = CIFARDataModule(variant="cifar10", root=str(root), batch_size=8, num_workers=0)
     dm.setup("fit")
     assert dm.class_names == [f"class_{i:03d}" for i in range(10)]
     assert len(dm.train_set) == 60 and len(dm.val_set) == 20 and len(dm.test_set) == 20
@@ -36,7 +36,7 @@ def test_loads_official_layout_with_labels_matching_images(cifar10):
 
 def test_cifar100_uses_fine_labels(tmp_path):
     write_fake_cifar(tmp_path, "cifar100", train_per_class=2, test_per_class=1)
-    dm = CIFAR100DataModule(root=str(tmp_path), num_workers=0)
+    dm = CIFARDataModule(variant="cifar100", root=str(tmp_path), num_workers=0)
     dm.setup()
     assert dm.num_classes == 100 and len(dm.class_names) == 100
     assert dm.train_set.labels.max().item() == 99
@@ -60,7 +60,7 @@ def test_holdout_takes_last_images_of_each_class_from_train(cifar10):
 
 def test_augment_on_device_moves_crop_and_flip_out_of_the_loader(cifar10):
     root, _ = cifar10
-    dm = CIFAR10DataModule(root=str(root), augment_on_device=True, batch_size=60, num_workers=0, image_size=64)
+    dm = CIFARDataModule(variant="cifar10", root=str(root), augment_on_device=True, batch_size=60, num_workers=0, image_size=64)
     dm.setup()
     raw, labels = next(iter(dm.train_dataloader()))
     by_label = {int(l): dm.train_set.images[dm.train_set.labels == l] for l in labels}
@@ -94,7 +94,7 @@ def test_pad_crop_flip_is_a_shifted_or_mirrored_copy():
 
 
 def test_missing_files_error_names_path_and_download_flag(tmp_path):
-    dm = CIFAR10DataModule(root=str(tmp_path))
+    dm = CIFARDataModule(variant="cifar10", root=str(tmp_path))
     with pytest.raises(DatasetError) as info:
         dm.prepare_data()
     message = str(info.value)
@@ -118,7 +118,7 @@ def test_download_verifies_md5_and_extracts(tmp_path):
     served, md5 = _release_archive(tmp_path)
     root = tmp_path / "data"
     with serve_directory(served) as base:
-        dm = CIFAR10DataModule(
+        dm = CIFARDataModule(variant="cifar10", 
             root=str(root), download=True, download_url=f"{base}/cifar-10-python.tar.gz", download_md5=md5
         )
         dm.prepare_data()
@@ -132,7 +132,7 @@ def test_download_with_bad_checksum_fails_clearly_and_leaves_nothing(tmp_path):
     served, md5 = _release_archive(tmp_path, corrupt=True)
     root = tmp_path / "data"
     with serve_directory(served) as base:
-        dm = CIFAR10DataModule(
+        dm = CIFARDataModule(variant="cifar10", 
             root=str(root), download=True, download_url=f"{base}/cifar-10-python.tar.gz", download_md5=md5
         )
         with pytest.raises(DatasetError, match=f"checksum mismatch.*expected md5 {md5}"):
@@ -153,7 +153,7 @@ def test_archive_with_path_traversal_is_refused(tmp_path):
     root = tmp_path / "data"
     root.mkdir()
     shutil.copy(archive, root / archive.name)
-    dm = CIFAR10DataModule(root=str(root), download_md5=file_md5(archive), download_url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+    dm = CIFARDataModule(variant="cifar10", root=str(root), download_md5=file_md5(archive), download_url="http://127.0.0.1:9/cifar-10-python.tar.gz")
     with pytest.raises(DatasetError, match="unsafe archive entry"):
         dm.prepare_data()
     assert not (tmp_path / "escaped.txt").exists()
@@ -169,7 +169,7 @@ def test_malicious_pickle_is_not_executed(tmp_path):
             return (shutil.rmtree, (str(tmp_path / "cifar-10-batches-py"),))
 
     (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps(Exploit()))
-    dm = CIFAR10DataModule(root=str(tmp_path))
+    dm = CIFARDataModule(variant="cifar10", root=str(tmp_path))
     with pytest.raises(DatasetError, match="not a valid CIFAR pickle"):
         dm.setup()
     assert (tmp_path / "cifar-10-batches-py" / "data_batch_1").exists()

@@ -9,7 +9,6 @@ from torch import nn
 
 from datamodules.base import EpochShuffleSampler
 from datamodules import (
-    CIFAR10DataModule,
     CIFARDataModule,
     ImageClassificationDataModule,
     ImageFolderDataModule,
@@ -29,7 +28,7 @@ def test_attributes_valid_right_after_init_without_data(tmp_path):
     assert dm.mean == (0.485, 0.456, 0.406) and dm.std == (0.229, 0.224, 0.225)
     assert dm.class_names == [str(i) for i in range(1000)]
     assert CIFARDataModule(variant="cifar100", root=str(tmp_path)).num_classes == 100
-    assert CIFAR10DataModule(root=str(tmp_path), image_size=64).image_size == (64, 64)
+    assert CIFARDataModule(variant="cifar10", root=str(tmp_path), image_size=64).image_size == (64, 64)
 
 
 def test_normalize_is_affine_and_denormalize_inverts_it():
