@@ -1,4 +1,4 @@
-"""CIFAR-10/100 from the official python-pickle release, held in memory as uint8."""
+"""CIFAR-10/100 held in memory as uint8: the official python-pickle release or an image-folder copy."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import DEFAULT_NUM_WORKERS, ImageClassificationDataModule, ImageSize
 from datamodules.cifar_files import RELEASES, Variant, ensure_release, holdout_indices, load_batches, load_class_names
+from datamodules.cifar_folder import find_split, load_image_folder
+from datamodules.errors import DatasetError
+from datamodules.folder_scan import list_classes
 from datamodules.memory import TensorImageDataset
 from datamodules.tensor_ops import PadMode, pad_crop_flip, random_erase
 from datamodules.transforms import CifarTrainTransform
@@ -24,8 +29,12 @@ class CIFARDataModule(ImageClassificationDataModule):
 
     Args:
         variant: "cifar10" or "cifar100".
-        root: folder holding ``cifar-10-batches-py/`` or ``cifar-100-python/``.
-        download: fetch and verify the official archive when files are missing.
+        source: "pickle" reads the official release; "folder" decodes an image-folder copy
+            (``root/train/<class>/*.jpg`` and, optionally, ``root/test/`` or ``root/val/``) into
+            memory once, so both feed the same pipeline. Class folders in sorted order are the labels.
+        root: folder holding ``cifar-10-batches-py/`` or ``cifar-100-python/`` (pickle), or the
+            split folders (folder).
+        download: fetch and verify the official archive when files are missing (pickle only).
         download_url, download_md5: override the archive source (default: the official release).
         val_split: "test" validates on the official test batch; "holdout" validates on
             the last ``holdout_per_class`` training images of each class (no tuning on test).
@@ -44,6 +53,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         self,
         *,
         variant: Variant = "cifar10",
+        source: Literal["pickle", "folder"] = "pickle",
         root: str = "data",
         download: bool = False,
         download_url: Optional[str] = None,
@@ -80,9 +90,11 @@ class CIFARDataModule(ImageClassificationDataModule):
             std=std,
             seed=seed,
         )
+        if source not in ("pickle", "folder"):
+            raise ValueError(f"source must be 'pickle' or 'folder', got {source!r}")
         if val_split == "holdout" and holdout_per_class < 1:
             raise ValueError(f"val_split='holdout' needs holdout_per_class >= 1, got {holdout_per_class}")
-        self.variant = variant
+        self.variant, self.source = variant, source
         self.root = Path(root)
         self.download = download
         self.download_url, self.download_md5 = download_url, download_md5
@@ -104,23 +116,50 @@ class CIFARDataModule(ImageClassificationDataModule):
 
     def prepare_data(self) -> None:
         """Runs on one process per node: download/extract if needed."""
-        ensure_release(self.root, self.release, self.download, self.download_url, self.download_md5)
+        if self.source == "pickle":
+            ensure_release(self.root, self.release, self.download, self.download_url, self.download_md5)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        folder = ensure_release(self.root, self.release, self.download, self.download_url, self.download_md5)
-        self.class_names = load_class_names(folder, self.release)
-        train_x, train_y = load_batches(folder, self.release.train_files, self.release.label_key)
-        test_x, test_y = load_batches(folder, (self.release.test_file,), self.release.label_key)
-        self.test_set = TensorImageDataset(test_x, test_y)
+        (train_x, train_y), test = self._load_pickles() if self.source == "pickle" else self._load_folder()
         if self.val_split == "holdout":
             keep, held = holdout_indices(train_y, self.holdout_per_class, self.num_classes)
             self.val_set = TensorImageDataset(train_x[held], train_y[held])
             train_x, train_y = train_x[keep], train_y[keep]
+            self.test_set = TensorImageDataset(*test) if test is not None else None
         else:
-            self.val_set = self.test_set
+            self.val_set = self.test_set = TensorImageDataset(*test)
         self.train_set = TensorImageDataset(train_x, train_y, self.train_transform)
+
+    def _load_pickles(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        folder = ensure_release(self.root, self.release, self.download, self.download_url, self.download_md5)
+        self.class_names = load_class_names(folder, self.release)
+        train = load_batches(folder, self.release.train_files, self.release.label_key)
+        return train, load_batches(folder, (self.release.test_file,), self.release.label_key)
+
+    def _load_folder(self) -> tuple[tuple[torch.Tensor, torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        classes = list_classes(self.root / "train")
+        if len(classes) != self.num_classes:
+            raise DatasetError(
+                f"{self.variant} has {self.num_classes} classes but {self.root / 'train'} has {len(classes)} "
+                "class folders; fix the folder or choose the matching variant."
+            )
+        self.class_names = classes
+        test_dir = find_split(self.root, ("test", "val"))
+        if test_dir is None and self.val_split == "test":
+            raise DatasetError(
+                f"val_split: test needs {self.root}/test/<class>/ or {self.root}/val/<class>/; "
+                "add one, or set val_split: holdout to validate on held-out training images."
+            )
+        train = load_image_folder(self.root / "train", classes, NATIVE_SIZE)
+        return train, load_image_folder(test_dir, classes, NATIVE_SIZE) if test_dir is not None else None
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None and self.val_set is not None:
+            rank_zero_warn(f"{self.root} has no test/ or val/ folder: test_dataloader serves the held-out validation images.")
+            return self.val_dataloader()
+        return super().test_dataloader()
 
     def device_transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """Batched crop/flip/erasing (when ``augment_on_device``) and upsampling to ``image_size``."""

@@ -26,7 +26,7 @@ def is_jpeg(data: torch.Tensor) -> bool:
     return len(data) >= 3 and tuple(data[:3].tolist()) == JPEG_MAGIC
 
 
-def _quiet(fn, *args, **kwargs):
+def quiet(fn, *args, **kwargs):
     """torchvision 0.29 flags its decoders as deprecated on every call; keep batch logs readable."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -35,8 +35,8 @@ def _quiet(fn, *args, **kwargs):
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
     if is_jpeg(data):
-        return _quiet(decode_jpeg, data, mode=ImageReadMode.RGB, device=device)
-    return _quiet(decode_image, data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
+        return quiet(decode_jpeg, data, mode=ImageReadMode.RGB, device=device)
+    return quiet(decode_image, data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
 
 
 def decode_batch(
@@ -52,7 +52,7 @@ def decode_batch(
     jpegs = [i for i, d in enumerate(batch.data) if is_jpeg(d)]
     if jpegs:
         try:
-            decoded = _quiet(decode_jpeg, [batch.data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            decoded = quiet(decode_jpeg, [batch.data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
             for i, image in zip(jpegs, decoded):
                 images[i] = image
         except RuntimeError:

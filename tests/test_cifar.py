@@ -1,12 +1,14 @@
-"""CIFAR DataModule on tiny fake data in the official pickle layout, and its download path."""
+"""CIFAR DataModule on tiny fake data in the official pickle layout and as an image folder, and its download path."""
 
 from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
-from data_helpers import make_tar_gz, serve_directory, write_fake_cifar
+from data_helpers import CIFAR10_CLASSES, make_tar_gz, serve_directory, write_fake_cifar, write_image_folder
+from PIL import Image
 
 from datamodules import CIFARDataModule, DatasetError
 from datamodules.download import file_md5
@@ -173,3 +175,57 @@ def test_malicious_pickle_is_not_executed(tmp_path):
     with pytest.raises(DatasetError, match="not a valid CIFAR pickle"):
         dm.setup()
     assert (tmp_path / "cifar-10-batches-py" / "data_batch_1").exists()
+
+
+# ----------------------------------------------------------------------------- image-folder copy
+
+
+def _png_folder(root, split: str, per_class: int, size=(32, 32)):
+    """Lossless PNGs so decoded pixels can be compared exactly with what was written."""
+    return write_image_folder(root, split, CIFAR10_CLASSES, per_class, size=size, fmt="PNG")
+
+
+def test_folder_source_decodes_into_memory_with_sorted_class_labels(tmp_path):
+    _png_folder(tmp_path, "train", per_class=4)
+    dm = CIFARDataModule(source="folder", root=str(tmp_path), val_split="holdout", holdout_per_class=1, num_workers=0)
+    dm.setup()
+    assert dm.class_names == sorted(CIFAR10_CLASSES)
+    assert len(dm.train_set) == 30 and len(dm.val_set) == 10 and dm.test_set is None
+    assert torch.bincount(dm.val_set.labels).tolist() == [1] * 10
+    # the holdout is the last file (sorted) of each class, decoded exactly
+    deer = dm.class_names.index("deer")
+    held = dm.val_set.images[dm.val_set.labels == deer][0]
+    written = np.array(Image.open(tmp_path / "train" / "deer" / "0003.png").convert("RGB"))
+    assert torch.equal(held, torch.from_numpy(written).permute(2, 0, 1))
+    assert dm.train_set.images.dtype == torch.uint8 and dm.train_set.images.shape[1:] == (3, 32, 32)
+    with pytest.warns(UserWarning, match="no test/ or val/ folder"):
+        images, _ = next(iter(dm.test_dataloader()))
+    assert images.shape == (10, 3, 32, 32)
+
+
+def test_folder_source_uses_test_folder_and_checks_it(tmp_path):
+    _png_folder(tmp_path, "train", per_class=2)
+    _png_folder(tmp_path, "test", per_class=1)
+    dm = CIFARDataModule(source="folder", root=str(tmp_path), val_split="test", num_workers=0)
+    dm.setup()
+    assert len(dm.train_set) == 20 and len(dm.val_set) == 10 and dm.test_set is dm.val_set
+    shutil.rmtree(tmp_path / "test" / "ship")
+    with pytest.raises(DatasetError, match="class folders differ"):
+        CIFARDataModule(source="folder", root=str(tmp_path), val_split="test").setup()
+
+
+def test_folder_source_errors_name_the_problem_and_the_fix(tmp_path):
+    _png_folder(tmp_path, "train", per_class=2)
+    with pytest.raises(DatasetError, match="val_split: holdout"):
+        CIFARDataModule(source="folder", root=str(tmp_path), val_split="test").setup()
+    with pytest.raises(DatasetError, match="100 classes but .* has 10 class folders"):
+        CIFARDataModule(variant="cifar100", source="folder", root=str(tmp_path), val_split="holdout").setup()
+    (tmp_path / "train" / "cat" / "0000.png").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(DatasetError, match="cannot decode .*0000.png.*replace or delete"):
+        CIFARDataModule(source="folder", root=str(tmp_path), val_split="holdout", holdout_per_class=1).setup()
+    big = tmp_path / "big"
+    _png_folder(big, "train", per_class=2, size=(40, 40))
+    with pytest.raises(DatasetError, match="40x40 pixels.*ImageFolderDataModule"):
+        CIFARDataModule(source="folder", root=str(big), val_split="holdout", holdout_per_class=1).setup()
+    with pytest.raises(ValueError, match="source must be"):
+        CIFARDataModule(source="lmdb")

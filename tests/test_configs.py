@@ -99,8 +99,11 @@ def test_cifar_recipe_runs_on_an_image_folder_copy():
     assert set(yaml.safe_load((CONFIG_DIR / "cifar10_folder.yaml").read_text())) == {"data"}
     cli = _cli("cifar10.yaml", "cifar10_folder.yaml", extra=("--trainer.accelerator=cpu", "--trainer.precision=32-true"))
     data = cli.datamodule
-    assert type(data).__name__ == "ImageFolderDataModule" and data.hparams.preset == "cifar"
-    assert data.hparams.val_holdout_per_class == 500
+    recipe_data = yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["data"]["init_args"]
+    assert type(data).__name__ == "CIFARDataModule" and data.hparams.source == "folder"
+    assert (data.hparams.val_split, data.hparams.holdout_per_class) == ("holdout", 500)
+    for key in ("randaugment_layers", "randaugment_magnitude", "batch_size", "augment_on_device"):
+        assert data.hparams[key] == recipe_data[key], f"the folder preset must keep the recipe's {key}"
     assert tuple(cli.model.hparams.image_size) == (32, 32) and cli.model.hparams.num_classes == 10
     assert cli.model.hparams.model_name == yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["model"]["model_name"]
 
