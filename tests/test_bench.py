@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -72,3 +73,26 @@ def test_lightning_overhead_table():
         assert number(steps_per_s) > 0 and number(ms_per_step) > 0 and number(images_per_s) > 0
     assert rows["raw PyTorch step"][3] == "+0.0%"
     assert number(rows["Lightning Trainer.fit"][3]) > -100
+
+
+def test_scalars_summarises_and_exports_every_event_file(tmp_path, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from bench import scalars
+
+    run = tmp_path / "version_0"
+    for part, accuracies in enumerate(([0.2, 0.5], [0.4, 0.7])):  # a resumed run writes a second file
+        writer = SummaryWriter(str(run / f"part{part}"))
+        for step, value in enumerate(accuracies, start=10 * part):
+            writer.add_scalar("val/acc1", value, step)
+        writer.add_scalar("train/images_per_sec", 100.0 + part, part)
+        writer.close()
+    table = scalars.main([str(run), "--tags", "val/acc1", "train/images_per_sec", "missing/tag", "--csv", str(tmp_path / "c.csv")])
+    rows = table_rows(table)
+    assert rows["val/acc1"] == ["4", "0.7000", "0.2000", "0.7000", "0.4500"]
+    assert rows["train/images_per_sec"][0] == "2" and "missing/tag" not in rows
+    lines = (tmp_path / "c.csv").read_text().splitlines()
+    assert lines[0] == "tag,step,value" and "val/acc1,11,0.699999988079071" in lines and len(lines) == 7
+    with pytest.raises(SystemExit) as exit_info:
+        scalars.main([str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2 and "no TensorBoard event files" in capsys.readouterr().err
