@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import DEFAULT_NUM_WORKERS, ImageClassificationDataModule, ImageSize
+from datamodules.batch_augment import BatchRandAugment
 from datamodules.cifar_files import RELEASES, Variant, ensure_release, holdout_indices, load_batches, load_class_names
 from datamodules.cifar_folder import find_split, load_image_folder
 from datamodules.errors import DatasetError
@@ -42,8 +43,9 @@ class CIFARDataModule(ImageClassificationDataModule):
         hflip: probability of a horizontal flip.
         randaugment_layers, randaugment_magnitude: RandAugment-style policy (0 layers = off).
         random_erasing: per-image probability of erasing a random rectangle.
-        augment_on_device: do crop/flip/erasing batched on the device in
-            ``on_after_batch_transfer``; workers then only index memory.
+        augment_on_device: do RandAugment, crop/flip and erasing batched on the device in
+            ``on_after_batch_transfer`` (same distribution as the worker path); workers then
+            only index memory.
         image_size: model input size; other than 32 means upsampling on the device.
         batch_size: images per batch PER DEVICE.
         Others: see ``ImageClassificationDataModule``.
@@ -102,11 +104,12 @@ class CIFARDataModule(ImageClassificationDataModule):
         self.augment_on_device = augment_on_device
         self.crop_padding, self.pad_mode, self.hflip = crop_padding, pad_mode, hflip
         self.random_erasing = random_erasing
+        self.device_augment = BatchRandAugment(randaugment_layers, randaugment_magnitude)
         self.train_transform = CifarTrainTransform(
             padding=crop_padding,
             pad_mode=pad_mode,
             hflip=hflip,
-            randaugment_layers=randaugment_layers,
+            randaugment_layers=0 if augment_on_device else randaugment_layers,
             randaugment_magnitude=randaugment_magnitude,
             random_erasing=0.0 if augment_on_device else random_erasing,
             crop_flip=not augment_on_device,
@@ -162,8 +165,9 @@ class CIFARDataModule(ImageClassificationDataModule):
         return super().test_dataloader()
 
     def device_transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        """Batched crop/flip/erasing (when ``augment_on_device``) and upsampling to ``image_size``."""
+        """Batched RandAugment/crop/flip/erasing (when ``augment_on_device``) and upsampling to ``image_size``."""
         if train and self.augment_on_device:
+            images = self.device_augment(images)
             images = pad_crop_flip(images, self.crop_padding, self.pad_mode, self.hflip)
             images = random_erase(images, self.random_erasing)
         if tuple(images.shape[-2:]) != self.image_size:

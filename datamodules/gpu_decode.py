@@ -1,14 +1,15 @@
 """Device-side decode + crop for the image-folder "gpu" path.
 
 Workers only read bytes; here JPEGs are decoded in one batched call on the
-batch's device (nvJPEG on CUDA, libjpeg on CPU) and cropped per image with the
-same box sampler as the CPU path. Non-JPEG files are decoded on the CPU.
+batch's device (nvJPEG on CUDA, libjpeg on CPU), cropped per image with the
+same box sampler as the CPU path and augmented batched, in the CPU path's
+order. Non-JPEG files are decoded on the CPU.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -71,7 +72,11 @@ def decode_batch(
 
 
 class DeviceCropper:
-    """Train: random-resized crop + flip; eval: centre crop. Resizes each image to ``size`` on its device."""
+    """Train: random-resized crop + flip; eval: centre crop. Resizes each image to ``size`` on its device.
+
+    ``augment`` (a batched policy such as ``BatchRandAugment``) runs on training batches where the
+    CPU path runs its policy: after crop and flip ("imagenet"), before pad-crop and flip ("cifar").
+    """
 
     def __init__(
         self,
@@ -84,17 +89,19 @@ class DeviceCropper:
         preset: Literal["imagenet", "cifar"] = "imagenet",
         crop_padding: int = 4,
         seed: int = 0,
+        augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ) -> None:
         self.size, self.scale, self.ratio, self.interpolation = size, scale, ratio, interpolation
         self.hflip, self.crop_pct, self.preset, self.crop_padding = hflip, crop_pct, preset, crop_padding
         self.rng = np.random.default_rng(seed)
+        self.augment = augment if augment is not None else (lambda images: images)
 
     def __call__(self, images: list[torch.Tensor], train: bool) -> torch.Tensor:
         """List of CHW uint8 images (any sizes) -> float [B,3,H,W] in 0..255."""
         if self.preset == "cifar":
             out = torch.stack([crop_resize(im, CropBox(0, 0, *im.shape[-2:]), self.size, self.interpolation) for im in images])
             if train:
-                out = pad_crop_flip(out, self.crop_padding, "reflect", self.hflip)
+                out = pad_crop_flip(self.augment(out.round_()), self.crop_padding, "reflect", self.hflip)
             return out
         crops = []
         for image in images:
@@ -105,4 +112,5 @@ class DeviceCropper:
             else:
                 box, flip = eval_crop_box(height, width, self.size, self.crop_pct), False
             crops.append(crop_resize(image, box, self.size, self.interpolation, flip))
-        return torch.stack(crops)
+        out = torch.stack(crops)
+        return self.augment(out.round_()) if train else out

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from datamodules.base import DEFAULT_NUM_WORKERS, IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule, ImageSize
+from datamodules.batch_augment import BatchRandAugment
 from datamodules.crops import DEFAULT_RATIO
 from datamodules.errors import DatasetError
 from datamodules.folder_datasets import CorruptFiles, EncodedCollate, EncodedImages, FileDataset, OnCorrupt, decode_file, read_bytes
@@ -33,13 +34,14 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         image_size: model input side or (height, width), multiple of 32.
         crop_pct: eval centre crop covers this fraction of the resized short side.
         interpolation: resampling filter for resizing up (shrinking uses an area/antialiased filter).
-        randaugment_layers, randaugment_magnitude: RandAugment-style policy (0 layers = off; CPU path).
-        color_jitter: brightness/contrast/saturation jitter strength (0 = off; CPU path).
+        randaugment_layers, randaugment_magnitude: RandAugment-style policy (0 layers = off).
+        color_jitter: brightness/contrast/saturation jitter strength (0 = off; "imagenet" preset).
         scale: area fraction range of the train random-resized crop.
         hflip: horizontal flip probability.
         on_corrupt: "skip" replaces unreadable files (warning + ``num_corrupt_skipped``); "error" stops.
         decode: "cpu" decodes and augments in workers; "gpu" has workers read bytes only and
-            decodes JPEGs batched on the batch's device (crop + flip + resize there).
+            decodes JPEGs batched on the batch's device, where crop, flip, resize and the
+            RandAugment/jitter policy (``BatchRandAugment``, same distribution) run too.
         preset: "imagenet" (random-resized crop recipe) or "cifar" (pad-crop + flip recipe).
         crop_padding, pad_mode: pad-crop settings of the "cifar" preset.
         batch_size: images per batch PER DEVICE.
@@ -100,8 +102,10 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.decode, self.preset = decode, preset
         self.crop_padding, self.pad_mode = crop_padding, pad_mode
         self.corrupt = CorruptFiles(on_corrupt)
+        jitter = color_jitter if preset == "imagenet" else 0.0
         self.cropper = DeviceCropper(
-            self.image_size, self.scale, DEFAULT_RATIO, interpolation, hflip, crop_pct, preset, crop_padding, seed
+            self.image_size, self.scale, DEFAULT_RATIO, interpolation, hflip, crop_pct, preset, crop_padding, seed,
+            augment=BatchRandAugment(randaugment_layers, randaugment_magnitude, jitter),
         )
         self.save_hyperparameters(logger=False)
 

@@ -60,9 +60,12 @@ def test_holdout_takes_last_images_of_each_class_from_train(cifar10):
         bad.setup()
 
 
-def test_augment_on_device_moves_crop_and_flip_out_of_the_loader(cifar10):
+def test_augment_on_device_moves_the_whole_policy_out_of_the_loader(cifar10):
     root, _ = cifar10
-    dm = CIFARDataModule(variant="cifar10", root=str(root), augment_on_device=True, batch_size=60, num_workers=0, image_size=64)
+    dm = CIFARDataModule(
+        variant="cifar10", root=str(root), augment_on_device=True, randaugment_layers=2, random_erasing=0.5,
+        batch_size=60, num_workers=0, image_size=64,
+    )
     dm.setup()
     raw, labels = next(iter(dm.train_dataloader()))
     by_label = {int(l): dm.train_set.images[dm.train_set.labels == l] for l in labels}
@@ -75,6 +78,26 @@ def test_augment_on_device_moves_crop_and_flip_out_of_the_loader(cifar10):
     assert not torch.equal(train_out, eval_out)  # ... and the device step augments only in training
     normalised, _ = dm.on_after_batch_transfer((raw, labels), 0)  # no trainer: eval behaviour
     torch.testing.assert_close(normalised, dm.normalize(eval_out))
+
+
+def test_device_randaugment_runs_before_crop_and_only_when_asked(cifar10):
+    root, _ = cifar10
+    images = CIFARDataModule(root=str(root), num_workers=0)
+    images.setup()
+    raw = images.train_set.images[:60]
+
+    def device_output(layers: int) -> torch.Tensor:
+        dm = CIFARDataModule(
+            root=str(root), augment_on_device=True, randaugment_layers=layers, randaugment_magnitude=10,
+            crop_padding=0, hflip=0.0, num_workers=0,
+        )
+        torch.manual_seed(0)
+        return dm.device_transform(raw, train=True)
+
+    assert torch.equal(device_output(0), raw)  # no padding, no flip, no policy: untouched
+    augmented = device_output(2)
+    changed = (augmented != raw).flatten(1).any(1)
+    assert augmented.dtype == torch.uint8 and changed.float().mean() > 0.5
 
 
 def test_pad_crop_flip_is_a_shifted_or_mirrored_copy():

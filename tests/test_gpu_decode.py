@@ -126,3 +126,24 @@ def test_gpu_path_replaces_corrupt_jpeg_and_keeps_labels_aligned(gpu_folder):
         images, labels = dm.decode_on_device(batch, torch.tensor([0, 1]))
     assert images.shape == (2, 3, 32, 32) and labels.tolist() == [1, 1] and dm.num_corrupt_skipped == 1
     torch.testing.assert_close(images[0], images[1])
+
+
+@pytest.mark.parametrize("preset", ["imagenet", "cifar"])
+def test_gpu_path_applies_the_randaugment_policy_to_training_batches_only(gpu_folder, preset):
+    def decoded(layers: int, jitter: float, train: bool) -> torch.Tensor:
+        dm = ImageFolderDataModule(
+            root=str(gpu_folder), num_classes=2, image_size=32, decode="gpu", preset=preset, batch_size=6,
+            num_workers=0, val_dir="train", randaugment_layers=layers, randaugment_magnitude=10, color_jitter=jitter,
+        )
+        dm.setup()
+        loader = dm.train_dataloader() if train else dm.val_dataloader()
+        batch = next(iter(loader))
+        torch.manual_seed(0)
+        return dm.decode_on_device(batch[0], batch[1])[0]
+
+    plain = decoded(0, 0.0, train=True)
+    assert torch.equal(plain, plain.round()), "training crops are whole levels, as the CPU path's uint8"
+    augmented = decoded(2, 0.4, train=True)  # same seed: same files, crops and flips, plus the policy
+    assert augmented.shape == plain.shape and torch.equal(augmented, augmented.round())
+    assert (augmented != plain).flatten(1).any(1).float().mean() > 0.5
+    assert torch.equal(decoded(2, 0.4, train=False), decoded(0, 0.0, train=False))
