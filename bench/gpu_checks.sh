@@ -54,6 +54,8 @@ case $topic in
     step c2_eager 90 bench_throughput --model coatnet_2 --batch-size 128 --img-size 224 --append-results
     step c0_384_eager 90 bench_throughput --model coatnet_0 --timm-name coatnet_0_224 --batch-size 64 --img-size 384 \
       --append-results
+    step c0_grad_checkpointing 60 bench_throughput --model coatnet_0 --no-timm --batch-size 256 --img-size 224 \
+      --grad-checkpointing --append-results
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
   cifar)

@@ -54,6 +54,7 @@ class Settings:
     compile_mode: str | None
     warmup: int
     iters: int
+    grad_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,12 @@ def our_candidate(name: str, settings: Settings) -> Candidate:
     from coatnet import create_model
 
     def build() -> nn.Module:
-        return create_model(name, img_size=settings.img_size, num_classes=settings.num_classes)
+        model = create_model(name, img_size=settings.img_size, num_classes=settings.num_classes)
+        model.set_grad_checkpointing(settings.grad_checkpointing)
+        return model
 
-    return Candidate(f"ours {name}", build, ours=True)
+    suffix = " (grad checkpointing)" if settings.grad_checkpointing else ""
+    return Candidate(f"ours {name}{suffix}", build, ours=True)
 
 
 # ----------------------------------------------------------------------------- counting
@@ -396,6 +400,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--compile-mode", choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
         default=None,
     )
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true", help="recompute our blocks in backward (memory for compute)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a shared, busy machine)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations per phase (compilation happens here)")
@@ -423,6 +430,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         compile_mode=args.compile_mode,
         warmup=args.warmup,
         iters=args.iters,
+        grad_checkpointing=args.grad_checkpointing,
     )
 
 

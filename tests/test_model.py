@@ -210,3 +210,29 @@ def test_config_round_trip():
     cfg = get_config("coatnet_0_rw", img_size=(64, 96), num_classes=3)
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert isinstance(cfg, CoAtNetConfig)
+
+
+def test_grad_checkpointing_recomputes_blocks_and_keeps_gradients():
+    def run(checkpointing: bool) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        torch.manual_seed(0)
+        model = create_model("coatnet_nano", img_size=64, num_classes=10, drop_path_rate=0.3)
+        model.set_grad_checkpointing(checkpointing)
+        calls = []
+        first_block = model.stages[2][0]
+        first_block.register_forward_pre_hook(lambda *_: calls.append(1))  # recomputation may stop early: no post hook
+        images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(2)  # drop-path masks: the recomputation must replay the same ones
+        loss = model(images).logsumexp(1).mean()
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters()], len(calls)
+
+    loss, grads, calls = run(False)
+    loss_ckpt, grads_ckpt, calls_ckpt = run(True)
+    assert (calls, calls_ckpt) == (1, 2), "a checkpointed block runs again in backward"
+    torch.testing.assert_close(loss_ckpt, loss)
+    for grad, grad_ckpt in zip(grads, grads_ckpt):
+        torch.testing.assert_close(grad_ckpt, grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # nothing to recompute without autograd
+        model = create_model("coatnet_nano", img_size=64)
+        model.set_grad_checkpointing(True)
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
