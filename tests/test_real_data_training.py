@@ -84,7 +84,7 @@ def test_cifar10_recipe_shrunk_down_learns_on_real_images(cifar_subset, tmp_path
     and schedule, via the image-folder preset; only size, epochs and the CPU settings change."""
     monkeypatch.chdir(tmp_path)
     shrink = [
-        "--model.model_name=coatnet_nano", "--model.warmup_steps=20", "--trainer.max_epochs=4",
+        "--model.model_name=coatnet_nano", "--model.compile=false", "--model.warmup_steps=20", "--trainer.max_epochs=4",
         f"--data.init_args.root={cifar_subset}", f"--data.init_args.holdout_per_class={HOLDOUT}",
         "--data.init_args.batch_size=64", "--data.init_args.num_workers=0",
         "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--cpu_threads=1",
