@@ -4,8 +4,11 @@ Both loops train ``lightning_modules.ImageClassifier`` on one fixed batch that a
 device, so neither times an input pipeline. The raw loop does only the arithmetic of a step
 (mixing/label smoothing, forward, cross-entropy, backward, optimizer step); everything else that
 ``Trainer.fit`` adds per step (hooks, ``self.log``, the accuracy metric, the LR scheduler, closure
-and precision plugin) counts as overhead. Progress bar, logger and checkpointing are off: they are
-I/O choices of a run, not of the loop.
+and precision plugin, and the per-step callbacks every ``cli.py`` run has: ``ThroughputLogger``
+and ``FiniteLossGuard``) counts as overhead. Progress bar, logger and checkpointing are off: they
+are I/O choices of a run, not of the loop. Each loop is timed as one block of steps with the
+device synchronised only at its two ends, as in a real run, where the CPU queues work ahead of the
+GPU: a host sync inside the loop would show up here as overhead.
 
     python -m bench.lightning_overhead --model coatnet_0 --batch-size 256 --img-size 224 \\
         --precision bf16 --channels-last --device cuda
@@ -17,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +31,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from bench.throughput import synchronize, timed_median
+from bench.throughput import synchronize
+from lightning_modules.callbacks import ThroughputLogger
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.optim import weight_decay_groups
+from lightning_modules.safety import FiniteLossGuard
 
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,7 +63,7 @@ class DeviceBatches(L.LightningDataModule):
         self.settings = settings
 
     def train_dataloader(self) -> RepeatedBatch:
-        return RepeatedBatch(synthetic_batch(self.settings), self.settings.warmup + self.settings.steps + 1)
+        return RepeatedBatch(synthetic_batch(self.settings), self.settings.warmup + self.settings.steps)
 
 
 class RepeatedBatch:
@@ -76,16 +80,23 @@ class RepeatedBatch:
         return itertools.repeat(self.batch, self.length)
 
 
-class StepTimer(L.Callback):
-    """Wall time between consecutive ends of training batches, i.e. one full loop iteration each."""
+class BlockTimer(L.Callback):
+    """Wall time from the end of the warm-up batches to the end of the last batch, synchronised at both ends."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.ends: list[float] = []
+    def __init__(self, device: torch.device, warmup: int) -> None:
+        self.device, self.warmup = device, warmup
+        self.start: float | None = None
+        self.end: float | None = None
+        self.batches = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        synchronize(self.device)
-        self.ends.append(time.perf_counter())
+        self.batches += 1
+        if self.batches == self.warmup or self.batches == trainer.max_steps:
+            synchronize(self.device)
+            if self.batches == self.warmup:
+                self.start = time.perf_counter()
+            else:
+                self.end = time.perf_counter()
 
 
 @dataclass(frozen=True)
@@ -113,8 +124,20 @@ def build_module(settings: Settings) -> ImageClassifier:
     )
 
 
+def block_seconds(step: Callable[[], object], device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds per step over ``steps`` consecutive calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
 def time_raw_loop(settings: Settings) -> LoopTiming:
-    """Median time of the bare step, with the module's own mixer, optimizer and parameter groups."""
+    """The bare step, with the module's own mixer, optimizer and parameter groups."""
     module = build_module(settings).to(settings.device)
     module.setup("fit")  # compiles when asked, as Lightning would
     module.train()
@@ -132,32 +155,31 @@ def time_raw_loop(settings: Settings) -> LoopTiming:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    return LoopTiming("raw PyTorch step", timed_median(step, settings.device, settings.warmup, settings.steps))
+    return LoopTiming("raw PyTorch step", block_seconds(step, settings.device, settings.warmup, settings.steps))
 
 
 def time_lightning_loop(settings: Settings) -> LoopTiming:
-    """Median interval between batch ends of ``Trainer.fit``, after the warm-up steps."""
-    timer = StepTimer(settings.device)
+    """``Trainer.fit`` with the template's per-step callbacks, timed over the steps after the warm-up."""
+    timer = BlockTimer(settings.device, settings.warmup)
     trainer = L.Trainer(
         accelerator=settings.device.type,
         devices=1,
         precision=LIGHTNING_PRECISION[settings.precision],
-        max_steps=settings.warmup + settings.steps + 1,
+        max_steps=settings.warmup + settings.steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[ThroughputLogger(), FiniteLossGuard(), timer],
     )
     trainer.fit(build_module(settings), datamodule=DeviceBatches(settings))
-    intervals = [b - a for a, b in zip(timer.ends, timer.ends[1:])][settings.warmup :]
-    return LoopTiming("Lightning Trainer.fit", statistics.median(intervals))
+    return LoopTiming("Lightning Trainer.fit", (timer.end - timer.start) / settings.steps)
 
 
 def format_table(raw: LoopTiming, lightning: LoopTiming, batch_size: int) -> str:
-    lines = ["| loop | steps/s | ms/step (median) | img/s | overhead vs raw |", "|---|---:|---:|---:|---:|"]
+    lines = ["| loop | steps/s | ms/step | img/s | overhead vs raw |", "|---|---:|---:|---:|---:|"]
     for timing in (raw, lightning):
         overhead = 100 * (timing.seconds_per_step / raw.seconds_per_step - 1)
         lines.append(
@@ -178,11 +200,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a shared, busy machine)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per loop")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per loop; the median is reported")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per loop (compilation happens here)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per loop, as one block")
     args = parser.parse_args(argv)
-    if args.warmup < 0 or args.steps < 1:
-        parser.error("--warmup must be >= 0 and --steps >= 1")
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be >= 1")
     return args
 
 

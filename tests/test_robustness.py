@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import cli
@@ -162,11 +162,42 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
         exit_readably(lambda: trainer.fit(model, tiny_data()))
     assert exit_info.value.code == USER_ERROR_EXIT
     err = capsys.readouterr().err
-    assert_short(err, "error: training loss is nan at global step 3", "last.ckpt", "learning rate")
+    assert_short(err, "error: training loss is not finite (nan or inf) at global step 3", "last.ckpt", "learning rate")
     last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 3, "saved after the good steps 0..2, not after the NaN step"
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
     assert not any(torch.isfinite(p).all() for p in model.parameters()), "the in-memory weights are damaged"
+
+
+class StepCounter(Callback):
+    def __init__(self) -> None:
+        self.finished = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.finished += 1
+
+
+def test_nan_guard_reads_the_device_only_every_n_steps_and_before_any_save(tmp_path, capsys):
+    def run(check_every: int, checkpoint: ModelCheckpoint | None) -> tuple[str, StepCounter]:
+        seed_everything(0)
+        model = NaNAtStep(3, model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
+        counter = StepCounter()
+        trainer = Trainer(
+            accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, enable_checkpointing=checkpoint is not None,
+            callbacks=[counter, FiniteLossGuard(check_every_n_steps=check_every), *([checkpoint] if checkpoint else [])],
+        )
+        with pytest.raises(SystemExit):
+            exit_readably(lambda: trainer.fit(model, tiny_data()))
+        return capsys.readouterr().err, counter
+
+    err, counter = run(check_every=5, checkpoint=None)
+    assert "at global step 3" in err and counter.finished == 5, "checked after step 4 (the 5th), naming step 3"
+    # the epoch-end checkpoint would hold the damaged weights: the guard stops it, whatever its interval
+    err, _ = run(check_every=1000, checkpoint=ModelCheckpoint(dirpath=tmp_path, save_last=True))
+    assert "at global step 3" in err and not list(tmp_path.glob("*.ckpt"))
+    with pytest.raises(ValueError, match="check_every_n_steps"):
+        FiniteLossGuard(check_every_n_steps=0)
 
 
 class OutOfMemoryAtFirstStep(ImageClassifier):
