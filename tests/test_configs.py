@@ -66,6 +66,9 @@ def test_recipe_instantiates_with_linked_data_settings(name, tmp_path, monkeypat
         "checkpoints"
     )[-1].lstrip("/")
     assert any(isinstance(cb, ThroughputLogger) for cb in trainer.callbacks)
+    raw_trainer = yaml.safe_load((CONFIG_DIR / name).read_text())["trainer"]
+    if raw_trainer["accelerator"] != "cpu":  # fixed input sizes: cuDNN's autotuner pays for itself
+        assert raw_trainer.get("benchmark") is True, f"{name} runs on GPUs: set trainer.benchmark: true"
     if callable(getattr(type(data), "train_transform", None)):  # the image-folder CPU pipeline is built in setup
         assert data.train_transform() is not None
     assert not list(Path(tmp_path).iterdir()), "instantiation must not create files"
