@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind bench/RESULTS.md and the README's GPU figures, one command per topic:
 #
-#   bash bench/gpu_checks.sh speed                  # ours vs timm (compiled, eager), Lightning overhead, larger variants
+#   bash bench/gpu_checks.sh speed                  # ours vs timm (compiled, eager), profile, Lightning overhead, more sizes
 #   bash bench/gpu_checks.sh cifar DATA [ARGS...]   # configs/cifar10.yaml on a CIFAR-10 JPEG folder (or its .tar.gz)
 #   bash bench/gpu_checks.sh pipeline               # ImageNet-sized JPEGs: loader img/s, folder fit vs synthetic fit
 #
@@ -48,6 +48,8 @@ case $topic in
   speed)
     step c0_compiled 330 bench_throughput --model coatnet_0 --batch-size 256 --img-size 224 --compile --append-results
     step c0_eager 90 bench_throughput --model coatnet_0 --batch-size 256 --img-size 224 --append-results
+    step c0_profile 90 python3 -m bench.profile_step --model coatnet_0 --batch-size 256 --img-size 224 \
+      --precision bf16 --channels-last
     step c0_lightning_overhead 240 python3 -m bench.lightning_overhead --model coatnet_0 --batch-size 256 \
       --img-size 224 --precision bf16 --channels-last --compile
     step c1_eager 90 bench_throughput --model coatnet_1 --batch-size 256 --img-size 224 --append-results

@@ -96,3 +96,17 @@ def test_scalars_summarises_and_exports_every_event_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         scalars.main([str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2 and "no TensorBoard event files" in capsys.readouterr().err
+
+
+def test_profile_step_reports_every_stage_and_the_top_operators():
+    from bench import profile_step
+
+    report = profile_step.main(["--model", "coatnet_nano", "--batch-size", "2", "--img-size", "32", "--num-classes",
+                                "10", "--precision", "fp32", "--device", "cpu", "--warmup", "1", "--steps", "1"])
+    stage_part, operator_part = report.split("Top ")
+    stages = table_rows(stage_part[stage_part.index("| stage"):])
+    assert list(stages) == ["stem", "S1", "S2", "S3", "S4", "head"]
+    assert all(number(fwd) > 0 and number(bwd) > 0 for fwd, bwd, _ in stages.values()), stages
+    assert abs(sum(number(share) for _, _, share in stages.values()) - 100) < 1
+    operators = table_rows(operator_part[operator_part.index("| operator"):])
+    assert len(operators) == profile_step.TOP_OPERATORS and any("convolution" in name for name in operators)
