@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from coatnet import create_model
 from coatnet.checkpoint import load_for_finetune
 from lightning_modules.mixing import MixupCutmix
-from lightning_modules.optim import WarmupCosine, no_decay_names, weight_decay_groups
+from lightning_modules.optim import WarmupCosine, layer_decay_groups, no_decay_names, weight_decay_groups
 from lightning_modules.prediction import DATA_INFO_KEY, data_info
 
 
@@ -54,6 +54,8 @@ class ImageClassifier(LightningModule):
         image_size: ``(height, width)`` the model is built for; linked from the DataModule.
         model_overrides: extra keyword arguments for ``coatnet.create_model`` (e.g. ``drop_path_rate``).
         optimizer: called with the parameter groups; its ``weight_decay`` applies to weights only.
+        layer_decay: layer-wise learning-rate decay for fine-tuning: the head trains at the
+            optimizer's lr, each block below at ``layer_decay`` times the one above (None: off).
         warmup_steps: optimizer steps of linear warm-up.
         min_lr_ratio: final learning rate as a fraction of the peak, reached at the last step.
         label_smoothing: spread over all classes, also inside mixed targets.
@@ -78,6 +80,7 @@ class ImageClassifier(LightningModule):
         image_size: tuple[int, int] = (224, 224),
         model_overrides: dict[str, Any] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
+        layer_decay: float | None = None,
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.1,
@@ -92,12 +95,15 @@ class ImageClassifier(LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}; 0.75-0.9 is usual for fine-tuning")
         # The optimizer is left out so that checkpoints hold only plain values and load with
         # ``weights_only=True``; the config saved next to the logs records it.
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.image_size = tuple(image_size)
         self.model = self.build_model()
+        self.model_depths = tuple(self.model.config.depths)
         # Decided now, before any strategy wraps or shards the network.
         self.no_decay = no_decay_names(self.model, getattr(self.model, "no_weight_decay", set)())
         if channels_last:
@@ -185,7 +191,13 @@ class ImageClassifier(LightningModule):
             checkpoint[DATA_INFO_KEY] = data_info(datamodule)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(weight_decay_groups(self.model, self.no_decay))
+        if self.hparams.layer_decay is None:
+            groups = weight_decay_groups(self.model, self.no_decay)
+        else:
+            groups = layer_decay_groups(self.model, self.no_decay, self.model_depths, self.hparams.layer_decay)
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
+            group["lr"] *= group.get("lr_scale", 1.0)
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ValueError("The cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,41 @@ def weight_decay_groups(model: nn.Module, no_decay: set[str]) -> list[dict[str, 
         if param.requires_grad:
             (skip if canonical_name(name) in no_decay else decay).append(param)
     return [{"params": decay}, {"params": skip, "weight_decay": 0.0}]
+
+
+def layer_index(name: str, depths: Sequence[int]) -> int:
+    """Depth of a CoAtNet parameter: 0 for the stem, 1..sum(depths) for the blocks in order, then the head."""
+    parts = canonical_name(name).split(".")
+    if parts[0] == "stem":
+        return 0
+    if parts[0] == "stages" and len(parts) > 2 and parts[1].isdigit() and parts[2].isdigit():
+        return 1 + sum(depths[: int(parts[1])]) + int(parts[2])
+    if parts[0] == "head":
+        return sum(depths) + 1
+    raise ValueError(f"layer_decay needs CoAtNet parameter names (stem., stages.S.B., head.), got {name!r}")
+
+
+def layer_decay_groups(
+    model: nn.Module, no_decay: set[str], depths: Sequence[int], layer_decay: float
+) -> list[dict[str, Any]]:
+    """Like :func:`weight_decay_groups`, split further per layer, each with ``lr_scale = layer_decay ** k``
+    for the layer k steps below the head (layer-wise learning-rate decay for fine-tuning, as in BEiT).
+
+    Groups come head first, so the first group carries the unscaled learning rate.
+    """
+    head = sum(depths) + 1
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = (layer_index(name, depths), canonical_name(name) in no_decay)
+            buckets.setdefault(key, []).append(param)
+    groups = []
+    for (layer, skip), params in sorted(buckets.items(), key=lambda item: (-item[0][0], item[0][1])):
+        group: dict[str, Any] = {"params": params, "lr_scale": layer_decay ** (head - layer)}
+        if skip:
+            group["weight_decay"] = 0.0
+        groups.append(group)
+    return groups
 
 
 @dataclass(frozen=True)

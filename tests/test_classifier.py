@@ -213,3 +213,35 @@ def test_ema_checkpoints_hold_average_and_live_weights_with_compile(tmp_path):
     assert any(not torch.equal(ema[k], live[k]) for k in ema), "EMA weights must differ from the live ones"
     restored = ImageClassifier.load_from_checkpoint(path)
     assert all(torch.equal(v, ema[k]) for k, v in restored.state_dict().items())
+
+
+def test_layer_decay_scales_lr_from_the_head_down_and_keeps_weight_decay_rules():
+    from lightning_modules.optim import layer_index
+
+    module = ImageClassifier(**NANO, layer_decay=0.5, warmup_steps=0, min_lr_ratio=1.0)
+    depths = module.model.config.depths
+    blocks = sum(depths)
+    assert layer_index("stem.conv1.weight", depths) == 0
+    assert layer_index("stages.0.0.conv_expand.weight", depths) == 1
+    assert layer_index("_orig_mod.stages.1.0.conv_dw.weight", depths) == 1 + depths[0]
+    assert layer_index(f"stages.3.{depths[3] - 1}.mlp.fc2.weight", depths) == blocks
+    assert layer_index("head.fc.weight", depths) == blocks + 1
+    with pytest.raises(ValueError, match="layer_decay needs CoAtNet parameter names"):
+        layer_index("backbone.weight", depths)
+
+    trainer = _trainer(max_steps=1)
+    trainer.fit(module, _loader())
+    groups = trainer.optimizers[0].param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    params = dict(module.model.named_parameters())
+    assert len(lr_of) == len(params), "every parameter in exactly one group"
+    assert groups[0]["lr"] == pytest.approx(1e-3), "the head's group comes first, unscaled"
+    assert lr_of[id(params["head.fc.weight"])] == pytest.approx(1e-3)
+    assert lr_of[id(params["stages.0.0.conv_expand.weight"])] == pytest.approx(1e-3 * 0.5 ** blocks)
+    assert lr_of[id(params["stem.conv1.weight"])] == pytest.approx(1e-3 * 0.5 ** (blocks + 1))
+    tables = module.model.no_weight_decay()
+    for name, param in params.items():
+        assert decay_of[id(param)] == (0.0 if param.ndim <= 1 or name in tables else 0.05), name
+    with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
+        ImageClassifier(**NANO, layer_decay=1.5)
