@@ -17,6 +17,7 @@ from torchvision.utils import make_grid
 SEQUENTIAL = ((255, 255, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107))
 DIVERGING = ((33, 102, 172), (146, 197, 222), (247, 247, 247), (244, 165, 130), (178, 24, 43))
 RIGHT, WRONG = (40, 170, 60), (220, 30, 30)
+QUERY = (255, 140, 0)  # frame of the query cell in attention maps: visible on white and on dark blue
 FONT_SIZE = 11
 
 
@@ -133,3 +134,32 @@ def head_maps(tables: Sequence[Tensor], grid: tuple[int, int], min_side: int = 4
         tiles += [upscale(colormap(0.5 + 0.5 * m, DIVERGING), min_side) for m in maps / scale]
     heads = tables[0].shape[1]
     return make_grid(tiles, nrow=heads, padding=2, pad_value=255)
+
+
+def attention_rows(images: Tensor, weights: Tensor, grid: tuple[int, int], query: int, min_side: int = 64) -> Tensor:
+    """One row per image: the image, then one map per head of ``weights`` ``(B, heads, H*W)``.
+
+    Maps are scaled by their own maximum (dark blue = the most-attended key, white = none or negative),
+    upscaled by whole pixels so that each grid cell covers the image patch it stands for. The query
+    cell is framed in orange on the image and on every map.
+    """
+    tiles = []
+    for image, maps in zip(images, weights.detach().float().cpu()):
+        pixels = upscale((image * 255).round().to(torch.uint8), min_side)
+        maps = maps.reshape(-1, *grid)
+        maps = maps / maps.flatten(1).amax(dim=1).clamp(min=1e-8).view(-1, 1, 1)
+        row = [pixels] + [upscale(colormap(m), min(pixels.shape[-2:])) for m in maps]
+        tiles += [_frame_cell(tile, grid, query) for tile in row]
+    return make_grid(tiles, nrow=1 + weights.shape[1], padding=2, pad_value=255)
+
+
+def _frame_cell(tile: Tensor, grid: tuple[int, int], index: int, width: int = 2) -> Tensor:
+    """Copy of ``tile`` with the grid cell ``index`` (row-major) outlined in the ``QUERY`` colour."""
+    cell_h, cell_w = tile.shape[1] // grid[0], tile.shape[2] // grid[1]
+    top, left = (index // grid[1]) * cell_h, (index % grid[1]) * cell_w
+    out = tile.clone()
+    box = out[:, top : top + cell_h, left : left + cell_w]
+    colour = torch.tensor(QUERY, dtype=torch.uint8).view(3, 1, 1)
+    box[:, :width] = box[:, -width:] = colour
+    box[:, :, :width] = box[:, :, -width:] = colour
+    return out

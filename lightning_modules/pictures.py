@@ -4,14 +4,20 @@ Tags (all images are uint8 CHW):
 ``pictures/train_batch`` (first training batch of a fit, after augmentation, before Mixup/CutMix),
 ``pictures/val_predictions``, ``pictures/confusion_matrix`` (a top-confusions table beyond
 ``max_matrix_classes``), ``pictures/rel_pos_bias/stage{i}`` (i = the paper's stage number, S3/S4 in
-C-C-T-T), scalars ``val_class_acc/<class name>`` (up to ``max_matrix_classes`` classes), and the
-HParams tab (hyper-parameters with the best/final validation metrics) at the end of a fit.
+C-C-T-T), ``pictures/attention/stage{i}`` (where the centre query of the last attention layer of
+stage S*i* looks, per head, for the first validation images), scalars ``val_class_acc/<class name>``
+(up to ``max_matrix_classes`` classes), and the HParams tab (hyper-parameters with the best/final
+validation metrics) at the end of a fit.
 
 Validation logits are caught with a forward hook on the LightningModule, so nothing runs twice.
+Attention maps come from forward pre-hooks on the attention layers that live for the first
+validation batch only; on a network compiled before they were added they do not fire, and the
+attention pictures are skipped.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,11 +29,20 @@ from torch.utils.hooks import RemovableHandle
 from torchvision.utils import make_grid
 
 from coatnet.attention import RelativeAttention
+from lightning_modules.attention_maps import centre_query, query_attention
 from lightning_modules.classifier import split_batch
-from lightning_modules.drawing import confusion_image, head_maps, prediction_grid, top_confusions_table, upscale
+from lightning_modules.drawing import (
+    attention_rows,
+    confusion_image,
+    head_maps,
+    prediction_grid,
+    top_confusions_table,
+    upscale,
+)
 
 FINAL_METRICS = ("val/acc1", "val/acc5", "val/loss")
 MIN_TILE_SIDE = 64  # small (CIFAR-sized) images are enlarged, pixel-exact, to stay readable
+ATTENTION_IMAGES = 4  # validation images with attention maps (a row of heads each)
 
 
 def class_names(trainer: Trainer, num_classes: int) -> list[str]:
@@ -65,6 +80,10 @@ class TensorBoardPictures(Callback):
         confusion_matrix: confusion matrix (or top-confusions table) at each validation end.
         class_accuracy: per-class validation accuracy scalars.
         rel_pos_bias: relative-position bias maps of every attention stage at each validation end.
+        attention_maps: per attention stage, the attention weights of the centre query over all keys,
+            one map per head, for the first ``ATTENTION_IMAGES`` validation images. The stage's last
+            attention layer is shown: it works on the most processed tokens, right before the next
+            stage or the head.
         hparams: hyper-parameters with final metrics for TensorBoard's HParams tab.
         max_images: images in the training and validation grids.
         max_matrix_classes: above this many classes a top-confusions table replaces the matrix
@@ -78,6 +97,7 @@ class TensorBoardPictures(Callback):
         confusion_matrix: bool = True,
         class_accuracy: bool = True,
         rel_pos_bias: bool = True,
+        attention_maps: bool = True,
         hparams: bool = True,
         max_images: int = 32,
         max_matrix_classes: int = 100,
@@ -86,6 +106,7 @@ class TensorBoardPictures(Callback):
             raise ValueError("max_images must be >= 1")
         self.train_batch, self.val_predictions, self.confusion_matrix = train_batch, val_predictions, confusion_matrix
         self.class_accuracy, self.rel_pos_bias, self.hparams = class_accuracy, rel_pos_bias, hparams
+        self.attention_maps = attention_maps
         self.max_images, self.max_matrix_classes = max_images, max_matrix_classes
         self._train_logged = False
         self._hook: RemovableHandle | None = None
@@ -94,6 +115,9 @@ class TensorBoardPictures(Callback):
         self._matrix: Tensor | None = None
         self._samples: tuple[Tensor, Tensor, Tensor] | None = None
         self._best: dict[str, float] = {}
+        self._attention_hooks: list[RemovableHandle] = []
+        self._attention: dict[int, tuple[Tensor, tuple[int, int], int]] = {}  # stage -> (weights, grid, query)
+        self._attention_images: Tensor | None = None
 
     @property
     def _needs_logits(self) -> bool:
@@ -125,6 +149,7 @@ class TensorBoardPictures(Callback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._remove_attention_hooks()
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._train_logged, self._best = False, {}
@@ -139,6 +164,9 @@ class TensorBoardPictures(Callback):
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        drawing = not trainer.sanity_checking and trainer.is_global_zero and self._logger(trainer) is not None
+        if self.attention_maps and drawing:
+            self._add_attention_hooks(pl_module)
         self._collecting = self._hook is not None and not trainer.sanity_checking
         if self._collecting:
             classes = pl_module.hparams.num_classes
@@ -154,6 +182,10 @@ class TensorBoardPictures(Callback):
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
+        if self._attention_hooks:
+            self._remove_attention_hooks()
+            if self._attention:
+                self._attention_images = to_unit_range(trainer, split_batch(batch)[0][:ATTENTION_IMAGES])
         if not self._collecting or self._logits is None:
             return
         images, labels = split_batch(batch)
@@ -194,7 +226,38 @@ class TensorBoardPictures(Callback):
                     tables = [layer.rel_pos.bias_table() for layer in layers]
                 image = head_maps(tables, layers[0].rel_pos.grid)
                 self._add_image(trainer, f"pictures/rel_pos_bias/stage{stage}", image)
+        self._log_attention(trainer)
         self._track_best(trainer)
+
+    # ----------------------------------------------------------- attention maps
+    def _add_attention_hooks(self, pl_module: LightningModule) -> None:
+        """Pre-hooks on the last attention layer of each stage, removed after the first validation batch."""
+        self._remove_attention_hooks()
+        self._attention, self._attention_images = {}, None
+        for stage, layers in attention_stages(pl_module.model).items():
+            hook = torch.compiler.disable(partial(self._catch_attention, stage))  # eager even if Dynamo traces it
+            self._attention_hooks.append(layers[-1].register_forward_pre_hook(hook))
+
+    def _catch_attention(self, stage: int, module: RelativeAttention, inputs: tuple[Tensor, ...]) -> None:
+        """Compute the weights right away, inside the layer's forward: only the small (images, heads, N)
+        result is kept, and sharded (FSDP) parameters are gathered at that moment."""
+        query = centre_query(module.rel_pos.grid)
+        weights = query_attention(module, inputs[0][:ATTENTION_IMAGES].detach(), query)
+        self._attention[stage] = (weights, module.rel_pos.grid, query)
+
+    def _remove_attention_hooks(self) -> None:
+        for handle in self._attention_hooks:
+            handle.remove()
+        self._attention_hooks = []
+
+    def _log_attention(self, trainer: Trainer) -> None:
+        """Draw what the hooks caught; nothing when they did not fire (compiled network, no attention)."""
+        self._remove_attention_hooks()  # a validation run without batches leaves them registered
+        if self._attention_images is not None:
+            for stage, (weights, grid, query) in self._attention.items():
+                image = attention_rows(self._attention_images, weights, grid, query, MIN_TILE_SIDE)
+                self._add_image(trainer, f"pictures/attention/stage{stage}", image)
+        self._attention, self._attention_images = {}, None
 
     # ------------------------------------------------------------------- hparams
     def _track_best(self, trainer: Trainer) -> None:

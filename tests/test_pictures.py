@@ -10,12 +10,28 @@ import io
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from coatnet.attention import RelativeAttention
+from datamodules import SyntheticDataModule
 from docs.render_pictures import MAX_BYTES, render_pictures
-from lightning_modules.drawing import DIVERGING, SEQUENTIAL, colormap, confusion_image, head_maps, top_confusions_table
+from lightning_modules.attention_maps import centre_query, query_attention
+from lightning_modules.classifier import ImageClassifier
+from lightning_modules.drawing import (
+    DIVERGING,
+    QUERY,
+    SEQUENTIAL,
+    attention_rows,
+    colormap,
+    confusion_image,
+    head_maps,
+    top_confusions_table,
+)
+from lightning_modules.pictures import TensorBoardPictures
 from tiny_run import tiny_fit
 
 CLASSES = [f"pattern_{i}" for i in range(10)]
@@ -44,6 +60,9 @@ def test_smoke_fit_logs_every_picture_with_expected_sizes(events):
     assert _size(events, "pictures/confusion_matrix") == (90 + 10 * 32, 90 + 10 * 32)
     assert _size(events, "pictures/rel_pos_bias/stage3") == (2 * 50 + 2, 4 * 50 + 2)
     assert _size(events, "pictures/rel_pos_bias/stage4") == (1 * 50 + 2, 8 * 50 + 2)
+    # 4 validation images x (image + one map per head), 64 px tiles
+    assert _size(events, "pictures/attention/stage3") == (4 * 66 + 2, (1 + 4) * 66 + 2)
+    assert _size(events, "pictures/attention/stage4") == (4 * 66 + 2, (1 + 8) * 66 + 2)
     assert not [t for t in events.Tags()["images"] if "stage1" in t or "stage2" in t], "S1/S2 are convolutional"
     assert len(events.Images("pictures/train_batch")) == 1, "the training batch is drawn once per fit"
 
@@ -65,8 +84,11 @@ def test_smoke_fit_logs_class_accuracy_and_hparams(events):
 @pytest.mark.slow
 def test_pictures_render_to_small_pngs(tmp_path):
     written = render_pictures(tiny_fit(), tmp_path)
-    assert {p.name for p in written} >= {"train_batch.png", "val_predictions.png", "confusion_matrix.png"}
+    expected = {"train_batch.png", "val_predictions.png", "confusion_matrix.png", "attention_stage3.png"}
+    assert {p.name for p in written} >= expected
     assert all(p.stat().st_size < MAX_BYTES for p in written)
+    only = render_pictures(tiny_fit(), tmp_path / "one", only={"attention/stage3"})
+    assert [p.name for p in only] == ["attention_stage3.png"], "--only adds one picture without redrawing the rest"
 
 
 def test_colormaps_hit_their_anchor_colours():
@@ -88,3 +110,75 @@ def test_many_classes_get_a_table_and_large_matrices_stay_small():
     assert table.shape[0] == 3 and table.shape[1] < 60, "one header line and one confusion"
     heat = confusion_image(torch.eye(100, dtype=torch.long), [str(i) for i in range(100)])
     assert heat.shape == (3, 600, 600), "100 classes: 6 px cells, too small for labels"
+
+
+def _naive_attention(module: RelativeAttention, x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, N) softmax(q k^T / sqrt(d) + bias), written out for the pre-softmax form."""
+    q, k, _ = module.qkv(x).view(*x.shape[:2], 3, module.heads, module.head_dim).permute(2, 0, 3, 1, 4)
+    return (q @ k.transpose(-1, -2) * module.head_dim**-0.5 + module.bias()).softmax(dim=-1)
+
+
+@pytest.mark.parametrize("form", ["pre_softmax", "post_softmax"])
+def test_query_attention_rebuilds_the_layer_output(form):
+    torch.manual_seed(0)
+    module = RelativeAttention(16, 32, 16, head_dim=8, grid=(3, 4), form=form).eval()
+    with torch.no_grad():
+        module.rel_pos.table.normal_()  # a bias large enough to matter
+    x = torch.randn(2, 12, 16)
+    weights = torch.stack([query_attention(module, x, i) for i in range(12)], dim=2)  # (B, heads, queries, keys)
+    assert query_attention(module, x).shape == (2, 4, 12)
+    with torch.no_grad():
+        v = module.qkv(x).view(2, 12, 3, 4, 8)[:, :, 2].transpose(1, 2)
+        rebuilt = module.proj((weights @ v).transpose(1, 2).reshape(2, 12, 32))
+        torch.testing.assert_close(rebuilt, module(x), rtol=1e-5, atol=1e-5)
+        if form == "pre_softmax":
+            torch.testing.assert_close(weights, _naive_attention(module, x))
+            torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 4, 12))
+
+
+def test_query_attention_follows_a_dominant_offset():
+    module = RelativeAttention(8, 16, 8, head_dim=8, grid=(5, 5))  # 2 heads, no content: q.k = 0
+    with torch.no_grad():
+        module.qkv.weight.zero_(), module.qkv.bias.zero_(), module.rel_pos.table.zero_()
+        module.rel_pos.table[(1 + 4) * 9 + (0 + 4), 0] = 20.0  # head 0: query - key = (+1, 0), the key above
+        module.rel_pos.table[(0 + 4) * 9 + (-2 + 4), 1] = 20.0  # head 1: query - key = (0, -2), two to the right
+    weights = query_attention(module, torch.randn(1, 25, 8))
+    assert centre_query((5, 5)) == 12
+    assert weights.argmax(dim=-1).tolist() == [[1 * 5 + 2, 2 * 5 + 4]]
+    assert weights.amax(dim=-1).min() > 0.99
+
+
+def test_attention_rows_give_each_head_a_map_beside_the_image():
+    weights = torch.zeros(2, 3, 4)
+    weights[:, :, 0] = 1.0  # every head looks at the top-left cell of a 2x2 grid
+    image = attention_rows(torch.rand(2, 3, 32, 32), weights, (2, 2), query=3, min_side=64)
+    assert image.dtype == torch.uint8 and image.shape == (3, 2 * 66 + 2, 4 * 66 + 2)
+    first_map = image[:, 2:66, 68:132]  # row 0, column 1
+    assert first_map[:, 8, 8].tolist() == list(SEQUENTIAL[-1]) and first_map[:, 8, 40].tolist() == list(SEQUENTIAL[0])
+    assert first_map[:, 32, 40].tolist() == list(QUERY) and first_map[:, 63, 63].tolist() == list(QUERY)
+
+
+def _validate(tmp_path, layout: str) -> tuple[set[str], ImageClassifier]:
+    """Image tags of a two-batch ``validate`` of CoAtNet-nano with ``layout``, and the module."""
+    model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"layout": layout})
+    data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=16, test_size=8, batch_size=8)
+    logger = TensorBoardLogger(tmp_path, name="run")
+    trainer = Trainer(
+        accelerator="cpu", logger=logger, callbacks=[TensorBoardPictures()], limit_val_batches=2,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.validate(model, datamodule=data, verbose=False)
+    accumulator = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    accumulator.Reload()
+    return set(accumulator.Tags()["images"]), model
+
+
+def test_attention_maps_hooks_last_only_one_batch(tmp_path):
+    tags, model = _validate(tmp_path, "CCTT")
+    assert {"pictures/attention/stage3", "pictures/attention/stage4"} <= tags
+    assert not any(m._forward_pre_hooks for m in model.modules() if isinstance(m, RelativeAttention))
+
+
+def test_convolution_only_layout_logs_no_attention_maps(tmp_path):
+    tags, _ = _validate(tmp_path, "CCCC")
+    assert "pictures/val_predictions" in tags and not [t for t in tags if "attention" in t or "rel_pos" in t]
