@@ -31,14 +31,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from bench.throughput import synchronize
+from bench.throughput import AUTOCAST_DTYPES, add_run_arguments, parse_step_loop_args, synchronize
 from lightning_modules.callbacks import ThroughputLogger
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.optim import weight_decay_groups
 from lightning_modules.safety import FiniteLossGuard
 
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -191,21 +190,8 @@ def format_table(raw: LoopTiming, lightning: LoopTiming, batch_size: int) -> str
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="coatnet_0")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--precision", choices=tuple(LIGHTNING_PRECISION), default="bf16")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a shared, busy machine)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per loop (compilation happens here)")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per loop, as one block")
-    args = parser.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        parser.error("--warmup and --steps must be >= 1")
-    return args
+    add_run_arguments(parser)
+    return parse_step_loop_args(parser, argv, warmup=5, steps=30, steps_help="timed steps per loop, as one block")
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from bench.throughput import AUTOCAST_DTYPES, Settings, autocast, synchronize, synthetic_batch
+from bench.throughput import Settings, add_run_arguments, autocast, parse_step_loop_args, synchronize, synthetic_batch
 
 TOP_OPERATORS = 25
 
@@ -146,22 +146,9 @@ def operator_table(model: nn.Module, settings: Settings, trace: Path | None) -> 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="coatnet_0", help="a name from coatnet.list_models()")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="bf16")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="profile the compiled step (no stage table)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
-    parser.add_argument("--steps", type=int, default=5, help="measured steps")
+    add_run_arguments(parser)  # with --compile only the operator table: hooks do not see into a compiled graph
     parser.add_argument("--trace", type=Path, help="write a Chrome/Perfetto trace of the profiled steps here")
-    args = parser.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        parser.error("--warmup and --steps must be >= 1")
-    return args
+    return parse_step_loop_args(parser, argv, warmup=3, steps=5, steps_help="measured steps")
 
 
 def main(argv: Sequence[str] | None = None) -> str:

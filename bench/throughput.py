@@ -381,21 +381,40 @@ def results_section(table: str, settings: Settings, argv: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every benchmark script takes: the model, the batch, precision, layout, compile, device."""
+    parser.add_argument("--model", default="coatnet_0", help="a name from coatnet.list_models()")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="bf16")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model(s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a shared, busy machine)")
+
+
+def parse_step_loop_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str], warmup: int, steps: int, steps_help: str
+) -> argparse.Namespace:
+    """Add ``--warmup``/``--steps`` (both at least 1) to a parser of scripts that time training steps; parse."""
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be >= 1")
+    return args
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="coatnet_0", help="a name from coatnet.list_models()")
+    add_run_arguments(parser)
     parser.add_argument("--timm-name", help="timm model to compare with (default: <model>_224)")
     parser.add_argument("--no-timm", action="store_true", help="measure our model only")
     parser.add_argument(
         "--timm-fused-attn", choices=("auto", "on", "off", "both"), default="auto",
         help="timm attention path; auto = fused when eager, unfused when compiled (its best working setting)",
     )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="bf16")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument(
         "--compile-mode", choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
         default=None,
@@ -403,8 +422,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--grad-checkpointing", action="store_true", help="recompute our blocks in backward (memory for compute)"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a shared, busy machine)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations per phase (compilation happens here)")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per phase; the median is reported")
     parser.add_argument(
