@@ -15,6 +15,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 topic=${1:?usage: bash bench/gpu_checks.sh speed|cifar|pipeline [DATA] [ARGS...]}
+case $topic in
+  speed|cifar|pipeline) ;;
+  *) echo "unknown topic '$topic'; choose speed, cifar or pipeline" >&2; exit 2 ;;
+esac
 OUT=${OUT:-outputs/gpu_checks/$topic}
 BUDGET_S=${BUDGET_S:-540}
 mkdir -p "$OUT"
@@ -90,6 +94,5 @@ case $topic in
       python3 -m bench.scalars "$OUT/logs_$run" --tags train/images_per_sec train/mfu >> "$summary" 2>&1
     done
     ;;
-  *) echo "unknown topic '$topic'; choose speed, cifar or pipeline" >&2; exit 2 ;;
 esac
 cat "$summary"

@@ -110,3 +110,21 @@ def test_profile_step_reports_every_stage_and_the_top_operators():
     assert abs(sum(number(share) for _, _, share in stages.values()) - 100) < 1
     operators = table_rows(operator_part[operator_part.index("| operator"):])
     assert len(operators) == profile_step.TOP_OPERATORS and any("convolution" in name for name in operators)
+
+
+def test_gpu_checks_script_records_skipped_steps_and_rejects_unknown_topics(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_checks.sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(tmp_path), "BUDGET_S": "0"}
+    done = subprocess.run(["bash", str(script), "speed"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = (tmp_path / "summary.md").read_text()
+    for step in ("c0_compiled", "c0_eager", "c0_profile", "c0_lightning_overhead", "c1_eager", "c0_grad_checkpointing"):
+        assert f"- {step}: skipped" in summary
+    assert (tmp_path / "RESULTS.md").is_file() and summary in done.stdout
+    wrong = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "unknown topic 'nope'" in wrong.stderr
