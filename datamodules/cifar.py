@@ -15,7 +15,7 @@ from datamodules.batch_augment import BatchRandAugment
 from datamodules.cifar_files import RELEASES, Variant, ensure_release, holdout_indices, load_batches, load_class_names
 from datamodules.cifar_folder import find_split, load_image_folder
 from datamodules.errors import DatasetError
-from datamodules.folder_scan import list_classes
+from datamodules.folder_scan import check_same_classes, list_classes
 from datamodules.memory import TensorImageDataset
 from datamodules.tensor_ops import PadMode, pad_crop_flip, random_erase
 from datamodules.transforms import CifarTrainTransform
@@ -156,7 +156,10 @@ class CIFARDataModule(ImageClassificationDataModule):
                 "add one, or set val_split: holdout to validate on held-out training images."
             )
         train = load_image_folder(self.root / "train", classes, NATIVE_SIZE)
-        return train, load_image_folder(test_dir, classes, NATIVE_SIZE) if test_dir is not None else None
+        if test_dir is None:
+            return train, None
+        check_same_classes(classes, list_classes(test_dir), self.root / "train", test_dir)
+        return train, load_image_folder(test_dir, classes, NATIVE_SIZE)
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None and self.val_set is not None:

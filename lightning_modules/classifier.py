@@ -103,7 +103,6 @@ class ImageClassifier(LightningModule):
         self.optimizer_factory = optimizer
         self.image_size = tuple(image_size)
         self.model = self.build_model()
-        self.model_depths = tuple(self.model.config.depths)
         # Decided now, before any strategy wraps or shards the network.
         self.no_decay = no_decay_names(self.model, getattr(self.model, "no_weight_decay", set)())
         if channels_last:
@@ -194,7 +193,7 @@ class ImageClassifier(LightningModule):
         if self.hparams.layer_decay is None:
             groups = weight_decay_groups(self.model, self.no_decay)
         else:
-            groups = layer_decay_groups(self.model, self.no_decay, self.model_depths, self.hparams.layer_decay)
+            groups = layer_decay_groups(self.model, self.no_decay, self.model.config.depths, self.hparams.layer_decay)
         optimizer = self.optimizer_factory(groups)
         for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
             group["lr"] *= group.get("lr_scale", 1.0)
