@@ -17,8 +17,8 @@ from typing import Optional
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
-from lightning.pytorch import LightningDataModule  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch import Callback, LightningDataModule, Trainer  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
@@ -28,6 +28,7 @@ from lightning_modules.callbacks import ThroughputLogger  # noqa: E402
 from lightning_modules.checkpoint_io import resolve_ckpt_path  # noqa: E402
 from lightning_modules.classifier import ImageClassifier  # noqa: E402
 from lightning_modules.pictures import TensorBoardPictures  # noqa: E402
+from lightning_modules.progress import LoggedLossProgressBar  # noqa: E402
 from lightning_modules.errors import ConciseArgumentParser, exit_readably  # noqa: E402
 from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint  # noqa: E402
 
@@ -73,8 +74,9 @@ class CoAtNetCLI(LightningCLI):
 
     Always-present callbacks get their own top-level config keys: ``checkpoint:`` (ModelCheckpoint:
     ``last.ckpt`` plus the best on ``val/acc1``, in the logger's version folder),
-    ``throughput:`` (``train/images_per_sec`` and, on GPUs, ``train/mfu``) and ``pictures:``
-    (TensorBoard images, per-class accuracy and HParams; see ``lightning_modules.pictures``). ``trainer.callbacks`` is
+    ``throughput:`` (``train/images_per_sec`` and, on GPUs, ``train/mfu``), ``pictures:``
+    (TensorBoard images, per-class accuracy and HParams; see ``lightning_modules.pictures``) and
+    ``progress_bar:`` (shows the loss without a per-step device read). ``trainer.callbacks`` is
     left for optional ones such as EMA. TensorBoard under ``logs/`` is the default logger; the
     resolved config is saved as ``config.yaml`` in the same version folder.
     """
@@ -92,6 +94,7 @@ class CoAtNetCLI(LightningCLI):
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
         parser.add_lightning_class_args(TensorBoardPictures, "pictures")
+        parser.add_lightning_class_args(LoggedLossProgressBar, "progress_bar")
         parser.add_lightning_class_args(FiniteLossGuard, "nan_guard")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
@@ -126,6 +129,13 @@ class CoAtNetCLI(LightningCLI):
             data_args[key] = list(value) if isinstance(value, tuple) else value
         if applied:
             rank_zero_info(f"preprocessing from {init_from}: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
+
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
+        """Leave out ``progress_bar:`` when the bar is off or ``trainer.callbacks`` brings its own (Lightning allows one)."""
+        own_bar = any(isinstance(c, ProgressBar) for c in config.get("callbacks") or [])
+        if own_bar or config.get("enable_progress_bar") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LoggedLossProgressBar)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
         """``--ckpt_path last`` also finds ``last.ckpt`` of earlier logger versions (Lightning looks only in the new one)."""

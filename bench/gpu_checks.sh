@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements behind bench/RESULTS.md and the README's GPU figures, one command per topic:
 #
-#   bash bench/gpu_checks.sh speed                  # ours vs timm (compiled, eager), profile, Lightning overhead, more sizes
+#   bash bench/gpu_checks.sh speed                  # ours vs timm (compiled, eager), profile, Lightning overhead, host syncs, more sizes
 #   bash bench/gpu_checks.sh cifar DATA [ARGS...]   # configs/cifar10.yaml on a CIFAR-10 JPEG folder (or its .tar.gz)
-#   bash bench/gpu_checks.sh pipeline               # ImageNet-sized JPEGs: loader img/s, folder fit vs synthetic fit
+#   bash bench/gpu_checks.sh pipeline               # ImageNet-sized JPEGs: loader img/s, folder fit vs synthetic fit, host syncs
 #
 # Run from the repository root. Output goes to $OUT (default outputs/gpu_checks/<topic>): one log per
 # step plus summary.md. A step that fails or passes its time limit is recorded and the next one starts.
@@ -56,6 +56,11 @@ case $topic in
       --precision bf16 --channels-last
     step c0_lightning_overhead 240 python3 -m bench.lightning_overhead --model coatnet_0 --batch-size 256 \
       --img-size 224 --precision bf16 --channels-last --compile
+    step c0_host_syncs 120 python3 -m bench.host_syncs --config configs/coatnet0.yaml --trainer.devices=1 \
+      --trainer.strategy=auto --trainer.accumulate_grad_batches=1 --trainer.log_every_n_steps=5 \
+      --trainer.default_root_dir=/tmp/gpu_checks_syncs --trainer.logger=false --trainer.enable_progress_bar=false \
+      --data=datamodules.SyntheticDataModule --data.init_args.num_classes=1000 --data.init_args.image_size=224 \
+      --data.init_args.train_size=4096 --data.init_args.batch_size=256 --data.init_args.num_workers=8
     step c1_eager 90 bench_throughput --model coatnet_1 --batch-size 256 --img-size 224 --append-results
     step c2_eager 90 bench_throughput --model coatnet_2 --batch-size 128 --img-size 224 --append-results
     step c0_384_eager 90 bench_throughput --model coatnet_0 --timm-name coatnet_0_224 --batch-size 64 --img-size 384 \
@@ -89,6 +94,11 @@ case $topic in
       --data=datamodules.SyntheticDataModule --data.init_args.num_classes=4 --data.init_args.image_size=224 \
       --data.init_args.train_size=4096 --data.init_args.val_size=256 --data.init_args.test_size=256 \
       --data.init_args.batch_size=256 --data.init_args.num_workers=8
+    step folder_host_syncs 120 python3 -m bench.host_syncs --config configs/coatnet0.yaml --trainer.devices=1 \
+      --trainer.strategy=auto --trainer.accumulate_grad_batches=1 --trainer.log_every_n_steps=5 \
+      --trainer.default_root_dir=/tmp/gpu_checks_syncs --trainer.logger=false --trainer.enable_progress_bar=false \
+      --data.init_args.root="$jpegs" --data.init_args.val_dir=train --data.init_args.num_classes=4 \
+      --data.init_args.decode=gpu --data.init_args.batch_size=256 --data.init_args.num_workers=15
     for run in folder synthetic; do
       echo "fit_$run:" >> "$summary"
       python3 -m bench.scalars "$OUT/logs_$run" --tags train/images_per_sec train/mfu >> "$summary" 2>&1

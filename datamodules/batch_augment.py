@@ -28,6 +28,7 @@ from datamodules.randaugment import (
     sharpen_alpha,
     solarize_threshold,
 )
+from datamodules.tensor_ops import host_to_device
 
 # (images [N,3,H,W] float32 0..255, sign [N] of +-1, strength = magnitude / 10) -> images
 Op = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -174,7 +175,7 @@ def _saturation(images: torch.Tensor, sign: torch.Tensor, strength: float) -> to
 
 def _about_centre(linear: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Embed [N,2,2] linear maps in [N,3,3] matrices fixing albumentations' centre ((w-1)/2, (h-1)/2)."""
-    centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], dtype=torch.float64, device=linear.device)
+    centre = linear.new_tensor([(width - 1) / 2, (height - 1) / 2], dtype=torch.float64)
     matrix = torch.eye(3, dtype=torch.float64, device=linear.device).repeat(linear.shape[0], 1, 1)
     matrix[:, :2, :2] = linear
     matrix[:, :2, 2] = centre - linear @ centre
@@ -232,13 +233,15 @@ def warp(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     """Resample through per-image [N,3,3] output->input pixel maps like cv2.warpAffine.
 
     Bilinear, GREY outside: sampling ``images - GREY`` with zero padding and adding
-    GREY back blends border taps with GREY exactly as BORDER_CONSTANT does.
+    GREY back blends border taps with GREY exactly as BORDER_CONSTANT does. The maps are
+    turned into grid_sample's form where they live (the host, in ``apply_layer``) and only
+    the result is copied to the images' device, without waiting for it.
     """
     _, _, height, width = images.shape
     # grid_sample's align_corners=False coordinates: -1 and 1 are the outer edges of the edge pixels.
     to_pixel = inverse.new_tensor([[width / 2, 0, (width - 1) / 2], [0, height / 2, (height - 1) / 2], [0, 0, 1]])
     to_normal = inverse.new_tensor([[2 / width, 0, 1 / width - 1], [0, 2 / height, 1 / height - 1], [0, 0, 1]])
-    theta = (to_normal @ inverse @ to_pixel)[:, :2].float()
+    theta = host_to_device((to_normal @ inverse @ to_pixel)[:, :2].float(), images.device)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     shifted = F.grid_sample(images - GREY, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return _saturate(shifted + GREY)
@@ -292,7 +295,7 @@ def _warp_geometric(images: torch.Tensor, ops: torch.Tensor, signs: torch.Tensor
     kinds[list(_GEOMETRIC_INDEX)] = torch.arange(len(_GEOMETRIC_INDEX))
     kind = kinds[ops]
     inverses = torch.stack([matrix(-signs, strength, height, width) for matrix in GEOMETRIC_OPS.values()])
-    return warp(images, inverses[kind, torch.arange(len(kind))].to(images.device, non_blocking=True))
+    return warp(images, inverses[kind, torch.arange(len(kind))])
 
 
 def apply_layer(images: torch.Tensor, ops: torch.Tensor, signs: torch.Tensor, strength: float) -> torch.Tensor:
@@ -307,11 +310,11 @@ def apply_layer(images: torch.Tensor, ops: torch.Tensor, signs: torch.Tensor, st
     for index, op in _VALUE_OPS:
         chosen = (ops == index).nonzero().squeeze(1)
         if chosen.numel():
-            rows = chosen.to(device, non_blocking=True)
-            out[rows] = op(images[rows], signs[chosen].to(device, non_blocking=True), strength)
+            rows = host_to_device(chosen, device)
+            out[rows] = op(images[rows], host_to_device(signs[chosen], device), strength)
     chosen = torch.isin(ops, torch.tensor(_GEOMETRIC_INDEX)).nonzero().squeeze(1)
     if chosen.numel():
-        rows = chosen.to(device, non_blocking=True)
+        rows = host_to_device(chosen, device)
         out[rows] = _warp_geometric(images[rows], ops[chosen], signs[chosen], strength)
     return out
 

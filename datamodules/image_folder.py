@@ -17,7 +17,7 @@ from datamodules.errors import DatasetError
 from datamodules.folder_datasets import CorruptFiles, EncodedCollate, EncodedImages, FileDataset, OnCorrupt, decode_file, read_bytes
 from datamodules.folder_scan import FileList, check_same_classes, hold_out, list_classes, scan_split
 from datamodules.gpu_decode import DeviceCropper, decode_batch
-from datamodules.tensor_ops import Interpolation, PadMode
+from datamodules.tensor_ops import Interpolation, PadMode, host_to_device
 from datamodules.transforms import CifarTrainTransform, EvalTransform, ImageNetTrainTransform, ResizeTo
 
 
@@ -211,7 +211,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         """Encoded files stay on the CPU (decoders read host memory); only labels move."""
         images, labels = batch
         if isinstance(images, EncodedImages):
-            return images, labels.to(device, non_blocking=True)
+            return images, host_to_device(labels, device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,5 +224,5 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         """Decode + crop on ``labels.device``: float [B,3,H,W] in 0..255 and the matching labels."""
         decoded, sources = decode_batch(batch, labels.device, self.corrupt)
         if sources != list(range(len(sources))):
-            labels = labels[torch.tensor(sources, device=labels.device)]
+            labels = labels[host_to_device(torch.tensor(sources), labels.device)]
         return self.cropper(decoded, batch.train), labels

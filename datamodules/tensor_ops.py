@@ -18,6 +18,18 @@ PadMode = Literal["reflect", "zero"]
 Interpolation = Literal["bilinear", "bicubic"]
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor (indices, parameters drawn on the host) to ``device`` without a sync.
+
+    ``tensor.to("cuda")`` from pageable memory waits for the GPU to finish its queue first;
+    from page-locked memory with ``non_blocking`` the copy is queued like a kernel. torch's
+    pinned-memory cache keeps the host buffer alive until the copy has run.
+    """
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _source_index(offset: torch.Tensor, length: int, padding: int, pad_mode: PadMode) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices into the unpadded axis for each output pixel, plus a validity mask for zero padding."""
     idx = offset[:, None] - padding + torch.arange(length, device=offset.device)

@@ -153,9 +153,13 @@ class ImageClassifier(LightningModule):
         logits = self(mixed.images)
         loss = F.cross_entropy(logits, mixed.targets)
         self.train_acc1(logits.detach(), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # Neither line reads the device on the host: train/loss is not a per-step progress-bar metric
+        # (LoggedLossProgressBar shows it), and the learning rate becomes a device tensor through a
+        # fill kernel, not through torch.tensor's blocking copy of a Python float (what self.log does).
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc1", self.train_acc1, on_step=True, on_epoch=False)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("lr", torch.full((), lr, device=loss.device), on_step=True, on_epoch=False)
         return loss
 
     def _evaluate(self, batch: Any, stage: str, acc1: MulticlassAccuracy, acc5: MulticlassAccuracy) -> Tensor:

@@ -1,0 +1,344 @@
+"""Host syncs per training step: the calls that make the CPU wait for the GPU inside ``Trainer.fit``.
+
+A training step runs fastest when the CPU queues kernels ahead of the GPU and never waits. Reading
+a device value on the host (``.item()``, ``float(t)``, ``bool(t)``, ``if t:``), an op whose output
+size depends on the values (``nonzero``, boolean-mask indexing, ``unique``) and a blocking copy of
+host data to the device (``torch.tensor(x, device="cuda")``, ``self.log`` of a Python float) each
+stall the queue until the GPU has caught up.
+
+This script runs a real ``cli.py fit`` with any config and records every such call in ``--steps``
+whole steps after the first ``--start``: forward, backward, optimizer, callbacks, logging, and the
+fetch, transfer and device-side augmentation of the next batch.
+
+* On CUDA, torch's sync debug mode reports every real synchronisation (D2H reads and blocking
+  H2D copies), with the Python line that caused it.
+* On the CPU there is nothing to wait for, so a dispatch mode records the operators that would
+  sync on a GPU instead: value reads, data-dependent shapes, and tensors built from host data
+  (``lift_fresh``; a blocking copy once it is sent to a GPU). Host-side bookkeeping in the step
+  therefore uses numpy, so that every torch op here is one that would run on the device.
+
+Steps in which a logger writes (every ``trainer.log_every_n_steps``) read the logged values on the
+host by design; they are reported apart.
+
+    python -m bench.host_syncs --config smoke.yaml
+    python -m bench.host_syncs --config cifar10.yaml --config cifar10_folder.yaml \\
+        --data.init_args.root .gpu/cifar10-jpeg --trainer.max_epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities.model_helpers import is_overridden
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakTensorKeyDictionary
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Operators that make the host wait for the device when an input lives on a GPU.
+SYNCING_OPS = {
+    "aten._local_scalar_dense": "value read on the host (.item(), float(), int(), bool())",
+    "aten.is_nonzero": "value read on the host (bool() of a tensor)",
+    "aten.equal": "value read on the host (torch.equal)",
+    "aten.nonzero": "output size depends on values (nonzero)",
+    "aten.masked_select": "output size depends on values (masked_select)",
+    "aten._unique2": "output size depends on values (unique)",
+    "aten.unique_dim": "output size depends on values (unique)",
+    "aten.unique_consecutive": "output size depends on values (unique_consecutive)",
+    "aten.repeat_interleave": "output size depends on values (repeat_interleave)",
+    "aten.bincount": "output size depends on values (bincount)",
+}
+BOOL_INDEX_OPS = ("aten.index", "aten.index_put", "aten.index_put_", "aten._index_put_impl_")
+HOST_DATA_FACTORIES = ("tensor", "as_tensor", "asarray")
+
+
+def _op_name(func: Any) -> str:
+    """``aten.nonzero.default`` -> ``aten.nonzero``."""
+    return ".".join(str(func).split(".")[:2])
+
+
+def _tensors(values: Any) -> list[torch.Tensor]:
+    """The tensors among op arguments or outputs (one level of lists, as in foreach ops and indices)."""
+    found = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, torch.Tensor))
+    return found
+
+
+def _has_bool_index(args: tuple) -> bool:
+    indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+
+
+def _short_path(path: str) -> str:
+    if "site-packages/" in path:
+        return path.split("site-packages/")[-1]
+    if path.startswith(str(REPO_ROOT)):
+        return str(Path(path).relative_to(REPO_ROOT))
+    return path
+
+
+def call_site(depth: int = 2) -> str:
+    """The ``depth`` innermost frames outside torch and this file, innermost first: the lines to change."""
+    frames = []
+    for frame in reversed(traceback.extract_stack()):
+        if frame.filename == __file__ or "/torch/" in frame.filename or frame.filename.startswith("<"):
+            continue
+        frames.append(f"{_short_path(frame.filename)}:{frame.lineno} ({frame.name})")
+        if len(frames) == depth:
+            break
+    return " < ".join(frames) or "unknown"
+
+
+@dataclass
+class SyncRecord:
+    """Calls that would (CPU) or did (CUDA) stall the host, counted by (reason, call site)."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, reason: str, site: str) -> None:
+        self.counts[(reason, site)] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class DeviceTensors:
+    """The tensors that would live on the GPU: the model's, the batch's, and everything computed from them.
+
+    Host bookkeeping (an optimizer's step counters, numbers drawn for augmentation) is made of
+    tensors that never touch one of these, so reading it on the host costs nothing on a GPU either.
+    Images decoded inside ``on_after_batch_transfer`` (``decode: gpu``) count as device tensors too.
+    """
+
+    def __init__(self) -> None:
+        self._marked = WeakTensorKeyDictionary()
+        self.decoding_on_device = False  # inside on_after_batch_transfer: decoders there write to the device
+
+    def mark(self, tensors: Any) -> None:
+        for tensor in _tensors(tensors if isinstance(tensors, (list, tuple)) else [tensors]):
+            self._marked[tensor] = True
+
+    def any(self, tensors: list[torch.Tensor]) -> bool:
+        return any(tensor in self._marked for tensor in tensors)
+
+
+class _SyncingOpRecorder(TorchDispatchMode):
+    """Records ``SYNCING_OPS`` and boolean-mask indexing that read device tensors; tracks which tensors those are."""
+
+    def __init__(self, record: SyncRecord, device_tensors: DeviceTensors) -> None:
+        super().__init__()
+        self.record, self.device_tensors = record, device_tensors
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        name = _op_name(func)
+        if name.startswith("image.") and self.device_tensors.decoding_on_device:  # torchvision's decoders
+            self.device_tensors.mark(out if isinstance(out, (list, tuple)) else [out])
+        if not self.device_tensors.any(_tensors(args)):
+            return out
+        if name in SYNCING_OPS:
+            self.record.add(SYNCING_OPS[name], call_site())
+        elif name in BOOL_INDEX_OPS and _has_bool_index(args):
+            self.record.add("output size depends on values (boolean-mask indexing)", call_site())
+        self.device_tensors.mark(out if isinstance(out, (list, tuple)) else [out])
+        return out
+
+
+class _HostDataRecorder(TorchFunctionMode):
+    """Records tensors built from host data on the device: on a GPU, a copy from pageable memory that waits.
+
+    ``x.new_tensor(data)`` counts when ``x`` is a device tensor; ``torch.tensor(data, device=d)``
+    whenever a device is named, since on the CPU the recorder cannot tell a GPU from the host.
+    Host bookkeeping names no device.
+    """
+
+    def __init__(self, record: SyncRecord, device_tensors: DeviceTensors) -> None:
+        super().__init__()
+        self.record, self.device_tensors = record, device_tensors
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        named_device = name in HOST_DATA_FACTORIES and kwargs.get("device") is not None
+        if named_device or (name == "new_tensor" and self.device_tensors.any(_tensors(args[:1]))):
+            self.record.add("tensor built from host data on the device (blocking copy)", call_site())
+        return func(*args, **kwargs)
+
+
+class SyncAudit:
+    """Context manager recording host syncs: torch's sync debug mode on CUDA, syncing operators on the CPU.
+
+    ``device_tensors`` must hold the model's tensors (and the batch's, as they arrive) for the CPU
+    recorder; the CUDA mode needs nothing, the driver knows where every tensor is.
+    """
+
+    def __init__(self, device: torch.device, device_tensors: DeviceTensors) -> None:
+        self.device = device
+        self.record = SyncRecord()
+        self._modes = [_HostDataRecorder(self.record, device_tensors), _SyncingOpRecorder(self.record, device_tensors)]
+        self._warnings: Any = None
+        self._caught: list[warnings.WarningMessage] = []
+
+    def __enter__(self) -> "SyncAudit":
+        if self.device.type == "cuda":
+            self._warnings = warnings.catch_warnings(record=True)
+            self._caught = self._warnings.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        else:
+            for mode in self._modes:
+                mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type != "cuda":
+            for mode in reversed(self._modes):
+                mode.__exit__(*exc)
+            return
+        torch.cuda.set_sync_debug_mode("default")
+        self._warnings.__exit__(*exc)
+        for caught in self._caught:
+            if "synchroniz" in str(caught.message):
+                self.record.add("CUDA synchronisation", f"{caught.filename}:{caught.lineno}")
+
+
+class HostSyncAudit(L.Callback):
+    """Audits whole training steps ``start .. start + steps - 1`` (0-based), start of batch to start of batch.
+
+    Steps in which a logger writes are counted into ``logging_steps`` instead of ``steps``.
+    """
+
+    def __init__(self, start: int, steps: int) -> None:
+        self.start, self.stop = start, start + steps
+        self.steps = SyncRecord()
+        self.logging_steps = SyncRecord()
+        self.audited = {"steps": 0, "logging_steps": 0}
+        self.device_tensors = DeviceTensors()
+        self._audit: SyncAudit | None = None
+        self._logging = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Mark the model's tensors, and every batch as it reaches the device, for the CPU recorder."""
+        self.device_tensors.mark([*pl_module.parameters(), *pl_module.buffers()])
+        for metric in pl_module.modules():
+            self.device_tensors.mark([getattr(metric, name) for name in getattr(metric, "_defaults", {})])
+        transfer_owner = _batch_hook_owner(trainer, pl_module, "transfer_batch_to_device")
+        transfer = transfer_owner.transfer_batch_to_device
+
+        def transfer_and_mark(batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+            batch = transfer(batch, device, dataloader_idx)
+            self.device_tensors.mark(list(batch) if isinstance(batch, (list, tuple)) else [batch])
+            return batch
+
+        transfer_owner.transfer_batch_to_device = transfer_and_mark
+        after_owner = _batch_hook_owner(trainer, pl_module, "on_after_batch_transfer")
+        after_transfer = after_owner.on_after_batch_transfer
+
+        def after_transfer_on_device(batch: Any, dataloader_idx: int) -> Any:
+            self.device_tensors.decoding_on_device = True
+            try:
+                return after_transfer(batch, dataloader_idx)
+            finally:
+                self.device_tensors.decoding_on_device = False
+
+        after_owner.on_after_batch_transfer = after_transfer_on_device
+        for logger in trainer.loggers:
+            logger.log_metrics = self._noting_writes(logger.log_metrics)
+
+    def _noting_writes(self, log_metrics: Any) -> Any:
+        def log_and_note(*args: Any, **kwargs: Any) -> Any:
+            self._logging = True
+            return log_metrics(*args, **kwargs)
+
+        return log_and_note
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """Close the previous step's audit and open this one's: each covers one step, its callbacks and
+        logging, then the next batch's fetch, transfer and device-side augmentation."""
+        if self._audit is not None:
+            self._audit.__exit__(None, None, None)
+            target = self.logging_steps if self._logging else self.steps
+            target.counts.update(self._audit.record.counts)
+            self.audited["logging_steps" if self._logging else "steps"] += 1
+            self._audit = None
+        self._logging = False
+        if self.start <= trainer.global_step < self.stop:
+            self._audit = SyncAudit(pl_module.device, self.device_tensors).__enter__()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A step whose audit runs into validation and the epoch's end is not a plain step: drop it."""
+        if self._audit is not None:
+            self._audit.__exit__(None, None, None)
+            self._audit = None
+
+
+def _batch_hook_owner(trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Any:
+    """Whose ``name`` hook Lightning calls: the DataModule's unless only the LightningModule overrides it."""
+    datamodule = trainer.datamodule
+    if datamodule is None or (is_overridden(name, pl_module) and not is_overridden(name, datamodule)):
+        return pl_module
+    return datamodule
+
+
+def audit_fit(cli_args: Sequence[str], start: int, steps: int) -> HostSyncAudit:
+    """Build ``cli.py fit`` from ``cli_args`` (configs and overrides), add the audit, fit, return the audit."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from cli import CoAtNetCLI, resolve_config_paths
+
+    cli = CoAtNetCLI(args=resolve_config_paths(list(cli_args)), run=False)
+    audit = HostSyncAudit(start, steps)
+    cli.trainer.callbacks.append(audit)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return audit
+
+
+def format_report(audit: HostSyncAudit) -> str:
+    lines = ["| steps | audited | syncs | syncs/step | reason | call site | count |", "|---|---:|---:|---:|---|---|---:|"]
+    for label, record in (("plain", audit.steps), ("logging", audit.logging_steps)):
+        steps = audit.audited["steps" if label == "plain" else "logging_steps"]
+        per_step = record.total / steps if steps else 0.0
+        lines.append(f"| {label} | {steps} | {record.total} | {per_step:.2f} |  |  |  |")
+        for (reason, site), count in record.counts.most_common():
+            lines.append(f"|  |  |  |  | {reason} | `{site}` | {count} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--start", type=int, default=3, help="steps left unaudited first (compilation, warm-up)")
+    parser.add_argument("--steps", type=int, default=6, help="whole steps audited after --start")
+    args, cli_args = parser.parse_known_args(argv)
+    if args.start < 1 or args.steps < 1:
+        parser.error("--start and --steps must be >= 1")
+    return args, cli_args
+
+
+def main(argv: Sequence[str] | None = None) -> HostSyncAudit:
+    """Audit the fit given by the remaining arguments (as for ``cli.py fit``), print the table."""
+    args, cli_args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    cli_args = [*cli_args, "--trainer.max_steps", str(args.start + args.steps + 1)]  # +1 closes the last audit
+    audit = audit_fit(cli_args, args.start, args.steps)
+    print("\n" + format_report(audit))
+    return audit
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The training loop never makes the host wait for the device between logging steps.
+
+``bench.host_syncs`` audits whole steps of a real ``cli.py fit``. On the CPU it records the
+operators that would stall a GPU run (value reads, data-dependent shapes, tensors built from host
+data on the device) when they touch the model's or the batch's tensors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import host_syncs
+from bench.host_syncs import DeviceTensors, SyncAudit
+from data_helpers import write_fake_cifar, write_image_folder
+from lightning_modules.classifier import ImageClassifier
+
+QUIET = ["--trainer.enable_model_summary=false", "--trainer.num_sanity_val_steps=0", "--cpu_threads=1"]
+
+
+def audit(tmp_path, *config_args: str, start: int = 2, steps: int = 4) -> host_syncs.HostSyncAudit:
+    where = [f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"]
+    return host_syncs.main(["--start", str(start), "--steps", str(steps), *config_args, *where, *QUIET])
+
+
+def plain_and_logging(result: host_syncs.HostSyncAudit) -> tuple[int, int]:
+    """Syncs in steps without and with a logger write; both kinds must have been audited."""
+    assert result.audited["steps"] >= 1 and result.audited["logging_steps"] >= 1, result.audited
+    return result.steps.total, result.logging_steps.total
+
+
+def test_recorder_flags_device_reads_and_ignores_host_bookkeeping():
+    device_tensors = DeviceTensors()
+    weights = torch.randn(4)
+    device_tensors.mark(weights)
+    host_counter = torch.zeros(())
+    with SyncAudit(torch.device("cpu"), device_tensors) as recorder:
+        loss = (weights * 2).sum()
+        loss.item()  # read of a device value
+        weights[weights > 0]  # data-dependent shape
+        torch.tensor([1.0, 2.0], device=weights.device)  # host data copied to the device
+        weights.new_tensor([3.0])  # the same, through a device tensor
+        host_counter.add_(1).item()  # optimizer-style step counter: host only
+        torch.tensor([5, 6]).nonzero()  # host index bookkeeping
+    reasons = sorted(reason.split(" (")[0] for reason, _ in recorder.record.counts)
+    assert reasons == [
+        "output size depends on values",
+        "tensor built from host data on the device",
+        "tensor built from host data on the device",
+        "value read on the host",
+    ], recorder.record.counts
+    sites = " ".join(site for _, site in recorder.record.counts)
+    assert "tests/test_host_syncs.py" in sites
+
+
+def test_smoke_fit_reads_the_device_only_when_logging(tmp_path):
+    plain, logging = plain_and_logging(audit(tmp_path, "--config", "smoke.yaml", "--trainer.log_every_n_steps=3"))
+    assert plain == 0
+    assert logging > 0  # the loggers read the logged values: the recorder sees real reads
+
+
+def test_audit_catches_a_per_step_read_in_the_training_step(tmp_path, monkeypatch):
+    step = ImageClassifier.training_step
+
+    def step_with_read(self, batch, batch_idx):
+        loss = step(self, batch, batch_idx)
+        self.last_loss = loss.item()
+        return loss
+
+    monkeypatch.setattr(ImageClassifier, "training_step", step_with_read)
+    result = audit(tmp_path, "--config", "smoke.yaml", "--trainer.log_every_n_steps=3")
+    assert result.steps.total == result.audited["steps"]
+    assert all("step_with_read" in site for _, site in result.steps.counts)
+
+
+def test_cifar_recipe_with_device_augmentation_and_mixing_never_waits(tmp_path):
+    """RandAugment (geometric ops included), pad-crop-flip, random erasing and Mixup/CutMix on the batch."""
+    write_fake_cifar(tmp_path / "data", "cifar10", train_per_class=12, test_per_class=2)
+    result = audit(
+        tmp_path, "--config", "cifar10.yaml",
+        "--model.model_name=coatnet_nano", "--model.compile=false", "--model.channels_last=false",
+        "--trainer.precision=32-true", "--trainer.log_every_n_steps=3",
+        f"--data.init_args.root={tmp_path / 'data'}", "--data.init_args.download=false",
+        "--data.init_args.holdout_per_class=2", "--data.init_args.batch_size=16", "--data.init_args.num_workers=0",
+        "--data.init_args.randaugment_magnitude=15", "--data.init_args.random_erasing=0.5",
+    )
+    plain, _ = plain_and_logging(result)
+    assert plain == 0, host_syncs.format_report(result)
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_image_folder_pipeline_never_waits(tmp_path, decode):
+    """ImageNet-style folder: uint8 batches normalised on the device; with decode=gpu, decode, crop and policy there too."""
+    classes = ["a", "b"]
+    write_image_folder(tmp_path / "images", "train", classes, per_class=24, size=(40, 48))
+    write_image_folder(tmp_path / "images", "val", classes, per_class=2, size=(40, 48))
+    result = audit(
+        tmp_path, "--config", "coatnet0.yaml",
+        "--model.model_name=coatnet_nano", "--model.compile=false", "--model.channels_last=false",
+        "--model.mixup_alpha=0.8", "--model.cutmix_alpha=1.0",
+        "--trainer.precision=32-true", "--trainer.log_every_n_steps=3", "--trainer.accelerator=cpu",
+        "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.accumulate_grad_batches=1",
+        f"--data.init_args.root={tmp_path / 'images'}", "--data.init_args.num_classes=2",
+        "--data.init_args.image_size=32", f"--data.init_args.decode={decode}",
+        "--data.init_args.batch_size=6", "--data.init_args.num_workers=0",
+    )
+    plain, _ = plain_and_logging(result)
+    assert plain == 0, host_syncs.format_report(result)
