@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from conftest import REPO_ROOT, free_port, run_cli, subprocess_env
@@ -33,14 +36,19 @@ def parameter_hash(module: LightningModule) -> str:
 
 
 class WeightFingerprint(Callback):
-    """Writes ``rank<N>.json`` with the parameter hash at the start and end of fit."""
+    """Writes ``rank<N>.json`` with the parameter hash at the start and end of fit, and one draw of
+    each global random stream (torch, numpy, Python) as training starts."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.initial = ""
+        self.draws: list[float] = []
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.initial = parameter_hash(pl_module)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.draws = [torch.rand(()).item(), float(np.random.random()), random.random()]
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         record = {
@@ -48,6 +56,7 @@ class WeightFingerprint(Callback):
             "final": parameter_hash(pl_module),
             "world_size": trainer.world_size,
             "global_step": trainer.global_step,
+            "draws": self.draws,
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
@@ -79,6 +88,9 @@ def _check_replicas(out_dir: Path, world_size: int) -> None:
     assert all(r["global_step"] == 4 for r in records), records
     assert len({r["final"] for r in records}) == 1, "replicas diverged"
     assert records[0]["final"] != records[0]["initial"], "weights did not change"
+    assert len({r["initial"] for r in records}) == 1, "replicas started from different weights"
+    draws = [set(r["draws"]) for r in records]
+    assert all(len(d) == 3 for d in draws) and not draws[0] & draws[1], "ranks share random streams"
 
 
 def _env() -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import run_cli

@@ -10,12 +10,14 @@ same arithmetic in the same order.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
@@ -25,7 +27,7 @@ from conftest import REPO_ROOT, run_cli, subprocess_env
 from datamodules import SyntheticDataModule
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.classifier import ImageClassifier
-from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint
+from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint, split_streams
 
 EPOCHS = 3
 
@@ -107,3 +109,47 @@ def test_sigterm_saves_checkpoint_and_last_resumes(tmp_path):
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + resumed.stderr
     final = torch.load(logs / "smoke" / "version_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 12 and final["epoch"] == 0, "the interrupted epoch was completed, not restarted"
+
+
+def _draws() -> tuple[float, float, float]:
+    return torch.rand(()).item(), float(np.random.random()), random.random()
+
+
+class _Rank:
+    """Stands in for a Trainer in ``RandomStateCheckpoint.setup``."""
+
+    def __init__(self, rank: int) -> None:
+        self.global_rank = rank
+
+
+def _streams_after_setup(rank: int) -> tuple[float, float, float]:
+    seed_everything(5)
+    RandomStateCheckpoint().setup(_Rank(rank), None, "fit")
+    return _draws()
+
+
+def test_every_rank_but_zero_gets_its_own_streams():
+    seed_everything(5)
+    shared = _draws()
+    rank0, rank1, rank2 = (_streams_after_setup(rank) for rank in range(3))
+    assert rank0 == shared  # a one-device run draws what it drew before the split existed
+    assert len({rank0[i] for i in range(3)} & {rank1[i] for i in range(3)}) == 0
+    assert rank1 != rank2
+    assert _streams_after_setup(1) == rank1  # deterministic per rank
+
+
+def test_resume_restores_rank_zero_state_and_splits_it_again_per_rank():
+    seed_everything(9)
+    saved = RandomStateCheckpoint().state_dict()
+    expected = {}
+    for rank in (0, 1):
+        RandomStateCheckpoint().load_state_dict(saved)  # what rank 0 resumes with
+        split_streams(rank)
+        expected[rank] = _draws()
+    for rank in (0, 1):
+        callback = RandomStateCheckpoint()
+        callback.setup(_Rank(rank), None, "fit")
+        torch.rand(5), np.random.random(3), random.random()  # the streams moved on before the restore
+        callback.load_state_dict(saved)
+        assert _draws() == expected[rank]
+    assert expected[0] != expected[1]
