@@ -28,19 +28,22 @@ class LoggedLossProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate, leave=leave)
         self.metric = metric
         self._shown: dict[str, float] = {}
+        self._read_at = -1
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # global_step already counts this batch; Lightning's loggers write when it is a multiple of the interval.
-        if trainer.global_step % trainer.log_every_n_steps == 0 or not self._shown:
+        # global_step already counts this batch; Lightning's loggers write when it is a multiple of the
+        # interval (once per optimizer step, also when gradients accumulate over several batches).
+        step = trainer.global_step
+        if (step % trainer.log_every_n_steps == 0 and step != self._read_at) or not self._shown:
             value = trainer.callback_metrics.get(self.metric)
             if value is not None:
-                self._shown = {self.metric: float(value)}
+                self._shown, self._read_at = {self.metric: float(value)}, step
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._shown = {}
+        self._shown, self._read_at = {}, -1
         super().on_train_start(trainer, pl_module)
 
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, int | str | float | dict[str, float]]:
