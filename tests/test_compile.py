@@ -47,3 +47,26 @@ def test_compiled_training_matches_eager():
         torch.testing.assert_close(p_compiled, p_eager, rtol=1e-3, atol=1e-5, msg=name)
     tables = [p for n, p in compiled_module.named_parameters() if n.endswith("rel_pos.table")]
     assert tables and all(t.grad is not None and t.grad.abs().sum() > 0 for t in tables)
+
+
+@pytest.mark.parametrize(
+    "overrides, mode",
+    [
+        ({}, "train"),
+        ({}, "eval"),
+        ({"transformer": {"attention": "post_softmax"}}, "train"),
+        ({"transformer": {"rel_pos": "mlp"}}, "train"),
+        ({"grad_checkpointing": True}, "train"),
+    ],
+    ids=["train", "eval", "post-softmax", "rel-pos-mlp", "grad-checkpointing"],
+)
+def test_whole_network_traces_as_one_graph(overrides, mode):
+    """No graph breaks: compile fuses across blocks, and CUDA graphs (reduce-overhead) can capture the whole step."""
+    overrides = dict(overrides)
+    checkpointing = overrides.pop("grad_checkpointing", False)
+    model = create_model("coatnet_nano", img_size=32, num_classes=5, **overrides)
+    model.set_grad_checkpointing(checkpointing)
+    getattr(model, mode)()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
