@@ -102,6 +102,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
         num_classes: number of target classes (known before any data is read).
         batch_size: images per batch PER DEVICE; the global batch is
             batch_size x devices x nodes (x gradient accumulation).
+        eval_batch_size: images per validation/test/predict batch (default: ``batch_size``). With a
+            compiled model, a size that divides the split avoids compiling a second graph for a
+            smaller last batch.
         num_workers: loader worker processes per device (0 = load in the main process).
         pin_memory: page-lock host batches for faster, asynchronous copies to the GPU.
         persistent_workers: keep workers alive between epochs (only used when num_workers > 0).
@@ -116,6 +119,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         *,
         num_classes: int,
         batch_size: int = 128,
+        eval_batch_size: Optional[int] = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -129,12 +133,15 @@ class ImageClassificationDataModule(L.LightningDataModule):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1 (or null for batch_size), got {eval_batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 values and std > 0, got mean={mean}, std={std}")
         self.num_classes = int(num_classes)
         self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
@@ -157,7 +164,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         workers = self.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=EpochShuffleSampler(dataset, self.seed) if train else None,
             drop_last=train,
             num_workers=workers,

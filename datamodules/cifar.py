@@ -48,6 +48,7 @@ class CIFARDataModule(ImageClassificationDataModule):
             only index memory.
         image_size: model input size; other than 32 means upsampling on the device.
         batch_size: images per batch PER DEVICE.
+        eval_batch_size: images per validation/test batch (default: batch_size).
         Others: see ``ImageClassificationDataModule``.
     """
 
@@ -71,6 +72,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         augment_on_device: bool = False,
         image_size: ImageSize = 32,
         batch_size: int = 128,
+        eval_batch_size: Optional[int] = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -84,6 +86,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         super().__init__(
             num_classes=self.release.num_classes,
             batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,

@@ -45,6 +45,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         preset: "imagenet" (random-resized crop recipe) or "cifar" (pad-crop + flip recipe).
         crop_padding, pad_mode: pad-crop settings of the "cifar" preset.
         batch_size: images per batch PER DEVICE.
+        eval_batch_size: images per validation/test batch (default: batch_size).
         Others: see ``ImageClassificationDataModule``.
     """
 
@@ -73,6 +74,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         crop_padding: int = 4,
         pad_mode: PadMode = "reflect",
         batch_size: int = 128,
+        eval_batch_size: Optional[int] = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -81,6 +83,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         super().__init__(
             num_classes=num_classes,
             batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -80,6 +81,7 @@ class SyntheticDataModule(ImageClassificationDataModule):
         num_classes: number of pattern classes.
         train_size, val_size, test_size: samples per split.
         batch_size: images per batch PER DEVICE.
+        eval_batch_size: images per validation/test batch (default: batch_size).
         num_workers: defaults to 0 because the data is already in memory.
         Others: see ``ImageClassificationDataModule``.
     """
@@ -93,6 +95,7 @@ class SyntheticDataModule(ImageClassificationDataModule):
         val_size: int = 1000,
         test_size: int = 1000,
         batch_size: int = 64,
+        eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -103,6 +106,7 @@ class SyntheticDataModule(ImageClassificationDataModule):
         super().__init__(
             num_classes=num_classes,
             batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,

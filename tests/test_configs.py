@@ -111,6 +111,8 @@ def test_cifar_recipe_runs_on_an_image_folder_copy():
         assert data.hparams[key] == recipe_data[key], f"the folder preset must keep the recipe's {key}"
     assert tuple(cli.model.hparams.image_size) == (32, 32) and cli.model.hparams.num_classes == 10
     assert cli.model.hparams.model_name == yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["model"]["model_name"]
+    # The recipe compiles: equal evaluation batches on the holdout and on the official test split mean one eval graph.
+    assert 500 * 10 % data.eval_batch_size == 0 and 10_000 % data.eval_batch_size == 0
 
 
 def test_ddp_bf16_and_ema_presets_compose_with_a_recipe():

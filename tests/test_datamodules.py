@@ -70,6 +70,17 @@ def test_loader_settings_follow_the_contract():
     assert dm.predict_dataloader().dataset is dm.val_set
 
 
+def test_eval_batch_size_sets_validation_test_and_predict_batches_only():
+    dm = SyntheticDataModule(train_size=48, val_size=30, test_size=20, batch_size=16, eval_batch_size=10, num_workers=0)
+    dm.setup()
+    assert [len(b[1]) for b in dm.train_dataloader()] == [16, 16, 16]
+    for loader in (dm.val_dataloader(), dm.test_dataloader(), dm.predict_dataloader()):
+        assert {len(labels) for _, labels in loader} == {10}
+    assert SyntheticDataModule(batch_size=16).eval_batch_size == 16
+    with pytest.raises(ValueError, match="eval_batch_size must be >= 1"):
+        SyntheticDataModule(eval_batch_size=0)
+
+
 def test_synthetic_shapes_dtypes_balance_and_determinism():
     kwargs = dict(num_classes=5, image_size=64, train_size=100, val_size=20, test_size=10, seed=3)
     a, b, c = SyntheticDataModule(**kwargs), SyntheticDataModule(**kwargs), SyntheticDataModule(**{**kwargs, "seed": 4})
