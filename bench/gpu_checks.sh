@@ -8,8 +8,9 @@
 # Run from the repository root. Output goes to $OUT (default outputs/gpu_checks/<topic>): one log per
 # step plus summary.md. A step that fails or passes its time limit is recorded and the next one starts.
 # BUDGET_S (default 540) bounds the whole run: steps that no longer fit in it are skipped, so the
-# most important step of each topic comes first. ARGS are extra `cli.py fit` overrides for the
-# CIFAR run (for example --trainer.max_epochs=60).
+# most important step of each topic comes first. ONLY="NAME ..." runs just the named steps (the
+# names are those in summary.md, e.g. ONLY="c0_compiled c0_host_syncs"). ARGS are extra `cli.py fit`
+# overrides for the CIFAR run (for example --trainer.max_epochs=60).
 #
 # Without albumentations or jsonargparse installed, wheels in .whl/ are installed to /tmp/site.
 set -uo pipefail
@@ -35,6 +36,9 @@ summary=$OUT/summary.md
 # step NAME LIMIT_S COMMAND...: run COMMAND under a time limit, log it, and record its outcome.
 step() {
   local name=$1 limit=$2; shift 2
+  if [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]]; then
+    echo "- $name: not selected (ONLY=$ONLY)" >> "$summary"; return
+  fi
   local left=$((BUDGET_S - SECONDS))
   if ((left < limit)); then
     echo "- $name: skipped, ${left}s of the budget left (needs ${limit}s)" >> "$summary"; return

@@ -126,5 +126,11 @@ def test_gpu_checks_script_records_skipped_steps_and_rejects_unknown_topics(tmp_
     for step in ("c0_compiled", "c0_eager", "c0_profile", "c0_lightning_overhead", "c1_eager", "c0_grad_checkpointing"):
         assert f"- {step}: skipped" in summary
     assert (tmp_path / "RESULTS.md").is_file() and summary in done.stdout
+    chosen = subprocess.run(["bash", str(script), "speed"], env={**env, "ONLY": "c0_host_syncs c1_eager"},
+                            capture_output=True, text=True, timeout=120)
+    assert chosen.returncode == 0, chosen.stderr
+    summary = (tmp_path / "summary.md").read_text()
+    assert "- c0_host_syncs: skipped" in summary and "- c1_eager: skipped" in summary  # selected, then out of budget
+    assert "- c0_compiled: not selected" in summary and "- c0_eager: not selected" in summary
     wrong = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and "unknown topic 'nope'" in wrong.stderr
