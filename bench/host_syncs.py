@@ -12,10 +12,13 @@ fetch, transfer and device-side augmentation of the next batch.
 
 * On CUDA, torch's sync debug mode reports every real synchronisation (D2H reads and blocking
   H2D copies), with the Python line that caused it.
-* On the CPU there is nothing to wait for, so a dispatch mode records the operators that would
-  sync on a GPU instead: value reads, data-dependent shapes, and tensors built from host data
-  (``lift_fresh``; a blocking copy once it is sent to a GPU). Host-side bookkeeping in the step
-  therefore uses numpy, so that every torch op here is one that would run on the device.
+* On the CPU there is nothing to wait for, so two torch modes record what would sync on a GPU:
+  value reads and data-dependent shapes of device tensors (the model's, the batch's and all
+  computed from them), host tensors copied to the device without ``non_blocking``, device tensors
+  copied to the host, and tensors built from host data on the device. Host bookkeeping (AdamW's
+  step counters, augmentation parameters drawn on the host) never touches a device tensor and
+  is not counted. Whether a ``non_blocking`` copy really comes from pinned memory only the CUDA
+  mode can tell.
 
 Steps in which a logger writes (every ``trainer.log_every_n_steps``) read the logged values on the
 host by design; they are reported apart.
@@ -92,16 +95,24 @@ def _short_path(path: str) -> str:
     return path
 
 
+def _caller_frames() -> list[traceback.FrameSummary]:
+    """Stack frames outside torch and this file, innermost first."""
+    return [
+        frame for frame in reversed(traceback.extract_stack())
+        if frame.filename != __file__ and "/torch/" not in frame.filename and not frame.filename.startswith("<")
+    ]
+
+
 def call_site(depth: int = 2) -> str:
     """The ``depth`` innermost frames outside torch and this file, innermost first: the lines to change."""
-    frames = []
-    for frame in reversed(traceback.extract_stack()):
-        if frame.filename == __file__ or "/torch/" in frame.filename or frame.filename.startswith("<"):
-            continue
-        frames.append(f"{_short_path(frame.filename)}:{frame.lineno} ({frame.name})")
-        if len(frames) == depth:
-            break
-    return " < ".join(frames) or "unknown"
+    frames = _caller_frames()[:depth]
+    return " < ".join(f"{_short_path(f.filename)}:{f.lineno} ({f.name})" for f in frames) or "unknown"
+
+
+def called_from_project() -> bool:
+    """Whether the innermost caller outside torch is this repository's code (not Lightning's or torchmetrics')."""
+    frames = _caller_frames()
+    return bool(frames) and frames[0].filename.startswith(str(REPO_ROOT)) and "site-packages" not in frames[0].filename
 
 
 @dataclass
@@ -129,6 +140,7 @@ class DeviceTensors:
     def __init__(self) -> None:
         self._marked = WeakTensorKeyDictionary()
         self.decoding_on_device = False  # inside on_after_batch_transfer: decoders there write to the device
+        self.transferring_batch = False  # inside transfer_batch_to_device: Lightning copies non_blocking on GPUs
 
     def mark(self, tensors: Any) -> None:
         for tensor in _tensors(tensors if isinstance(tensors, (list, tuple)) else [tensors]):
@@ -160,12 +172,30 @@ class _SyncingOpRecorder(TorchDispatchMode):
         return out
 
 
-class _HostDataRecorder(TorchFunctionMode):
-    """Records tensors built from host data on the device: on a GPU, a copy from pageable memory that waits.
+def _device_target(args: tuple, kwargs: dict) -> bool:
+    """Whether ``Tensor.to(...)`` names a device other than the host (a ``torch.device``, or a string but "cpu")."""
+    for value in (kwargs.get("device"), *args):
+        if isinstance(value, torch.device) or (isinstance(value, str) and value != "cpu"):
+            return True
+    return False
 
-    ``x.new_tensor(data)`` counts when ``x`` is a device tensor; ``torch.tensor(data, device=d)``
-    whenever a device is named, since on the CPU the recorder cannot tell a GPU from the host.
-    Host bookkeeping names no device.
+
+def _non_blocking(args: tuple, kwargs: dict) -> bool:
+    return bool(kwargs.get("non_blocking", False)) or any(value is True for value in args)
+
+
+class _CopyRecorder(TorchFunctionMode):
+    """Records copies between host and device, and tensors built from host data on the device.
+
+    * ``x.to(device)`` of a host tensor without ``non_blocking``, in this repository's code: a copy
+      that waits for the GPU. (Libraries move their own state with ``.to(device)``, which is a no-op
+      on a GPU once the state lives there; the recorder cannot know, so it checks only our code.)
+      On the CPU ``.to(device)`` would return ``x`` itself; here it returns a copy, as on a GPU,
+      and the copy counts as a device tensor from then on.
+    * ``x.cpu()``, ``x.numpy()``, ``x.tolist()`` of a device tensor: a read on the host.
+    * ``x.new_tensor(data)`` of a device tensor, and ``torch.tensor(data, device=d)`` whenever a
+      device is named (on the CPU the recorder cannot tell a GPU from the host; host bookkeeping
+      names no device).
     """
 
     def __init__(self, record: SyncRecord, device_tensors: DeviceTensors) -> None:
@@ -175,8 +205,20 @@ class _HostDataRecorder(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        on_device = source is not None and self.device_tensors.any([source])
+        if name == "to" and source is not None and not on_device and _device_target(args[1:], kwargs):
+            blocking = not _non_blocking(args[1:], kwargs) and not self.device_tensors.transferring_batch
+            if blocking and called_from_project():
+                self.record.add("host tensor copied to the device without non_blocking (blocking copy)", call_site())
+            out = func(*args, **kwargs)
+            out = out.clone() if out is source else out
+            self.device_tensors.mark([out])
+            return out
+        if name in ("cpu", "numpy", "tolist") and on_device:
+            self.record.add(f"device tensor read on the host (.{name}())", call_site())
         named_device = name in HOST_DATA_FACTORIES and kwargs.get("device") is not None
-        if named_device or (name == "new_tensor" and self.device_tensors.any(_tensors(args[:1]))):
+        if named_device or (name == "new_tensor" and on_device):
             self.record.add("tensor built from host data on the device (blocking copy)", call_site())
         return func(*args, **kwargs)
 
@@ -191,7 +233,7 @@ class SyncAudit:
     def __init__(self, device: torch.device, device_tensors: DeviceTensors) -> None:
         self.device = device
         self.record = SyncRecord()
-        self._modes = [_HostDataRecorder(self.record, device_tensors), _SyncingOpRecorder(self.record, device_tensors)]
+        self._modes = [_CopyRecorder(self.record, device_tensors), _SyncingOpRecorder(self.record, device_tensors)]
         self._warnings: Any = None
         self._caught: list[warnings.WarningMessage] = []
 
@@ -242,7 +284,11 @@ class HostSyncAudit(L.Callback):
         transfer = transfer_owner.transfer_batch_to_device
 
         def transfer_and_mark(batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-            batch = transfer(batch, device, dataloader_idx)
+            self.device_tensors.transferring_batch = True
+            try:
+                batch = transfer(batch, device, dataloader_idx)
+            finally:
+                self.device_tensors.transferring_batch = False
             self.device_tensors.mark(list(batch) if isinstance(batch, (list, tuple)) else [batch])
             return batch
 

@@ -25,9 +25,9 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     from page-locked memory with ``non_blocking`` the copy is queued like a kernel. torch's
     pinned-memory cache keeps the host buffer alive until the copy has run.
     """
-    if device.type != "cuda" or tensor.device.type != "cpu":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=device.type != "mps")  # MPS copies stay blocking, as in Lightning
 
 
 def _source_index(offset: torch.Tensor, length: int, padding: int, pad_mode: PadMode) -> tuple[torch.Tensor, torch.Tensor]:

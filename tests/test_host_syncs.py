@@ -29,28 +29,34 @@ def plain_and_logging(result: host_syncs.HostSyncAudit) -> tuple[int, int]:
     return result.steps.total, result.logging_steps.total
 
 
-def test_recorder_flags_device_reads_and_ignores_host_bookkeeping():
+def test_recorder_flags_device_reads_and_copies_and_ignores_host_bookkeeping():
     device_tensors = DeviceTensors()
     weights = torch.randn(4)
     device_tensors.mark(weights)
+    device = weights.device
     host_counter = torch.zeros(())
-    with SyncAudit(torch.device("cpu"), device_tensors) as recorder:
+    with SyncAudit(device, device_tensors) as recorder:
         loss = (weights * 2).sum()
         loss.item()  # read of a device value
         weights[weights > 0]  # data-dependent shape
-        torch.tensor([1.0, 2.0], device=weights.device)  # host data copied to the device
+        torch.tensor([1.0, 2.0], device=device)  # host data copied to the device
         weights.new_tensor([3.0])  # the same, through a device tensor
+        moved = torch.arange(3).to(device)  # blocking copy to the device
+        queued = torch.arange(3).to(device, non_blocking=True)  # queued copy: fine
+        (queued * weights[:3]).cpu()  # device result copied back to the host
         host_counter.add_(1).item()  # optimizer-style step counter: host only
         torch.tensor([5, 6]).nonzero()  # host index bookkeeping
-    reasons = sorted(reason.split(" (")[0] for reason, _ in recorder.record.counts)
+    reasons = sorted(reason.split(" (")[0] for reason, _ in recorder.record.counts.elements())
     assert reasons == [
+        "device tensor read on the host",
+        "host tensor copied to the device without non_blocking",
         "output size depends on values",
         "tensor built from host data on the device",
         "tensor built from host data on the device",
         "value read on the host",
     ], recorder.record.counts
-    sites = " ".join(site for _, site in recorder.record.counts)
-    assert "tests/test_host_syncs.py" in sites
+    assert all(site.startswith("tests/test_host_syncs.py:") for _, site in recorder.record.counts)
+    assert device_tensors.any([moved]) and device_tensors.any([queued])  # copies count as device tensors
 
 
 def test_smoke_fit_reads_the_device_only_when_logging(tmp_path):
