@@ -193,12 +193,24 @@ class ImageClassifier(LightningModule):
         if datamodule is not None and hasattr(datamodule, "class_names"):
             checkpoint[DATA_INFO_KEY] = data_info(datamodule)
 
+    def _check_clipping_is_possible(self, optimizer: torch.optim.Optimizer) -> None:
+        """Lightning refuses to clip gradients for optimizers that unscale them in their own step (the
+        fused ones) under any mixed precision, bf16 included; say so before training starts, with the fix."""
+        mixed = "mixed" in str(self.trainer.precision)
+        if mixed and self.trainer.gradient_clip_val and getattr(optimizer, "_step_supports_amp_scaling", False):
+            raise ValueError(
+                f"fused {type(optimizer).__name__} cannot be combined with {self.trainer.precision} and gradient "
+                "clipping in Lightning: set model.optimizer.init_args.fused false (the default), use "
+                "trainer.precision 32-true, or drop trainer.gradient_clip_val"
+            )
+
     def configure_optimizers(self) -> dict[str, Any]:
         if self.hparams.layer_decay is None:
             groups = weight_decay_groups(self.model, self.no_decay)
         else:
             groups = layer_decay_groups(self.model, self.no_decay, self.model.config.depths, self.hparams.layer_decay)
         optimizer = self.optimizer_factory(groups)
+        self._check_clipping_is_possible(optimizer)
         for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
             group["lr"] *= group.get("lr_scale", 1.0)
         total_steps = self.trainer.estimated_stepping_batches

@@ -78,8 +78,10 @@ def test_missing_dataset_via_subprocess_is_one_error_line(tmp_path):
         (["--model.nonexistent=1"], ["error:", "--model.nonexistent"]),
         (["--model.warmup_steps=abc"], ["error:", "model.warmup_steps", "abc"]),
         (["--config", "fsdp.yaml", "--trainer.accelerator=cpu"], ["error:", "fsdp", "GPU", "--trainer.accelerator cpu"]),
+        (["--trainer.precision=bf16-mixed", "--model.optimizer.init_args.fused=true"],
+         ["error: fused AdamW", "bf16-mixed", "fused false", "gradient_clip_val"]),
     ],
-    ids=["image-size", "model-config", "unknown-key", "wrong-type", "fsdp-on-cpu"],
+    ids=["image-size", "model-config", "unknown-key", "wrong-type", "fsdp-on-cpu", "fused-amp-clipping"],
 )
 def test_config_errors_are_short(args, needles, in_tmp, monkeypatch, capsys):
     code, err = run_main(["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", *args], monkeypatch, capsys)
