@@ -35,8 +35,8 @@ class LoggedLossProgressBar(TQDMProgressBar):
     ) -> None:
         # global_step already counts this batch; Lightning's loggers write when it is a multiple of the
         # interval (once per optimizer step, also when gradients accumulate over several batches).
-        step = trainer.global_step
-        if (step % trainer.log_every_n_steps == 0 and step != self._read_at) or not self._shown:
+        step, every = trainer.global_step, trainer.log_every_n_steps
+        if every > 0 and step % every == 0 and step != self._read_at:
             value = trainer.callback_metrics.get(self.metric)
             if value is not None:
                 self._shown, self._read_at = {self.metric: float(value)}, step

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.callbacks import training_flops_per_image
@@ -136,7 +137,7 @@ def test_predict_returns_sorted_top5_probabilities():
 
 def test_mixed_training_scores_accuracy_against_hard_labels():
     module = ImageClassifier(**NANO, mixup_alpha=0.8, cutmix_alpha=1.0)
-    trainer = _trainer(max_steps=2)
+    trainer = _trainer(max_steps=2, log_every_n_steps=1)
     trainer.fit(module, _loader())
     acc = trainer.callback_metrics["train/acc1"].item()
     assert 0.0 <= acc <= 1.0 and acc * 8 == pytest.approx(round(acc * 8)), "acc1 counts whole hard-label hits"
@@ -182,7 +183,7 @@ def test_channels_last_model_and_batches():
     images = next(iter(_loader()))[0]
     with torch.no_grad():
         assert torch.allclose(module.eval()(images), reference(images), atol=1e-5)
-    trainer = _trainer(max_steps=2)
+    trainer = _trainer(max_steps=2, log_every_n_steps=1)
     trainer.fit(module.train(), _loader())
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
 
@@ -245,3 +246,50 @@ def test_layer_decay_scales_lr_from_the_head_down_and_keeps_weight_decay_rules()
         assert decay_of[id(param)] == (0.0 if param.ndim <= 1 or name in tables else 0.05), name
     with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
         ImageClassifier(**NANO, layer_decay=1.5)
+
+
+class StepRecorder(Callback):
+    """Each step's loss (from the step's output) and the step metrics the loggers received."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses[trainer.global_step - 1] = float(outputs["loss"])
+
+
+class MemoryLogger(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: dict[int, dict[str, float]] = {}
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.written.setdefault(step, {}).update(metrics)
+
+
+def test_step_metrics_are_logged_only_on_the_steps_the_loggers_write(monkeypatch):
+    """self.log costs host time on every call; values logged between writes would never reach a logger."""
+    module = ImageClassifier(**NANO)
+    calls = []
+    log = module.log
+    monkeypatch.setattr(module, "log", lambda name, *args, **kwargs: (calls.append(name), log(name, *args, **kwargs)))
+    recorder, logger = StepRecorder(), MemoryLogger()
+    trainer = _trainer(max_steps=7, log_every_n_steps=3, logger=logger, callbacks=[recorder])
+    trainer.fit(module, _loader(n=64))
+    assert calls == ["train/loss", "train/acc1", "lr"] * 2  # steps 2 and 5 of 0..6
+    written = {step: values for step, values in logger.written.items() if "train/loss" in values}
+    assert sorted(written) == [2, 5]
+    for step, values in written.items():
+        assert values["train/loss"] == pytest.approx(recorder.losses[step])  # the value of that very step
+        assert 0.0 <= values["train/acc1"] <= 1.0 and values["lr"] > 0
