@@ -7,6 +7,8 @@ data on the device) when they touch the model's or the batch's tensors.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -112,3 +114,19 @@ def test_image_folder_pipeline_never_waits(tmp_path, decode):
     )
     plain, _ = plain_and_logging(result)
     assert plain == 0, host_syncs.format_report(result)
+
+
+def test_cuda_mode_turns_torch_sync_warnings_into_records(monkeypatch):
+    """The CUDA branch, with torch's sync debug mode stood in for: every synchronisation warning is one record."""
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    import warnings
+
+    with SyncAudit(torch.device("cuda"), DeviceTensors()) as recorder:
+        warnings.warn("called a synchronizing CUDA operation", UserWarning)  # what torch emits per sync
+        warnings.warn("called a synchronizing CUDA operation", UserWarning)
+        warnings.warn("an unrelated warning", UserWarning)
+    assert modes == ["warn", "default"]
+    assert recorder.record.total == 2
+    [(reason, site)] = recorder.record.counts
+    assert reason == "CUDA synchronisation" and "test_host_syncs.py" in site
