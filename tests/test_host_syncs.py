@@ -120,11 +120,9 @@ def test_cuda_mode_turns_torch_sync_warnings_into_records(monkeypatch):
     """The CUDA branch, with torch's sync debug mode stood in for: every synchronisation warning is one record."""
     modes = []
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
-    import warnings
-
     with SyncAudit(torch.device("cuda"), DeviceTensors()) as recorder:
-        warnings.warn("called a synchronizing CUDA operation", UserWarning)  # what torch emits per sync
-        warnings.warn("called a synchronizing CUDA operation", UserWarning)
+        for _ in range(2):
+            warnings.warn("called a synchronizing CUDA operation", UserWarning)  # what torch emits per sync
         warnings.warn("an unrelated warning", UserWarning)
     assert modes == ["warn", "default"]
     assert recorder.record.total == 2
