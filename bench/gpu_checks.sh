@@ -98,12 +98,16 @@ case $topic in
       --data=datamodules.SyntheticDataModule --data.init_args.num_classes=4 --data.init_args.image_size=224 \
       --data.init_args.train_size=4096 --data.init_args.val_size=256 --data.init_args.test_size=256 \
       --data.init_args.batch_size=256 --data.init_args.num_workers=8
+    step fit_folder_gpu_decode_one_stream 170 "${fit[@]}" --trainer.logger.init_args.save_dir="$OUT/logs_one_stream" \
+      --data.init_args.root="$jpegs" --data.init_args.val_dir=train --data.init_args.num_classes=4 \
+      --data.init_args.decode=gpu --data.init_args.overlap_decode=false --data.init_args.batch_size=256 \
+      --data.init_args.num_workers=15
     step folder_host_syncs 120 python3 -m bench.host_syncs --config configs/coatnet0.yaml --trainer.devices=1 \
       --trainer.strategy=auto --trainer.accumulate_grad_batches=1 --trainer.log_every_n_steps=5 \
       --trainer.default_root_dir=/tmp/gpu_checks_syncs --trainer.logger=false --trainer.enable_progress_bar=false \
       --data.init_args.root="$jpegs" --data.init_args.val_dir=train --data.init_args.num_classes=4 \
       --data.init_args.decode=gpu --data.init_args.batch_size=256 --data.init_args.num_workers=15
-    for run in folder synthetic; do
+    for run in folder synthetic one_stream; do
       echo "fit_$run:" >> "$summary"
       python3 -m bench.scalars "$OUT/logs_$run" --tags train/images_per_sec train/mfu >> "$summary" 2>&1
     done

@@ -3,12 +3,15 @@
 Workers only read bytes; here JPEGs are decoded in one batched call on the
 batch's device (nvJPEG on CUDA, libjpeg on CPU), cropped per image with the
 same box sampler as the CPU path and augmented batched, in the CPU path's
-order. Non-JPEG files are decoded on the CPU.
+order. Non-JPEG files are decoded on the CPU. On CUDA this work can run on a
+second stream (``on_side_stream``), overlapping the previous training step.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Callable, Literal, Optional
 
 import numpy as np
@@ -114,3 +117,34 @@ class DeviceCropper:
             crops.append(crop_resize(image, box, self.size, self.interpolation, flip))
         out = torch.stack(crops)
         return self.augment(out.round_()) if train else out
+
+
+_SIDE_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+@contextmanager
+def on_side_stream(device: torch.device, enabled: bool = True) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """Run the body on a second CUDA stream of ``device``; ``hand_over(t)`` makes ``t`` safe to use on the
+    current stream afterwards (the current stream waits for the side stream, and the allocator keeps
+    ``t``'s memory until the current stream is done with it).
+
+    The side stream does not wait for the work already queued, so the body can run on the GPU while
+    the previous step is still executing. Its inputs must not come from that queued work (encoded
+    files and host-drawn parameters do not). Elsewhere (CPU, ``enabled`` false) it runs in place.
+    """
+    if device.type != "cuda" or not enabled:
+        yield lambda tensor: tensor
+        return
+    side = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(device))
+    current = torch.cuda.current_stream(device)
+    handed: list[torch.Tensor] = []
+
+    def hand_over(tensor: torch.Tensor) -> torch.Tensor:
+        handed.append(tensor)
+        return tensor
+
+    with torch.cuda.stream(side):
+        yield hand_over
+    current.wait_stream(side)
+    for tensor in handed:
+        tensor.record_stream(current)

@@ -16,7 +16,7 @@ from datamodules.crops import DEFAULT_RATIO
 from datamodules.errors import DatasetError
 from datamodules.folder_datasets import CorruptFiles, EncodedCollate, EncodedImages, FileDataset, OnCorrupt, decode_file, read_bytes
 from datamodules.folder_scan import FileList, check_same_classes, hold_out, list_classes, scan_split
-from datamodules.gpu_decode import DeviceCropper, decode_batch
+from datamodules.gpu_decode import DeviceCropper, decode_batch, on_side_stream
 from datamodules.tensor_ops import Interpolation, PadMode, host_to_device
 from datamodules.transforms import CifarTrainTransform, EvalTransform, ImageNetTrainTransform, ResizeTo
 
@@ -42,6 +42,10 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         decode: "cpu" decodes and augments in workers; "gpu" has workers read bytes only and
             decodes JPEGs batched on the batch's device, where crop, flip, resize and the
             RandAugment/jitter policy (``BatchRandAugment``, same distribution) run too.
+        overlap_decode: with ``decode: gpu`` on CUDA, decode, crop and augment each batch on a second
+            CUDA stream: the host queues the next batch while the GPU still runs the previous step
+            (no step waits for the device), so that work can fill the GPU's idle gaps instead of
+            running after the step. false runs it on the training stream.
         preset: "imagenet" (random-resized crop recipe) or "cifar" (pad-crop + flip recipe).
         crop_padding, pad_mode: pad-crop settings of the "cifar" preset.
         batch_size: images per batch PER DEVICE.
@@ -70,6 +74,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         hflip: float = 0.5,
         on_corrupt: OnCorrupt = "skip",
         decode: Literal["cpu", "gpu"] = "cpu",
+        overlap_decode: bool = True,
         preset: Literal["imagenet", "cifar"] = "imagenet",
         crop_padding: int = 4,
         pad_mode: PadMode = "reflect",
@@ -102,7 +107,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.crop_pct, self.interpolation = crop_pct, interpolation
         self.randaugment_layers, self.randaugment_magnitude = randaugment_layers, randaugment_magnitude
         self.color_jitter, self.scale, self.hflip = color_jitter, tuple(scale), hflip
-        self.decode, self.preset = decode, preset
+        self.decode, self.overlap_decode, self.preset = decode, overlap_decode, preset
         self.crop_padding, self.pad_mode = crop_padding, pad_mode
         self.corrupt = CorruptFiles(on_corrupt)
         jitter = color_jitter if preset == "imagenet" else 0.0
@@ -225,7 +230,10 @@ class ImageFolderDataModule(ImageClassificationDataModule):
 
     def decode_on_device(self, batch: EncodedImages, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode + crop on ``labels.device``: float [B,3,H,W] in 0..255 and the matching labels."""
-        decoded, sources = decode_batch(batch, labels.device, self.corrupt)
+        device = labels.device
+        with on_side_stream(device, self.overlap_decode) as hand_over:
+            decoded, sources = decode_batch(batch, device, self.corrupt)
+            images = hand_over(self.cropper(decoded, batch.train))
         if sources != list(range(len(sources))):
-            labels = labels[host_to_device(torch.tensor(sources), labels.device)]
-        return self.cropper(decoded, batch.train), labels
+            labels = labels[host_to_device(torch.tensor(sources), device)]
+        return images, labels

@@ -8,9 +8,10 @@ import pytest
 import torch
 from data_helpers import jpeg_bytes, random_image, write_image_folder
 
-from datamodules import ImageFolderDataModule
+from datamodules import ImageFolderDataModule, gpu_decode
 from datamodules.crops import DEFAULT_RATIO, CropBox, eval_crop_box, sample_resized_crop
 from datamodules.folder_datasets import EncodedImages
+from datamodules.gpu_decode import on_side_stream
 from datamodules.tensor_ops import crop_resize
 from datamodules.transforms import SharedRandomResizedCrop
 
@@ -147,3 +148,50 @@ def test_gpu_path_applies_the_randaugment_policy_to_training_batches_only(gpu_fo
     assert augmented.shape == plain.shape and torch.equal(augmented, augmented.round())
     assert (augmented != plain).flatten(1).any(1).float().mean() > 0.5
     assert torch.equal(decoded(2, 0.4, train=False), decoded(0, 0.0, train=False))
+
+
+def test_side_stream_is_skipped_off_cuda():
+    image = torch.zeros(3, 4, 4)
+    for device, enabled in ((torch.device("cpu"), True), (torch.device("cuda", 0), False)):
+        with on_side_stream(device, enabled) as hand_over:
+            assert hand_over(image) is image
+
+
+def test_side_stream_protocol_on_cuda(monkeypatch):
+    """With CUDA stood in for: the body runs on a cached side stream that does not wait for queued work;
+    afterwards the current stream waits for it and every handed-over tensor is recorded on the current stream."""
+    events = []
+
+    class FakeStream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(f"{self.name} waits for {other.name}")
+
+    class StreamContext:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            events.append(f"enter {self.stream.name}")
+
+        def __exit__(self, *exc):
+            events.append(f"leave {self.stream.name}")
+
+    class Handed:
+        def record_stream(self, stream):
+            events.append(f"record on {stream.name}")
+
+    monkeypatch.setattr(gpu_decode, "_SIDE_STREAMS", {})
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream(f"side{device.index}"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: FakeStream("main"))
+    monkeypatch.setattr(torch.cuda, "stream", StreamContext)
+    device = torch.device("cuda", 0)
+    for _ in range(2):
+        with on_side_stream(device) as hand_over:
+            events.append("body")
+            hand_over(Handed())
+    once = ["enter side0", "body", "leave side0", "main waits for side0", "record on main"]
+    assert events == once + once
+    assert list(gpu_decode._SIDE_STREAMS) == [device]  # one stream per device, reused
