@@ -14,6 +14,8 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from lightning_modules.classifier import loggers_write_after
+
 
 class LoggedLossProgressBar(TQDMProgressBar):
     """TQDM bar whose ``train/loss`` is the value of the last logging step.
@@ -33,10 +35,10 @@ class LoggedLossProgressBar(TQDMProgressBar):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # global_step already counts this batch; Lightning's loggers write when it is a multiple of the
-        # interval (once per optimizer step, also when gradients accumulate over several batches).
-        step, every = trainer.global_step, trainer.log_every_n_steps
-        if every > 0 and step % every == 0 and step != self._read_at:
+        # global_step already counts this batch's optimizer step; with accumulated gradients several
+        # batches end at the same step, and only the first reads.
+        step = trainer.global_step
+        if loggers_write_after(trainer, step) and step != self._read_at:
             value = trainer.callback_metrics.get(self.metric)
             if value is not None:
                 self._shown, self._read_at = {self.metric: float(value)}, step
