@@ -47,6 +47,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from cli import CoAtNetCLI, resolve_config_paths
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Operators that make the host wait for the device when an input lives on a GPU.
@@ -344,9 +346,6 @@ def _batch_hook_owner(trainer: L.Trainer, pl_module: L.LightningModule, name: st
 
 def audit_fit(cli_args: Sequence[str], start: int, steps: int) -> HostSyncAudit:
     """Build ``cli.py fit`` from ``cli_args`` (configs and overrides), add the audit, fit, return the audit."""
-    sys.path.insert(0, str(REPO_ROOT))
-    from cli import CoAtNetCLI, resolve_config_paths
-
     cli = CoAtNetCLI(args=resolve_config_paths(list(cli_args)), run=False)
     audit = HostSyncAudit(start, steps)
     cli.trainer.callbacks.append(audit)
