@@ -4,7 +4,9 @@
     python export.py --model coatnet_0 --image-size 224 --format onnx --output c0.onnx --check --benchmark
 
 The exported graph takes normalised float32 images ``[B, 3, H, W]`` (B is dynamic, H x W is the
-training size) and returns logits. The checkpoint's class names and preprocessing (``data_info``:
+training size) and returns logits. BatchNorm is folded into the adjacent convolutions first
+(``coatnet.fold_batchnorm``; ``--no-fold-bn`` exports the layers as trained); ``--check`` compares
+the file with the unfolded eager model. The checkpoint's class names and preprocessing (``data_info``:
 mean/std, resize mode, crop_pct, interpolation) are embedded: ONNX ``metadata_props`` keys, or a
 ``data_info.json`` extra file in TorchScript / ``.pt2`` archives.
 """
@@ -23,7 +25,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from coatnet import create_model
+from coatnet import create_model, fold_batchnorm
 
 Format = Literal["onnx", "torchscript", "exported"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported")
@@ -171,6 +173,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (>= 17)")
+    parser.add_argument(
+        "--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+        help="fold BatchNorm into the adjacent convolutions before export (default: on)",
+    )
     parser.add_argument("--check", action="store_true", help="compare outputs with PyTorch on random inputs")
     parser.add_argument("--atol", type=float, default=1e-4, help="allowed absolute logit difference for --check")
     parser.add_argument("--benchmark", action="store_true", help="CPU latency at batch 1 vs eager (ONNX only)")
@@ -194,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         info = {"image_size": list(size)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     extra = {"opset": args.opset} if args.format == "onnx" else {}
-    EXPORTERS[args.format](model, example_input(info), args.output, info, **extra)
+    to_export = fold_batchnorm(model) if args.fold_bn else model
+    EXPORTERS[args.format](to_export, example_input(info), args.output, info, **extra)
     print(f"wrote {args.output} ({args.output.stat().st_size / 2**20:.1f} MiB)")
     status = 0
     if args.check:

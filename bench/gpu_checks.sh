@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind bench/RESULTS.md and the README's GPU figures, one command per topic:
 #
-#   bash bench/gpu_checks.sh speed                  # ours vs timm (compiled, eager), profile, Lightning overhead, host syncs, more sizes
+#   bash bench/gpu_checks.sh speed                  # ours vs timm (compiled, eager), profile, Lightning overhead, host syncs, BN folding, more sizes
 #   bash bench/gpu_checks.sh cifar DATA [ARGS...]   # configs/cifar10.yaml on a CIFAR-10 JPEG folder (or its .tar.gz)
 #   bash bench/gpu_checks.sh pipeline               # ImageNet-sized JPEGs: loader img/s, folder fit vs synthetic fit, host syncs
 #
@@ -65,6 +65,8 @@ case $topic in
       --trainer.default_root_dir=/tmp/gpu_checks_syncs --trainer.logger=false --trainer.enable_progress_bar=false \
       --data=datamodules.SyntheticDataModule --data.init_args.num_classes=1000 --data.init_args.image_size=224 \
       --data.init_args.train_size=4096 --data.init_args.batch_size=256 --data.init_args.num_workers=8
+    step c0_fold_bn 150 python3 -m bench.fold_batchnorm --model coatnet_0 --batch-size 256 --img-size 224 \
+      --precision bf16 --channels-last --compile
     step c1_eager 90 bench_throughput --model coatnet_1 --batch-size 256 --img-size 224 --append-results
     step c2_eager 90 bench_throughput --model coatnet_2 --batch-size 128 --img-size 224 --append-results
     step c0_384_eager 90 bench_throughput --model coatnet_0 --timm-name coatnet_0_224 --batch-size 64 --img-size 384 \

@@ -55,15 +55,18 @@ class Settings:
     warmup: int
     iters: int
     grad_checkpointing: bool = False
+    fold_batchnorm: bool = True
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One model to measure; ``build`` returns it on the CPU, in fp32."""
+    """One model to measure; ``build`` returns it on the CPU, in fp32; ``for_inference`` (if any)
+    turns the trained model into the one whose inference is timed."""
 
     label: str
     build: Callable[[], nn.Module]
     ours: bool
+    for_inference: Callable[[nn.Module], nn.Module] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,15 +131,18 @@ def timm_candidates(name: str, settings: Settings, mode: str) -> list[Candidate]
 
 
 def our_candidate(name: str, settings: Settings) -> Candidate:
-    from coatnet import create_model
+    from coatnet import create_model, fold_batchnorm
 
     def build() -> nn.Module:
         model = create_model(name, img_size=settings.img_size, num_classes=settings.num_classes)
         model.set_grad_checkpointing(settings.grad_checkpointing)
         return model
 
-    suffix = " (grad checkpointing)" if settings.grad_checkpointing else ""
-    return Candidate(f"ours {name}{suffix}", build, ours=True)
+    notes = ["grad checkpointing"] if settings.grad_checkpointing else []
+    notes += ["BN folded for inference"] if settings.fold_batchnorm else []
+    suffix = f" ({', '.join(notes)})" if notes else ""
+    for_inference = fold_batchnorm if settings.fold_batchnorm else None
+    return Candidate(f"ours {name}{suffix}", build, ours=True, for_inference=for_inference)
 
 
 # ----------------------------------------------------------------------------- counting
@@ -285,6 +291,8 @@ def benchmark(candidate: Candidate, settings: Settings) -> Row:
         model = model.to(memory_format=torch.channels_last)
     flops = forward_flops(model, settings)
     train = guarded(measure_train, model, settings)
+    if candidate.for_inference is not None:
+        model = candidate.for_inference(model)  # drops the trained model, so its memory is not counted
     infer = guarded(measure_infer, model, settings)
     del model
     release(settings.device)
@@ -422,6 +430,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--grad-checkpointing", action="store_true", help="recompute our blocks in backward (memory for compute)"
     )
+    parser.add_argument(
+        "--fold-bn", choices=("on", "off"), default="on",
+        help="time our inference with BatchNorm folded into the convolutions (coatnet.fold_batchnorm), or as trained",
+    )
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations per phase (compilation happens here)")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per phase; the median is reported")
     parser.add_argument(
@@ -448,6 +460,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         warmup=args.warmup,
         iters=args.iters,
         grad_checkpointing=args.grad_checkpointing,
+        fold_batchnorm=args.fold_bn == "on",
     )
 
 

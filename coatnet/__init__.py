@@ -16,6 +16,7 @@ from .config import (
     config_from_dict,
     config_to_dict,
 )
+from .fusion import fold_batchnorm
 from .model import CoAtNet
 from .registry import (
     coatnet_0,
@@ -49,6 +50,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "create_model",
+    "fold_batchnorm",
     "get_config",
     "list_models",
     "relative_position_index",

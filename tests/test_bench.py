@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import lightning_overhead, throughput
+from bench import fold_batchnorm, lightning_overhead, throughput
 
 TINY = ["--batch-size", "2", "--img-size", "32", "--num-classes", "10", "--device", "cpu", "--precision", "fp32"]
 
@@ -32,7 +32,11 @@ def test_throughput_table_and_results_file(tmp_path, monkeypatch):
     header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
     assert header == list(throughput.COLUMNS)
     rows = table_rows(table)
-    assert list(rows) == ["ours coatnet_nano", "timm coatnet_pico_rw_224 (fused attn on)", "ratio ours / best timm"]
+    assert list(rows) == [
+        "ours coatnet_nano (BN folded for inference)",
+        "timm coatnet_pico_rw_224 (fused attn on)",
+        "ratio ours / best timm",
+    ]
     for label in list(rows)[:2]:
         train, infer, train_mem, infer_mem, gflop, train_mfu, infer_mfu = rows[label]
         assert number(train) > 0 and number(infer) > 0 and number(gflop) > 0
@@ -40,6 +44,16 @@ def test_throughput_table_and_results_file(tmp_path, monkeypatch):
     assert number(rows["ratio ours / best timm"][0]) > 0 and number(rows["ratio ours / best timm"][1]) > 0
     written = results.read_text()
     assert "python -m bench.throughput --model coatnet_nano" in written and table in written
+
+
+def test_fold_batchnorm_table():
+    table = fold_batchnorm.main(["--model", "coatnet_nano", *TINY, "--warmup", "0", "--iters", "2"])
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert header == list(fold_batchnorm.COLUMNS)
+    trained, folded, speedup, norms, difference = table_rows(table)["coatnet_nano"]
+    assert number(trained) > 0 and number(folded) > 0 and number(speedup) > 0
+    assert norms == "10 -> 0"  # the stem's and three per MBConv block, coatnet_nano has three
+    assert float(difference) < 1e-4
 
 
 class BrokenInTraining(nn.Module):
@@ -53,6 +67,28 @@ class BrokenInTraining(nn.Module):
         if self.training:
             raise RuntimeError("(*bias): last dimension must be contiguous\nmore detail")
         return self.fc(x.mean((2, 3)))
+
+
+def test_inference_is_timed_on_the_folded_model_unless_told_otherwise():
+    from coatnet import fold_batchnorm
+
+    on = throughput.settings_from(throughput.parse_args(TINY))
+    off = throughput.settings_from(throughput.parse_args(TINY + ["--fold-bn", "off"]))
+    assert throughput.our_candidate("coatnet_nano", on).for_inference is fold_batchnorm
+    assert throughput.our_candidate("coatnet_nano", off).for_inference is None
+    assert throughput.our_candidate("coatnet_nano", off).label == "ours coatnet_nano"
+    # the phase runs on what for_inference returns: here a model that fails, unlike the trained one
+    settings = throughput.settings_from(throughput.parse_args(TINY + ["--warmup", "0", "--iters", "1"]))
+    candidate = throughput.Candidate(
+        "linear", lambda: nn.Sequential(nn.Flatten(), nn.LazyLinear(10)), ours=True, for_inference=lambda _: Raises()
+    )
+    row = throughput.benchmark(candidate, settings)
+    assert row.train.images_per_s > 0 and "the inference model ran" in row.infer.error
+
+
+class Raises(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the inference model ran")
 
 
 def test_failing_configuration_is_reported_not_raised():
@@ -123,7 +159,9 @@ def test_gpu_checks_script_records_skipped_steps_and_rejects_unknown_topics(tmp_
     done = subprocess.run(["bash", str(script), "speed"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     summary = (tmp_path / "summary.md").read_text()
-    for step in ("c0_compiled", "c0_eager", "c0_profile", "c0_lightning_overhead", "c1_eager", "c0_grad_checkpointing"):
+    steps = ("c0_compiled", "c0_eager", "c0_profile", "c0_lightning_overhead", "c0_fold_bn", "c1_eager",
+             "c0_grad_checkpointing")
+    for step in steps:
         assert f"- {step}: skipped" in summary
     assert (tmp_path / "RESULTS.md").is_file() and summary in done.stdout
     chosen = subprocess.run(["bash", str(script), "speed"], env={**env, "ONLY": "c0_host_syncs c1_eager"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -65,10 +66,26 @@ def test_onnx_carries_opset_and_preprocessing_metadata(exported):
     assert metadata["class_names"] == INFO["class_names"] and metadata["mean"] == INFO["mean"]
 
 
+def load_torchscript(path: Path, **kwargs) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        return torch.jit.load(str(path), **kwargs)
+
+
 def test_torchscript_carries_preprocessing(exported):
     files = {"data_info.json": ""}
-    torch.jit.load(str(exported["torchscript"]), _extra_files=files)
+    load_torchscript(exported["torchscript"], _extra_files=files)
     assert json.loads(files["data_info.json"]) == INFO
+
+
+def test_batchnorm_is_folded_unless_told_otherwise(checkpoint, exported, tmp_path):
+    def batchnorm_calls(path: Path) -> int:
+        return str(load_torchscript(path).inlined_graph).count("aten::batch_norm")
+
+    as_trained = tmp_path / "as_trained.torchscript"
+    argv = ["--ckpt", str(checkpoint), "--format", "torchscript", "--output", str(as_trained), "--no-fold-bn"]
+    assert export.main(argv) == 0
+    assert batchnorm_calls(exported["torchscript"]) == 0 < batchnorm_calls(as_trained)
 
 
 def test_check_fails_when_the_file_disagrees(checkpoint, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,104 @@
+"""Inference-time BatchNorm folding.
+
+In eval mode a BatchNorm is a fixed per-channel affine map, so it can be merged into the convolution
+or Linear layer next to it: the same function with fewer memory-bound passes over the activations.
+The stem's BatchNorm, all three of each MBConv block's, and a Transformer block's BatchNorms (with
+``transformer.norm="batchnorm"``) fold away. A BatchNorm stays where folding would change the result:
+after an activation (``conv.pre_norm_act``), before a max pool, or around an early squeeze-excite.
+
+The folded copy is for inference and export only: it has no batch statistics to train with.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .blocks import MBConvBlock, TransformerBlock
+from .layers import Pool2d
+from .model import CoAtNet, ConvStem
+
+_AFFINE_COMMUTING_POOLS = ("avg2", "avg")  # averages (no zero padding counted) commute with a per-channel affine map
+
+
+def fold_batchnorm(model: CoAtNet) -> CoAtNet:
+    """An eval-mode copy of ``model`` with its BatchNorms folded into the adjacent layers.
+
+    >>> fast = fold_batchnorm(model)  # same logits as model.eval(), up to float rounding
+    """
+    folded = copy.deepcopy(model).eval().requires_grad_(False)
+    for module in folded.modules():
+        if isinstance(module, ConvStem):
+            _fold_after(module.conv1, module.norm1)
+            module.norm1 = nn.Identity()
+        elif isinstance(module, MBConvBlock):
+            _fold_mbconv(module)
+        elif isinstance(module, TransformerBlock):
+            _fold_transformer(module)
+    return folded
+
+
+def _fold_mbconv(block: MBConvBlock) -> None:
+    if isinstance(block.pre_act, nn.Identity) and _commutes_with_affine(block.pool):
+        _fold_before(block.pre_norm, block.conv_expand)
+        block.pre_norm = nn.Identity()
+    _fold_after(block.conv_expand, block.norm1)
+    block.norm1 = nn.Identity()
+    if isinstance(block.se_early, nn.Identity):
+        _fold_after(block.conv_dw, block.norm2)
+        block.norm2 = nn.Identity()
+
+
+def _fold_transformer(block: TransformerBlock) -> None:
+    if isinstance(block.norm1, nn.BatchNorm2d) and _commutes_with_affine(block.pool):
+        _fold_before(block.norm1, block.attn.qkv)
+        block.norm1 = nn.Identity()
+    if isinstance(block.norm2, nn.BatchNorm2d):
+        _fold_before(block.norm2, block.mlp.fc1)
+        block.norm2 = nn.Identity()
+
+
+def _commutes_with_affine(pool: nn.Module) -> bool:
+    return isinstance(pool, nn.Identity) or (isinstance(pool, Pool2d) and pool.kind in _AFFINE_COMMUTING_POOLS)
+
+
+def _affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with norm(x) = scale * x + shift per channel in eval mode, in float64."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError(f"{norm} keeps no running statistics: its eval output depends on the batch, so it cannot be folded")
+    scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.double()
+    shift = -norm.running_mean.double() * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.double()
+    return scale, shift
+
+
+def _fold_after(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    """norm(conv(x)) -> conv'(x): scale each output channel's filter, shift its bias."""
+    scale, shift = _affine(norm)
+    weight = conv.weight.double() * scale.view(-1, *[1] * (conv.weight.ndim - 1))
+    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+    _assign(conv, weight, bias)
+
+
+def _fold_before(norm: nn.BatchNorm2d, layer: nn.Conv2d | nn.Linear) -> None:
+    """layer(norm(x)) -> layer'(x) for a Linear, or a convolution without zero padding."""
+    if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or any(p != 0 for p in layer.padding)):
+        raise ValueError(f"cannot fold a BatchNorm into the input of {layer}: zero padding would be shifted too")
+    scale, shift = _affine(norm)
+    per_input = (1, -1, *[1] * (layer.weight.ndim - 2))
+    weight = layer.weight.double()
+    bias = (weight * shift.view(per_input)).flatten(1).sum(1)
+    if layer.bias is not None:
+        bias = bias + layer.bias.double()
+    _assign(layer, weight * scale.view(per_input), bias)
+
+
+def _assign(layer: nn.Conv2d | nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    dtype = layer.weight.dtype
+    layer.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+    layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
