@@ -431,8 +431,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--grad-checkpointing", action="store_true", help="recompute our blocks in backward (memory for compute)"
     )
     parser.add_argument(
-        "--fold-bn", choices=("on", "off"), default="on",
-        help="time our inference with BatchNorm folded into the convolutions (coatnet.fold_batchnorm), or as trained",
+        "--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+        help="time our inference with BatchNorm folded into the convolutions (coatnet.fold_batchnorm; default: on)",
     )
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations per phase (compilation happens here)")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per phase; the median is reported")
@@ -460,7 +460,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         warmup=args.warmup,
         iters=args.iters,
         grad_checkpointing=args.grad_checkpointing,
-        fold_batchnorm=args.fold_bn == "on",
+        fold_batchnorm=args.fold_bn,
     )
 
 

@@ -73,7 +73,7 @@ def test_inference_is_timed_on_the_folded_model_unless_told_otherwise():
     from coatnet import fold_batchnorm
 
     on = throughput.settings_from(throughput.parse_args(TINY))
-    off = throughput.settings_from(throughput.parse_args(TINY + ["--fold-bn", "off"]))
+    off = throughput.settings_from(throughput.parse_args(TINY + ["--no-fold-bn"]))
     assert throughput.our_candidate("coatnet_nano", on).for_inference is fold_batchnorm
     assert throughput.our_candidate("coatnet_nano", off).for_inference is None
     assert throughput.our_candidate("coatnet_nano", off).label == "ours coatnet_nano"
