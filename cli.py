@@ -5,14 +5,18 @@ The DataModule is picked by ``class_path`` in the YAML (``data:``); the model is
 off the instantiated DataModule and passed to the model, so they are set in one place only.
 A ``--config``/``-c`` value that is not a file in the working directory is also looked up in the
 ``configs/`` folder next to this script, so ``--config coatnet0.yaml`` works from anywhere.
+``model.model_overrides`` from several config files merge key by key (see ``merge_model_overrides``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+import yaml
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -35,20 +39,69 @@ from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, Rando
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def config_values(argv: list[str]) -> list[tuple[int, str]]:
+    """(index in ``argv``, path) of every ``--config``/``-c`` value, in order; ``--config=PATH`` is one item."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            found.append((i + 1, argv[i + 1]))
+        elif arg.startswith("--config="):
+            found.append((i, arg.split("=", 1)[1]))
+    return found
+
+
 def resolve_config_paths(argv: list[str], config_dir: Path = CONFIG_DIR) -> list[str]:
     """Return ``argv`` with every ``--config``/``-c`` value that is missing in cwd replaced by its ``config_dir`` copy."""
     resolved = list(argv)
-
-    def lookup(value: str) -> str:
+    for index, value in config_values(argv):
         candidate = config_dir / value
-        return str(candidate) if not Path(value).exists() and candidate.is_file() else value
-
-    for i, arg in enumerate(resolved):
-        if arg in ("--config", "-c") and i + 1 < len(resolved):
-            resolved[i + 1] = lookup(resolved[i + 1])
-        elif arg.startswith("--config="):
-            resolved[i] = "--config=" + lookup(arg.split("=", 1)[1])
+        if not Path(value).exists() and candidate.is_file():
+            prefix = "--config=" if resolved[index].startswith("--config=") else ""
+            resolved[index] = prefix + str(candidate)
     return resolved
+
+
+def model_overrides_in(path: str) -> dict[str, Any] | None:
+    """``model.model_overrides`` of a config file; None where it has none or cannot be read (the parser reports that)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    overrides = model.get("model_overrides") if isinstance(model, dict) else None
+    return overrides if isinstance(overrides, dict) else None
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` written over it; nested dicts merge instead of being replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both_dicts else value
+    return merged
+
+
+def merge_model_overrides(argv: list[str]) -> list[str]:
+    """Make ``model.model_overrides`` of later config files add to those of earlier ones.
+
+    jsonargparse replaces a dict-valued key as a whole, so ``--config cifar10.yaml --config
+    ablations/layout_ccct.yaml`` would silently drop the recipe's stride-1 stem and drop-path rate.
+    Where two or more config files set it, the deep merge of all of them is passed right after the
+    last one; command-line items after it (``--model.model_overrides.drop_path_rate 0.3``) still apply.
+    """
+    sources = [(index, overrides) for index, value in config_values(argv) if (overrides := model_overrides_in(value))]
+    if len(sources) < 2:
+        return list(argv)
+    merged: dict[str, Any] = {}
+    for _, overrides in sources:
+        merged = deep_merge(merged, overrides)
+    last = sources[-1][0] + 1
+    return [*argv[:last], "--model.model_overrides=" + json.dumps(merged), *argv[last:]]
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """What ``main`` does to the command line before parsing: config names resolved, model overrides merged."""
+    return merge_model_overrides(resolve_config_paths(argv))
 
 
 DEFAULT_LOGGER = {
@@ -146,8 +199,8 @@ class CoAtNetCLI(LightningCLI):
 
 
 def main() -> CoAtNetCLI:
-    """Run the CLI on ``sys.argv`` with config names resolved against ``configs/``; return it for inspection."""
-    sys.argv[1:] = resolve_config_paths(sys.argv[1:])
+    """Run the CLI on ``sys.argv`` prepared by ``prepare_argv``; return it for inspection."""
+    sys.argv[1:] = prepare_argv(sys.argv[1:])
     return CoAtNetCLI()
 
 

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from cli import CoAtNetCLI
+from cli import CoAtNetCLI, merge_model_overrides, prepare_argv
 from coatnet.blocks import MBConvBlock, TransformerBlock
 from conftest import REPO_ROOT
 from lightning_modules.callbacks import ThroughputLogger
@@ -34,16 +34,16 @@ IMAGENET_DROP_PATH = {"coatnet0.yaml": 0.2, "coatnet1.yaml": 0.3, "coatnet2.yaml
 
 
 def _cli(*configs: str, extra: tuple[str, ...] = ()) -> CoAtNetCLI:
-    args = [a for name in configs for a in ("--config", str(CONFIG_DIR / name))]
+    args = prepare_argv([a for name in configs for a in ("--config", str(CONFIG_DIR / name))] + list(extra))
     with torch.device("meta"), mock.patch.object(sys, "argv", ["cli.py"]):  # pytest's own argv is not ours
-        return CoAtNetCLI(run=False, args=[*args, *extra])
+        return CoAtNetCLI(run=False, args=args)
 
 
 def test_expected_configs_exist_and_are_commented():
     expected = {"smoke.yaml", "cifar10.yaml", "cifar100.yaml", "cifar10_smoke.yaml", *PRESETS}
     expected |= {f"coatnet{i}.yaml" for i in range(5)}
     assert expected <= {p.name for p in CONFIG_DIR.glob("*.yaml")}
-    for path in CONFIG_DIR.glob("*.yaml"):
+    for path in CONFIG_DIR.rglob("*.yaml"):
         assert path.read_text().startswith("#"), f"{path.name} needs a comment saying what it is for"
 
 
@@ -133,3 +133,53 @@ def test_fsdp_preset_wraps_each_coatnet_block():
     assert isinstance(policy, ModuleWrapPolicy)
     assert set(policy._module_classes) == {MBConvBlock, TransformerBlock}
     assert strategy.kwargs["use_orig_params"], "weight-decay groups need the original parameter names"
+
+
+# ablation preset -> (recipe it is added to, what the built model must show)
+ABLATIONS = {
+    "layout_cccc.yaml": ("cifar10.yaml", lambda config: config.layout == "CCCC"),
+    "layout_ccct.yaml": ("cifar10.yaml", lambda config: config.layout == "CCCT"),
+    "layout_cttt.yaml": ("cifar10.yaml", lambda config: config.layout == "CTTT"),
+    "post_softmax.yaml": ("cifar10.yaml", lambda config: config.transformer.attention == "post_softmax"),
+    "stride_1x1.yaml": ("coatnet0.yaml", lambda config: config.conv.stride_at == "1x1"),
+    "vit_rel.yaml": ("coatnet0.yaml", lambda config: config.layout == "T" and config.stem.patch_size == 16),
+}
+
+
+def test_every_ablation_preset_is_tested():
+    assert {p.name for p in (CONFIG_DIR / "ablations").glob("*.yaml")} == set(ABLATIONS)
+
+
+@pytest.mark.parametrize("preset", sorted(ABLATIONS))
+def test_ablation_preset_changes_one_thing_and_keeps_the_recipe(preset):
+    recipe, changed = ABLATIONS[preset]
+    cli = _cli(recipe, f"ablations/{preset}", extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
+    config = cli.model.model.config
+    assert changed(config)
+    recipe_model = yaml.safe_load((CONFIG_DIR / recipe).read_text())["model"]
+    assert config.drop_path_rate == recipe_model["model_overrides"]["drop_path_rate"], "the recipe's drop path was lost"
+    if recipe == "cifar10.yaml":
+        assert config.stem.stride == 1, "the recipe's stride-1 stem was lost"
+        assert cli.model.model(torch.empty(2, 3, 32, 32, device="meta")).shape == (2, 10)
+
+
+def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
+    files = {
+        "recipe.yaml": {"model": {"model_overrides": {"drop_path_rate": 0.1, "transformer": {"norm": "batchnorm"}}}},
+        "data.yaml": {"data": {"init_args": {"batch_size": 8}}},
+        "ablation.yaml": {"model": {"model_overrides": {"layout": "CCCT", "transformer": {"attention": "post_softmax"}}}},
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_text(yaml.safe_dump(content))
+    argv = ["fit", "--config", str(tmp_path / "recipe.yaml"), f"--config={tmp_path / 'data.yaml'}",
+            "-c", str(tmp_path / "ablation.yaml"), "--model.model_overrides.drop_path_rate", "0.3"]
+    merged = merge_model_overrides(argv)
+    assert merged[:6] + merged[7:] == argv  # one argument added, right after the last file that sets overrides
+    expected = {"drop_path_rate": 0.1, "transformer": {"norm": "batchnorm", "attention": "post_softmax"}, "layout": "CCCT"}
+    assert merged[6].startswith("--model.model_overrides=") and yaml.safe_load(merged[6].split("=", 1)[1]) == expected
+    assert merge_model_overrides(argv[:3] + argv[7:]) == argv[:3] + argv[7:]  # one file: nothing to merge
+
+    cli = _cli("smoke.yaml", extra=tuple(merged[1:]))
+    overrides = cli.model.hparams.model_overrides
+    assert overrides == {**expected, "drop_path_rate": 0.3}  # a command-line item still applies on top
+    assert cli.model.model.config.transformer.norm == "batchnorm" and cli.model.model.config.layout == "CCCT"
