@@ -3,14 +3,17 @@
     python -m coatnet convert --timm-name coatnet_0_rw_224.sw_in1k --input coatnet_0_rw_224.pth \\
         --output coatnet_0_rw_224.safetensors
     python -m coatnet summary --variant coatnet_0 --img-size 224
+    python -m coatnet summary --variant coatnet_0 --set layout=CCCT --set conv.stride_at=1x1
     python -m coatnet list
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import save_weights, weights_summary
 from .config import config_to_dict
@@ -41,8 +44,34 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"  {weights_summary(meta)}")
 
 
+def config_setting(text: str) -> tuple[list[str], Any]:
+    """``conv.stride_at=1x1`` -> (["conv", "stride_at"], "1x1"); values are Python literals where they parse."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. layout=CCCT or conv.stride_at=1x1; got {text!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return key.split("."), parsed
+
+
+def overrides_from(settings: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    """Nested ``create_model`` keyword arguments from ``--set`` items."""
+    overrides: dict[str, Any] = {}
+    for path, value in settings:
+        node = overrides
+        for depth, part in enumerate(path[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} was set to a value, not fields")
+        node[path[-1]] = value
+    return overrides
+
+
 def _summary(args: argparse.Namespace) -> None:
-    model = create_model(args.variant, img_size=args.img_size, num_classes=args.num_classes)
+    overrides = overrides_from(args.set)
+    model = create_model(args.variant, img_size=args.img_size, num_classes=args.num_classes, **overrides)
     print(format_summary(summarize(model, model.img_size)))
 
 
@@ -65,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--variant", required=True, choices=list_models())
     summary.add_argument("--img-size", type=int, default=224)
     summary.add_argument("--num-classes", type=int, default=1000)
+    summary.add_argument(
+        "--set", type=config_setting, action="append", default=[], metavar="KEY=VALUE",
+        help="a CoAtNetConfig field, dotted for nested ones (layout=CCCT, conv.stride_at=1x1); repeatable",
+    )
     summary.set_defaults(run=_summary)
     commands.add_parser("list", help="registered variants and the timm models they import").set_defaults(run=_list)
     return parser

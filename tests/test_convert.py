@@ -262,3 +262,21 @@ def test_cli_convert_list_and_summary(tmp_path, capsys):
     assert "| stage4 |" in capsys.readouterr().out
     assert main(["convert", "--input", str(tmp_path / "absent.pth"), "--output", str(output)]) == 1
     assert "absent.pth" in capsys.readouterr().err
+
+
+def test_summary_takes_config_fields(capsys):
+    from coatnet.__main__ import main
+
+    def total(*settings: str) -> str:
+        assert main(["summary", "--variant", "coatnet_0", *[a for s in settings for a in ("--set", s)]]) == 0
+        return capsys.readouterr().out.strip().splitlines()[-1]
+
+    assert total() == "| total | | 25.04M | 4.547G |"
+    assert total("layout=CCCT") == "| total | | 23.53M | 3.995G |"  # the README's ablation table
+    assert total("conv.stride_at=1x1", "drop_path_rate=0.3") == "| total | | 25.04M | 4.142G |"
+    assert main(["summary", "--variant", "coatnet_0", "--set", "layot=CCCT"]) == 1
+    assert "unknown CoAtNet config field(s) ['layot']" in capsys.readouterr().err
+    assert main(["summary", "--variant", "coatnet_0", "--set", "conv=1", "--set", "conv.act=silu"]) == 1
+    assert "conv was set to a value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["summary", "--variant", "coatnet_0", "--set", "layout"])
