@@ -73,6 +73,8 @@ case $topic in
       --append-results
     step c0_grad_checkpointing 60 bench_throughput --model coatnet_0 --no-timm --batch-size 256 --img-size 224 \
       --grad-checkpointing --append-results
+    step c0_grad_checkpointing_s1_s2 60 bench_throughput --model coatnet_0 --no-timm --batch-size 256 --img-size 224 \
+      --grad-checkpointing 0 1 --append-results
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
   cifar)

@@ -54,7 +54,7 @@ class Settings:
     compile_mode: str | None
     warmup: int
     iters: int
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | tuple[int, ...] = False  # all stages, or the indices of those recomputed
     fold_batchnorm: bool = True
 
 
@@ -138,7 +138,10 @@ def our_candidate(name: str, settings: Settings) -> Candidate:
         model.set_grad_checkpointing(settings.grad_checkpointing)
         return model
 
-    notes = ["grad checkpointing"] if settings.grad_checkpointing else []
+    stages, notes = settings.grad_checkpointing, []
+    if stages:
+        which = "" if stages is True else " " + ", ".join(f"S{i + 1}" for i in stages)
+        notes.append(f"grad checkpointing{which}")
     notes += ["BN folded for inference"] if settings.fold_batchnorm else []
     suffix = f" ({', '.join(notes)})" if notes else ""
     for_inference = fold_batchnorm if settings.fold_batchnorm else None
@@ -428,7 +431,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=None,
     )
     parser.add_argument(
-        "--grad-checkpointing", action="store_true", help="recompute our blocks in backward (memory for compute)"
+        "--grad-checkpointing", type=int, nargs="*", metavar="STAGE",
+        help="recompute our blocks in backward (memory for compute): all stages, or those given (0 = S1 ... 3 = S4)",
     )
     parser.add_argument(
         "--fold-bn", action=argparse.BooleanOptionalAction, default=True,
@@ -459,7 +463,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         compile_mode=args.compile_mode,
         warmup=args.warmup,
         iters=args.iters,
-        grad_checkpointing=args.grad_checkpointing,
+        grad_checkpointing=False if args.grad_checkpointing is None else tuple(args.grad_checkpointing) or True,
         fold_batchnorm=args.fold_bn,
     )
 

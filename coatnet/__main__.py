@@ -4,6 +4,7 @@
         --output coatnet_0_rw_224.safetensors
     python -m coatnet summary --variant coatnet_0 --img-size 224
     python -m coatnet summary --variant coatnet_0 --set layout=CCCT --set conv.stride_at=1x1
+    python -m coatnet summary --variant coatnet_0 --activations --grad-checkpointing 0 1
     python -m coatnet list
 """
 
@@ -27,7 +28,7 @@ from .convert import (
     variant_for_timm_name,
 )
 from .registry import create_model, list_models
-from .summary import format_summary, summarize
+from .summary import activation_bytes, format_summary, summarize
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -72,7 +73,10 @@ def overrides_from(settings: list[tuple[list[str], Any]]) -> dict[str, Any]:
 def _summary(args: argparse.Namespace) -> None:
     overrides = overrides_from(args.set)
     model = create_model(args.variant, img_size=args.img_size, num_classes=args.num_classes, **overrides)
-    print(format_summary(summarize(model, model.img_size)))
+    checkpointed = args.grad_checkpointing
+    model.set_grad_checkpointing(False if checkpointed is None else checkpointed or True)
+    activations = activation_bytes(model, model.img_size) if args.activations or checkpointed is not None else None
+    print(format_summary(summarize(model, model.img_size), activations))
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -97,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument(
         "--set", type=config_setting, action="append", default=[], metavar="KEY=VALUE",
         help="a CoAtNetConfig field, dotted for nested ones (layout=CCCT, conv.stride_at=1x1); repeatable",
+    )
+    summary.add_argument(
+        "--activations", action="store_true",
+        help="add the memory a training step keeps for backward, per image (runs the model on the CPU at batch 1 and 2)",
+    )
+    summary.add_argument(
+        "--grad-checkpointing", type=int, nargs="*", metavar="STAGE",
+        help="activations with these stages recomputed in backward (0 = S1 ... 3 = S4; none given: all)",
     )
     summary.set_defaults(run=_summary)
     commands.add_parser("list", help="registered variants and the timm models they import").set_defaults(run=_list)

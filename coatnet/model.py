@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -172,11 +173,22 @@ class CoAtNet(nn.Module):
         """Names of the relative-position parameters, which should not be decayed."""
         return {name for name, _ in self.named_parameters() if ".rel_pos." in name}
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool | Sequence[int] = True) -> None:
         """Recompute block activations in backward: less memory (bigger batches, CoAtNet-3/4 at 384)
-        for about a third more compute. Dropout and drop-path masks replay exactly."""
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+        for about a third more compute. Dropout and drop-path masks replay exactly.
+
+        ``enable`` is True/False for every stage, or the indices of the stages to recompute
+        (0 = S1 ... 3 = S4): the MBConv stages hold most activation memory per multiply-add
+        (``coatnet.summary.activation_bytes``), so ``[0, 1]`` saves much of it for less recompute.
+        """
+        count = len(self.stages)
+        chosen = set(range(count)) if enable is True else set() if enable is False else set(enable)
+        if not chosen <= set(range(count)):
+            raise ValueError(
+                f"grad_checkpointing stages must be indices 0..{count - 1} (S1..S{count}), got {sorted(chosen)}"
+            )
+        for index, stage in enumerate(self.stages):
+            stage.grad_checkpointing = index in chosen
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last Linear for a new number of classes (fine-tuning)."""

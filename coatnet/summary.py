@@ -1,7 +1,8 @@
-"""Parameter and multiply-add counts, per stage, measured by running the model once.
+"""Parameter, multiply-add and activation-memory counts, per stage, measured by running the model.
 
 Counts come from ``torch.utils.flop_counter`` (matmuls, convolutions and attention), so they
-follow the code rather than a hand-written formula. One multiply-add = 2 FLOPs.
+follow the code rather than a hand-written formula. One multiply-add = 2 FLOPs. Activation memory
+is what autograd keeps for the backward pass, seen through ``saved_tensors_hooks``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ def count_macs(model: nn.Module, img_size: tuple[int, int], in_chans: int = 3) -
     return sum(stage.macs for stage in summarize(model, img_size, in_chans))
 
 
+def _parts(model: nn.Module) -> dict[str, nn.Module]:
+    return {"stem": model.stem, **{f"stage{i + 1}": s for i, s in enumerate(model.stages)}, "head": model.head}
+
+
 def summarize(model: nn.Module, img_size: tuple[int, int], in_chans: int = 3) -> list[StageCount]:
     """Per-part counts (stem, each stage, head) for a CoAtNet at the given input size."""
-    parts = {"stem": model.stem, **{f"stage{i + 1}": s for i, s in enumerate(model.stages)}, "head": model.head}
+    parts = _parts(model)
     outputs: dict[str, tuple[int, ...]] = {}
     hooks = [
         module.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, tuple(o.shape)))
@@ -64,6 +69,49 @@ def summarize(model: nn.Module, img_size: tuple[int, int], in_chans: int = 3) ->
     return rows
 
 
+def activation_bytes(model: nn.Module, img_size: tuple[int, int], in_chans: int = 3) -> dict[str, int]:
+    """Bytes per image that a training forward pass keeps for backward, per part (stem, stages, head).
+
+    Runs the model in train mode, in its own dtype and with its grad-checkpointing setting, at
+    batch 1 and 2 on the CPU-or-wherever device of its parameters; the difference is the per-image
+    figure, so weights and batch-independent tensors (the dense attention bias) drop out. A storage
+    saved by several ops counts once. Compiled models save other tensors: this is the eager figure.
+    """
+    parts = _parts(model)
+    device = next(model.parameters()).device
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved_per_part(batch: int) -> dict[str, int]:
+        current = ["stem"]
+        saved: dict[str, dict[int, int]] = {name: {} for name in parts}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[current[0]][storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        hooks = [
+            module.register_forward_pre_hook(lambda m, args, name=name: current.__setitem__(0, name))
+            for name, module in parts.items()
+        ]
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), torch.enable_grad():
+                model(torch.randn(batch, in_chans, *img_size, device=device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return {name: sum(storages.values()) for name, storages in saved.items()}
+
+    was_training = model.training
+    model.train()
+    try:
+        one, two = saved_per_part(1), saved_per_part(2)
+    finally:
+        model.train(was_training)
+    return {name: two[name] - one[name] for name in parts}
+
+
 def _module_path(model: nn.Module, target: nn.Module) -> str:
     for name, module in model.named_modules():
         if module is target:
@@ -71,13 +119,16 @@ def _module_path(model: nn.Module, target: nn.Module) -> str:
     raise ValueError("module is not part of the model")
 
 
-def format_summary(rows: list[StageCount]) -> str:
-    """A markdown table of the per-part counts with a total line."""
-    lines = ["| part | output | params | MACs |", "|---|---|---|---|"]
+def format_summary(rows: list[StageCount], activations: dict[str, int] | None = None) -> str:
+    """A markdown table of the per-part counts with a total line; ``activations`` adds a column."""
+    header = "| part | output | params | MACs |" + (" train activations / image |" if activations else "")
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for row in rows:
         shape = "x".join(str(s) for s in row.output_shape[1:])
-        lines.append(f"| {row.name} | {shape} | {row.params / 1e6:.2f}M | {row.macs / 1e9:.3f}G |")
+        cells = f"| {row.name} | {shape} | {row.params / 1e6:.2f}M | {row.macs / 1e9:.3f}G |"
+        lines.append(cells + (f" {activations[row.name] / 2**20:.2f} MiB |" if activations else ""))
     total_params = sum(r.params for r in rows)
     total_macs = sum(r.macs for r in rows)
-    lines.append(f"| total | | {total_params / 1e6:.2f}M | {total_macs / 1e9:.3f}G |")
+    total = f"| total | | {total_params / 1e6:.2f}M | {total_macs / 1e9:.3f}G |"
+    lines.append(total + (f" {sum(activations.values()) / 2**20:.2f} MiB |" if activations else ""))
     return "\n".join(lines)

@@ -75,7 +75,8 @@ class ImageClassifier(LightningModule):
         compile_options: keyword arguments for ``torch.compile`` (``mode``, ``backend``, ...).
         channels_last: keep the network and its input batches in channels-last memory format.
         grad_checkpointing: recompute block activations in the backward pass (less memory, about
-            a third more compute); for batches or variants that do not fit otherwise.
+            a third more compute); for batches or variants that do not fit otherwise. True for all
+            stages, or the stage indices to recompute, e.g. ``[0, 1]`` for the MBConv stages S1-S2.
         init_from: weights to fine-tune from (a ``python -m coatnet convert`` file, a checkpoint of
             this project, or a timm CoAtNet state dict). Relative-position tables are resized to
             ``image_size`` and the classifier is re-initialised when ``num_classes`` differs.
@@ -99,7 +100,7 @@ class ImageClassifier(LightningModule):
         compile: bool = False,
         compile_options: dict[str, Any] | None = None,
         channels_last: bool = False,
-        grad_checkpointing: bool = False,
+        grad_checkpointing: bool | list[int] = False,
         init_from: str | None = None,
     ) -> None:
         super().__init__()

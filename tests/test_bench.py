@@ -77,6 +77,10 @@ def test_inference_is_timed_on_the_folded_model_unless_told_otherwise():
     assert throughput.our_candidate("coatnet_nano", on).for_inference is fold_batchnorm
     assert throughput.our_candidate("coatnet_nano", off).for_inference is None
     assert throughput.our_candidate("coatnet_nano", off).label == "ours coatnet_nano"
+    stages = throughput.settings_from(throughput.parse_args(TINY + ["--no-fold-bn", "--grad-checkpointing", "0", "1"]))
+    assert throughput.our_candidate("coatnet_nano", stages).label == "ours coatnet_nano (grad checkpointing S1, S2)"
+    every = throughput.settings_from(throughput.parse_args(TINY + ["--grad-checkpointing"]))
+    assert every.grad_checkpointing is True and on.grad_checkpointing is False
     # the phase runs on what for_inference returns: here a model that fails, unlike the trained one
     settings = throughput.settings_from(throughput.parse_args(TINY + ["--warmup", "0", "--iters", "1"]))
     candidate = throughput.Candidate(
@@ -160,7 +164,7 @@ def test_gpu_checks_script_records_skipped_steps_and_rejects_unknown_topics(tmp_
     assert done.returncode == 0, done.stderr
     summary = (tmp_path / "summary.md").read_text()
     steps = ("c0_compiled", "c0_eager", "c0_profile", "c0_lightning_overhead", "c0_fold_bn", "c1_eager",
-             "c0_grad_checkpointing")
+             "c0_grad_checkpointing", "c0_grad_checkpointing_s1_s2")
     for step in steps:
         assert f"- {step}: skipped" in summary
     assert (tmp_path / "RESULTS.md").is_file() and summary in done.stdout

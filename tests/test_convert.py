@@ -280,3 +280,16 @@ def test_summary_takes_config_fields(capsys):
     assert "conv was set to a value" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["summary", "--variant", "coatnet_0", "--set", "layout"])
+
+
+def test_summary_reports_activation_memory_with_and_without_recomputation(capsys):
+    from coatnet.__main__ import main
+
+    def activations_mib(*extra: str) -> float:
+        assert main(["summary", "--variant", "coatnet_nano", "--img-size", "64", *extra]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines[0].endswith("| train activations / image |")
+        return float(lines[-1].split("|")[-2].split()[0])
+
+    plain = activations_mib("--activations")
+    assert plain > activations_mib("--grad-checkpointing", "0", "1") > activations_mib("--grad-checkpointing") > 0

@@ -7,7 +7,7 @@ import torch
 
 from coatnet import CoAtNetConfig, coatnet_0, create_model, get_config, list_models
 from coatnet.layers import DropPath
-from coatnet.summary import count_macs, summarize
+from coatnet.summary import activation_bytes, count_macs, summarize
 
 # timm's paper-like models at 224x224 with 1000 classes (ANCHORS.md section 2).
 TIMM_PARAMS = {
@@ -236,3 +236,38 @@ def test_grad_checkpointing_recomputes_blocks_and_keeps_gradients():
         model = create_model("coatnet_nano", img_size=64)
         model.set_grad_checkpointing(True)
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_grad_checkpointing_of_chosen_stages_only():
+    model = create_model("coatnet_nano", img_size=64, num_classes=10)
+    calls = {index: 0 for index in range(4)}
+    for index, stage in enumerate(model.stages):
+        stage[0].register_forward_pre_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
+    model.set_grad_checkpointing([0, 2])
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert calls == {0: 2, 1: 1, 2: 2, 3: 1}
+    with pytest.raises(ValueError, match=r"indices 0\.\.3 \(S1\.\.S4\), got \[4\]"):
+        model.set_grad_checkpointing([4])
+
+
+def test_activation_bytes_count_what_backward_keeps():
+    model = create_model("coatnet_nano", img_size=64, num_classes=10)
+    plain = activation_bytes(model, (64, 64))
+    assert model.training and set(plain) == {"stem", "stage1", "stage2", "stage3", "stage4", "head"}
+    model.set_grad_checkpointing([0, 1])
+    recomputed = activation_bytes(model, (64, 64))
+    # a recomputed stage keeps only its blocks' inputs (float32, one image)
+    block_inputs = {name: 0 for name in plain}
+    hooks = [
+        block.register_forward_pre_hook(
+            lambda m, args, name=f"stage{i + 1}": block_inputs.__setitem__(name, block_inputs[name] + args[0].nbytes)
+        )
+        for i, stage in enumerate(model.stages) for block in stage
+    ]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    assert recomputed["stage1"] == block_inputs["stage1"] and recomputed["stage2"] == block_inputs["stage2"]
+    assert plain["stage1"] > 5 * recomputed["stage1"] and plain["stage2"] > 5 * recomputed["stage2"]
+    assert all(recomputed[name] == plain[name] for name in ("stem", "stage3", "stage4", "head"))
