@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import run_cli
+import cli
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.progress import LoggedLossProgressBar
 
@@ -46,13 +48,16 @@ def test_bar_shows_the_loss_of_the_last_logging_step(tmp_path):
     assert len(set(probe.logged.values())) == 8  # the loss really moved between steps
 
 
-def test_cli_leaves_its_bar_out_when_the_bar_is_off_or_another_is_configured(tmp_path):
+def test_cli_leaves_its_bar_out_when_the_bar_is_off_or_another_is_configured(tmp_path, monkeypatch, capsys):
     common = ["fit", "--config", "smoke.yaml", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
               "--trainer.num_sanity_val_steps=0", "--trainer.logger=false", "--trainer.enable_model_summary=false"]
+    monkeypatch.chdir(tmp_path)
 
-    def output(*extra: str) -> str:
-        proc = run_cli([*common, *extra], cwd=tmp_path)
-        return proc.stdout + proc.stderr
+    def output(*extra: str) -> str:  # in-process: three subprocesses cost 20 s of imports
+        monkeypatch.setattr(sys, "argv", ["cli.py", *common, *extra])
+        cli.main()
+        captured = capsys.readouterr()
+        return captured.out + captured.err
 
     assert "Epoch 0" not in output("--trainer.enable_progress_bar=false")
     own = output("--trainer.callbacks+=TQDMProgressBar", "--trainer.callbacks.refresh_rate=1")
