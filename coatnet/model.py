@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -39,6 +40,38 @@ class PatchStem(nn.Module):
         return self.proj(x)
 
 
+@contextmanager
+def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
+    """BatchNorms in ``module`` normalise with batch statistics as usual but leave their running ones alone."""
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.training and m.track_running_stats]
+    saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for norm, (momentum, tracked) in zip(norms, saved):
+            norm.momentum = momentum
+            norm.num_batches_tracked.copy_(tracked)
+
+
+class RecomputedBlock:
+    """A block for ``checkpoint``: its second run (the recomputation in backward) updates no BatchNorm
+    running statistics, so they move once per step, as without checkpointing. Compiled graphs need
+    no such care: their recomputation replays no buffer updates."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+        self.runs = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.runs += 1
+        if self.runs == 1:
+            return self.block(x)
+        with frozen_batchnorm_statistics(self.block):
+            return self.block(x)
+
+
 class Stage(nn.Sequential):
     """Blocks run in order; with ``grad_checkpointing`` each block's activations are recomputed
     in the backward pass instead of kept, trading about one extra forward for activation memory."""
@@ -48,7 +81,11 @@ class Stage(nn.Sequential):
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for block in self:
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+            if recompute:
+                run = block if torch.compiler.is_compiling() else RecomputedBlock(block)
+                x = checkpoint(run, x, use_reentrant=False)
+            else:
+                x = block(x)
         return x
 
 

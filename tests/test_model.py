@@ -213,7 +213,7 @@ def test_config_round_trip():
 
 
 def test_grad_checkpointing_recomputes_blocks_and_keeps_gradients():
-    def run(checkpointing: bool) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    def run(checkpointing: bool) -> tuple[torch.Tensor, list[torch.Tensor], int, dict[str, torch.Tensor]]:
         torch.manual_seed(0)
         model = create_model("coatnet_nano", img_size=64, num_classes=10, drop_path_rate=0.3)
         model.set_grad_checkpointing(checkpointing)
@@ -224,11 +224,13 @@ def test_grad_checkpointing_recomputes_blocks_and_keeps_gradients():
         torch.manual_seed(2)  # drop-path masks: the recomputation must replay the same ones
         loss = model(images).logsumexp(1).mean()
         loss.backward()
-        return loss.detach(), [p.grad for p in model.parameters()], len(calls)
+        return loss.detach(), [p.grad for p in model.parameters()], len(calls), dict(model.named_buffers())
 
-    loss, grads, calls = run(False)
-    loss_ckpt, grads_ckpt, calls_ckpt = run(True)
+    loss, grads, calls, buffers = run(False)
+    loss_ckpt, grads_ckpt, calls_ckpt, buffers_ckpt = run(True)
     assert (calls, calls_ckpt) == (1, 2), "a checkpointed block runs again in backward"
+    for name, buffer in buffers.items():  # BatchNorm running statistics move once per step, not once per run
+        assert torch.equal(buffers_ckpt[name], buffer), name
     torch.testing.assert_close(loss_ckpt, loss)
     for grad, grad_ckpt in zip(grads, grads_ckpt):
         torch.testing.assert_close(grad_ckpt, grad, rtol=1e-4, atol=1e-6)
