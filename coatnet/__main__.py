@@ -65,7 +65,8 @@ def overrides_from(settings: list[tuple[list[str], Any]]) -> dict[str, Any]:
         for depth, part in enumerate(path[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} was set to a value, not fields")
+                taken = ".".join(path[: depth + 1])
+                raise ValueError(f"--set {'.'.join(path)}: {taken} was set to a value, not fields")
         node[path[-1]] = value
     return overrides
 
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.add_argument(
         "--activations", action="store_true",
-        help="add the memory a training step keeps for backward, per image (runs the model on the CPU at batch 1 and 2)",
+        help="add the memory a training step keeps for backward, per image (runs the model at batch 1 and 2)",
     )
     summary.add_argument(
         "--grad-checkpointing", type=int, nargs="*", metavar="STAGE",

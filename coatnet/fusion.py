@@ -67,7 +67,7 @@ def _commutes_with_affine(pool: nn.Module) -> bool:
 def _affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) with norm(x) = scale * x + shift per channel in eval mode, in float64."""
     if norm.running_mean is None or norm.running_var is None:
-        raise ValueError(f"{norm} keeps no running statistics: its eval output depends on the batch, so it cannot be folded")
+        raise ValueError(f"{norm} keeps no running statistics: its output depends on the batch, so it cannot be folded")
     scale = torch.rsqrt(norm.running_var.double() + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight.double()

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from .model import frozen_batchnorm_statistics
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -73,9 +76,10 @@ def activation_bytes(model: nn.Module, img_size: tuple[int, int], in_chans: int 
     """Bytes per image that a training forward pass keeps for backward, per part (stem, stages, head).
 
     Runs the model in train mode, in its own dtype and with its grad-checkpointing setting, at
-    batch 1 and 2 on the CPU-or-wherever device of its parameters; the difference is the per-image
-    figure, so weights and batch-independent tensors (the dense attention bias) drop out. A storage
-    saved by several ops counts once. Compiled models save other tensors: this is the eager figure.
+    batch 1 and 2 on the device of its parameters; the difference is the per-image figure, so
+    weights and batch-independent tensors (the dense attention bias) drop out. A storage saved by
+    several ops counts once, in the part that saved it first. Running statistics are left as they
+    were. Compiled models save other tensors: this is the eager figure.
     """
     parts = _parts(model)
     device = next(model.parameters()).device
@@ -83,12 +87,12 @@ def activation_bytes(model: nn.Module, img_size: tuple[int, int], in_chans: int 
 
     def saved_per_part(batch: int) -> dict[str, int]:
         current = ["stem"]
-        saved: dict[str, dict[int, int]] = {name: {} for name in parts}
+        saved: dict[int, tuple[str, int]] = {}  # storage address -> (part that saved it first, bytes)
 
         def pack(tensor: torch.Tensor) -> torch.Tensor:
             storage = tensor.untyped_storage()
             if storage.data_ptr() not in weights:
-                saved[current[0]][storage.data_ptr()] = storage.nbytes()
+                saved.setdefault(storage.data_ptr(), (current[0], storage.nbytes()))
             return tensor
 
         hooks = [
@@ -96,12 +100,13 @@ def activation_bytes(model: nn.Module, img_size: tuple[int, int], in_chans: int 
             for name, module in parts.items()
         ]
         try:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), torch.enable_grad():
+            keep = saved_tensors_hooks(pack, lambda tensor: tensor)
+            with keep, torch.enable_grad(), frozen_batchnorm_statistics(model):
                 model(torch.randn(batch, in_chans, *img_size, device=device))
         finally:
             for hook in hooks:
                 hook.remove()
-        return {name: sum(storages.values()) for name, storages in saved.items()}
+        return {name: sum(size for part, size in saved.values() if part == name) for name in parts}
 
     was_training = model.training
     model.train()

@@ -253,9 +253,11 @@ def test_grad_checkpointing_of_chosen_stages_only():
 
 
 def test_activation_bytes_count_what_backward_keeps():
-    model = create_model("coatnet_nano", img_size=64, num_classes=10)
+    model = create_model("coatnet_nano", img_size=64, num_classes=10).eval()
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     plain = activation_bytes(model, (64, 64))
-    assert model.training and set(plain) == {"stem", "stage1", "stage2", "stage3", "stage4", "head"}
+    assert not model.training and set(plain) == {"stem", "stage1", "stage2", "stage3", "stage4", "head"}
+    assert all(torch.equal(buffer, buffers[name]) for name, buffer in model.named_buffers()), "running statistics moved"
     model.set_grad_checkpointing([0, 1])
     recomputed = activation_bytes(model, (64, 64))
     # a recomputed stage keeps only its blocks' inputs (float32, one image)
