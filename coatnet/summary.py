@@ -93,7 +93,9 @@ def activation_bytes(model: nn.Module, img_size: tuple[int, int], in_chans: int 
             storage = tensor.untyped_storage()
             if storage.data_ptr() not in weights:
                 saved.setdefault(storage.data_ptr(), (current[0], storage.nbytes()))
-            return tensor
+            # Kept alive (no address reuse while counting) but detached: the tensor itself would tie
+            # its grad_fn to the graph that saves it, a cycle that is never freed.
+            return tensor.detach()
 
         hooks = [
             module.register_forward_pre_hook(lambda m, args, name=name: current.__setitem__(0, name))

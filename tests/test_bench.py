@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import fold_batchnorm, lightning_overhead, throughput
+from bench import fold_batchnorm, lightning_overhead, model_table, throughput
 
 TINY = ["--batch-size", "2", "--img-size", "32", "--num-classes", "10", "--device", "cpu", "--precision", "fp32"]
 
@@ -54,6 +54,16 @@ def test_fold_batchnorm_table():
     assert number(trained) > 0 and number(folded) > 0 and number(speedup) > 0
     assert norms == "10 -> 0"  # the stem's and three per MBConv block, coatnet_nano has three
     assert float(difference) < 1e-4
+
+
+def test_model_table_rows():
+    table = model_table.main(["--img-size", "64", "--num-classes", "10", "--variants", "coatnet_nano", "vit_rel"])
+    assert table.splitlines()[0] == model_table.HEADER
+    rows = table_rows(table)
+    assert list(rows) == ["`coatnet_nano`", "`vit_rel`"]
+    layout, depths, widths, params, macs, activations = rows["`coatnet_nano`"]
+    assert (layout, depths, widths) == ("CCTT", "1,2,2,1", "32,64,128,256")
+    assert number(params) > 1e6 and number(macs.rstrip("G")) > 0 and number(activations.split()[0]) > 0
 
 
 class BrokenInTraining(nn.Module):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
+
 import pytest
 import torch
 
@@ -252,10 +255,19 @@ def test_grad_checkpointing_of_chosen_stages_only():
         model.set_grad_checkpointing([4])
 
 
+def count_live_tensors() -> int:
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # isinstance on torch.distributed's deprecated reduce_op
+        return sum(isinstance(obj, torch.Tensor) for obj in gc.get_objects())
+
+
 def test_activation_bytes_count_what_backward_keeps():
     model = create_model("coatnet_nano", img_size=64, num_classes=10).eval()
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    live_tensors = count_live_tensors()
     plain = activation_bytes(model, (64, 64))
+    assert count_live_tensors() == live_tensors, "the counted graph was not freed"
     assert not model.training and set(plain) == {"stem", "stage1", "stage2", "stage3", "stage4", "head"}
     assert all(torch.equal(buffer, buffers[name]) for name, buffer in model.named_buffers()), "running statistics moved"
     model.set_grad_checkpointing([0, 1])
