@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--variants", nargs="*", default=None, help="default: every registered variant")
+    parser.add_argument("--variants", nargs="*", default=None, choices=list_models(), metavar="VARIANT",
+                        help="default: every registered variant")
     args = parser.parse_args(argv)
     print(f"At {args.img_size}x{args.img_size}, {args.num_classes} classes; MACs of one image; float32 activations.\n")
     lines = [HEADER, "|---" * (HEADER.count("|") - 1) + "|"]

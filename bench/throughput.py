@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from coatnet import list_models
+
 RESULTS_FILE = Path(__file__).with_name("RESULTS.md")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 H100_SXM_BF16_DENSE_TFLOPS = 989.0
@@ -394,7 +396,8 @@ def results_section(table: str, settings: Settings, argv: Sequence[str]) -> str:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """What every benchmark script takes: the model, the batch, precision, layout, compile, device."""
-    parser.add_argument("--model", default="coatnet_0", help="a name from coatnet.list_models()")
+    parser.add_argument("--model", default="coatnet_0", choices=list_models(), metavar="MODEL",
+                        help="a name from coatnet.list_models()")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000)

@@ -91,6 +91,8 @@ def test_inference_is_timed_on_the_folded_model_unless_told_otherwise():
     assert throughput.our_candidate("coatnet_nano", stages).label == "ours coatnet_nano (grad checkpointing S1, S2)"
     every = throughput.settings_from(throughput.parse_args(TINY + ["--grad-checkpointing"]))
     assert every.grad_checkpointing is True and on.grad_checkpointing is False
+    with pytest.raises(SystemExit):  # one argparse line naming the valid models, not a traceback
+        throughput.parse_args(TINY + ["--model", "coatnet_9"])
     # the phase runs on what for_inference returns: here a model that fails, unlike the trained one
     settings = throughput.settings_from(throughput.parse_args(TINY + ["--warmup", "0", "--iters", "1"]))
     candidate = throughput.Candidate(
