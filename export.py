@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -25,6 +23,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
+from bench.throughput import alternating_medians
 from coatnet import create_model, fold_batchnorm
 
 Format = Literal["onnx", "torchscript", "exported"]
@@ -151,15 +150,9 @@ def benchmark(model: nn.Module, onnx_path: Path, info: dict[str, Any], runs: int
     session = onnx_session(onnx_path, threads)
     feed = {"images": image.numpy()}
     candidates = {"eager_ms": lambda: model(image), "onnxruntime_ms": lambda: session.run(None, feed)}
-    times: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.inference_mode():
-        for step in range(warmup + runs):
-            for name, fn in candidates.items():
-                start = time.perf_counter()
-                fn()
-                if step >= warmup:
-                    times[name].append(1000 * (time.perf_counter() - start))
-    result = {name: statistics.median(values) for name, values in times.items()}
+        seconds = alternating_medians(candidates, torch.device("cpu"), warmup, runs)
+    result = {name: 1000 * value for name, value in seconds.items()}
     return {"threads": threads, **result, "speedup": result["eager_ms"] / result["onnxruntime_ms"]}
 
 

@@ -14,36 +14,16 @@ and the largest logit difference between the two (float rounding only).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from bench.throughput import AUTOCAST_DTYPES, add_run_arguments, device_name, synchronize
+from bench.throughput import AUTOCAST_DTYPES, add_run_arguments, alternating_medians, device_name
 from coatnet import create_model, fold_batchnorm
 
 COLUMNS = ("model", "as trained img/s", "BN folded img/s", "speed-up", "BatchNorms", "max abs logit diff")
-
-
-def alternating_medians(
-    runs: dict[str, Callable[[], object]], device: torch.device, warmup: int, iters: int
-) -> dict[str, float]:
-    """Median seconds per call of each run, calling them in turn so that both see the same load."""
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(iters):
-        for name, run in runs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def batchnorms(model: nn.Module) -> int:

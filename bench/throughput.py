@@ -197,22 +197,27 @@ def synthetic_batch(settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels.to(settings.device)
 
 
-def timed_median(step: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
-    """Median wall time of one call after ``warmup`` calls, synchronising the device around each timed call."""
+def alternating_medians(
+    runs: dict[str, Callable[[], object]], device: torch.device, warmup: int, iters: int
+) -> dict[str, float]:
+    """Median seconds per call of each run after ``warmup`` rounds, calling them in turn so that all see the
+    same load, with the device synchronised around each timed call."""
     for _ in range(warmup):
-        step()
-    times = []
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(iters):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def median_seconds(step: Callable[[], object], settings: Settings) -> float:
-    return timed_median(step, settings.device, settings.warmup, settings.iters)
+    return alternating_medians({"step": step}, settings.device, settings.warmup, settings.iters)["step"]
 
 
 def reset_peak_memory(device: torch.device) -> None:
