@@ -7,9 +7,12 @@ in ``on_after_batch_transfer``.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.util
 import os
 import random
 import signal
+import threading
 from typing import Any, Callable, Optional
 
 import lightning as L
@@ -91,6 +94,24 @@ def seed_worker(worker_id: int) -> None:
         reseed(seed)
 
 
+def kill_daemonic_children() -> None:
+    """SIGKILL loader workers still alive at interpreter exit.
+
+    multiprocessing ends daemonic children at exit with SIGTERM, which ``seed_worker`` makes them
+    ignore, so a script or notebook that exits while a persistent-worker loader lives would hang.
+    PyTorch's SIGCHLD handler, which reports dead workers of a running loader, is reset first.
+    """
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    if workers and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for worker in workers:
+        worker.kill()
+
+
+# runs before multiprocessing's own exit handler terminates and joins the children
+multiprocessing.util.Finalize(None, kill_daemonic_children, exitpriority=100)
+
+
 class ImageClassificationDataModule(L.LightningDataModule):
     """Base class: loader construction, size checks and on-device normalisation.
 
@@ -165,7 +186,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=EpochShuffleSampler(dataset, self.seed) if train else None,
+            sampler=self._sampler(dataset, train),
             drop_last=train,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -173,6 +194,15 @@ class ImageClassificationDataModule(L.LightningDataModule):
             worker_init_fn=seed_worker if workers > 0 else None,
             collate_fn=collate_fn,
         )
+
+    def _sampler(self, dataset: Dataset, train: bool) -> Optional[Sampler[int]]:
+        """Training order (None: in order). DDP wraps it so that each rank reads its share."""
+        return EpochShuffleSampler(dataset, self.seed) if train else None
+
+    def _world(self) -> tuple[int, int]:
+        """(number of ranks, this rank) of the attached Trainer; (1, 0) without one."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, drop_last=True so every step sees a full per-device batch."""

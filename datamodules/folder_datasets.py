@@ -1,11 +1,13 @@
-"""Datasets over image files, tolerant of corrupt files, for the CPU and device decode paths."""
+"""Datasets over encoded images (files or tar-shard members), tolerant of corrupt ones, for the CPU and
+device decode paths."""
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 import torch
@@ -13,7 +15,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from datamodules.errors import DatasetError
-from datamodules.folder_scan import FileList
 
 OnCorrupt = Literal["skip", "error"]
 MAX_CONSECUTIVE_FAILURES = 16
@@ -26,9 +27,31 @@ def decode_file(path: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def read_bytes(path: str) -> torch.Tensor:
-    """Raw file bytes as a 1-D uint8 tensor (decoded later, on the device)."""
-    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+def decode_bytes(data: np.ndarray) -> np.ndarray:
+    """Decode an encoded image (1-D uint8 array) to HWC uint8 RGB; raises on corrupt or truncated data."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def bytes_tensor(data: np.ndarray) -> torch.Tensor:
+    """Encoded bytes as a 1-D uint8 tensor (decoded later, on the device)."""
+    return torch.from_numpy(data)
+
+
+class EncodedSource(Protocol):
+    """Where encoded images come from: an image folder (``FileList``) or tar shards (``TarShards``)."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def name(self, index: int) -> str:
+        """A path-like name for messages (and the device-decode path's batch record)."""
+        ...
+
+    def read(self, index: int) -> np.ndarray:
+        """The encoded image as a 1-D uint8 array; raises OSError when it cannot be read."""
+        ...
 
 
 class CorruptFiles:
@@ -55,36 +78,37 @@ class CorruptFiles:
 
 
 class FileDataset(Dataset):
-    """Returns (``load(path)`` through ``transform``, label); unreadable files are replaced by the next index."""
+    """Returns (``decode(source.read(i))`` through ``transform``, label); unreadable images are replaced by the
+    next index."""
 
     def __init__(
         self,
-        files: FileList,
-        load: Callable[[str], Any],
+        source: EncodedSource,
+        decode: Callable[[np.ndarray], Any],
         transform: Callable[[Any], Any] | None,
         corrupt: CorruptFiles,
         with_path: bool = False,
     ) -> None:
-        self.files, self.load, self.transform, self.corrupt, self.with_path = files, load, transform, corrupt, with_path
+        self.source, self.decode, self.transform, self.corrupt, self.with_path = source, decode, transform, corrupt, with_path
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.source)
 
     def __getitem__(self, index: int) -> tuple:
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
-            i = (index + attempt) % len(self.files)
-            path = self.files.path(i)
+            i = (index + attempt) % len(self.source)
+            name = self.source.name(i)
             try:
-                sample = self.load(path)
+                sample = self.decode(self.source.read(i))
             except DECODE_ERRORS as exc:
-                self.corrupt.report(path, exc)
+                self.corrupt.report(name, exc)
                 continue
             if self.transform is not None:
                 sample = self.transform(sample)
-            label = torch.tensor(self.files.labels[i], dtype=torch.int64)
-            return (sample, label, path) if self.with_path else (sample, label)
+            label = torch.tensor(self.source.labels[i], dtype=torch.int64)
+            return (sample, label, name) if self.with_path else (sample, label)
         raise DatasetError(
-            f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {self.files.path(index)} on; "
+            f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {self.source.name(index)} on; "
             "the dataset looks damaged, check the files."
         )
 

@@ -32,6 +32,13 @@ class FileList:
     def path(self, index: int) -> str:
         return os.path.join(self.root, self.relpaths[index].decode())
 
+    def name(self, index: int) -> str:
+        return self.path(index)
+
+    def read(self, index: int) -> np.ndarray:
+        """The file's bytes as a 1-D uint8 array."""
+        return np.fromfile(self.path(index), dtype=np.uint8)
+
     def subset(self, indices: np.ndarray) -> "FileList":
         return FileList(self.root, self.relpaths[indices], self.labels[indices])
 

@@ -1,4 +1,4 @@
-"""ImageNet-style ``root/<split>/<class>/<image>`` folders, decoded on the CPU or on the device."""
+"""ImageNet-style ``root/<split>/<class>/<image>`` folders or tar shards, decoded on the CPU or on the device."""
 
 from __future__ import annotations
 
@@ -8,29 +8,46 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.base import DEFAULT_NUM_WORKERS, IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule, ImageSize
 from datamodules.batch_augment import BatchRandAugment
 from datamodules.crops import DEFAULT_RATIO
 from datamodules.errors import DatasetError
-from datamodules.folder_datasets import CorruptFiles, EncodedCollate, EncodedImages, FileDataset, OnCorrupt, decode_file, read_bytes
-from datamodules.folder_scan import FileList, check_same_classes, hold_out, list_classes, scan_split
+from datamodules.folder_datasets import (
+    CorruptFiles,
+    EncodedCollate,
+    EncodedImages,
+    EncodedSource,
+    FileDataset,
+    OnCorrupt,
+    bytes_tensor,
+    decode_bytes,
+)
+from datamodules.folder_scan import check_same_classes, hold_out, list_classes, scan_split
 from datamodules.gpu_decode import DeviceCropper, decode_batch, on_side_stream
+from datamodules.shard_sampler import ShardOrderSampler
+from datamodules.tar_shards import TarShards, is_shard_pattern, read_class_names, resolve_shards
 from datamodules.tensor_ops import Interpolation, PadMode, host_to_device
 from datamodules.transforms import CifarTrainTransform, EvalTransform, ImageNetTrainTransform, ResizeTo
 
 
 class ImageFolderDataModule(ImageClassificationDataModule):
-    """Class-per-folder image datasets (ImageNet layout, or JPEG copies of CIFAR).
+    """Class-per-folder image datasets (ImageNet layout, or JPEG copies of CIFAR), or the same images
+    in tar shards (WebDataset layout, see ``datamodules.tar_shards``).
 
     Args:
         root: dataset root holding ``train_dir`` (and ``val_dir`` / ``test_dir``).
-        num_classes: expected number of class folders; ``setup`` checks it (1000 for ImageNet).
-        train_dir, val_dir, test_dir: split folders under ``root``; without ``test_dir``
-            the test loader serves the validation split.
+        num_classes: expected number of classes; ``setup`` checks it (1000 for ImageNet).
+        train_dir, val_dir, test_dir: split folders under ``root``, or glob patterns ending in
+            ``.tar`` (e.g. ``imagenet1k-train-*.tar``) to read that split from tar shards; without
+            ``test_dir`` the test loader serves the validation split.
         val_holdout_per_class: if > 0, validation is the last N files (sorted) of each
-            training class instead of ``val_dir``.
+            training class instead of ``val_dir`` (class folders only).
+        shard_index_dir: where shard indexes are cached (default: beside the shards). Indexes are
+            built once, by ``prepare_data`` on the first run, in ``num_workers`` processes.
+        shuffle_window: with shards, training samples are shuffled within runs of this many shards
+            (and the shard order is shuffled every epoch).
         image_size: model input side or (height, width), multiple of 32.
         crop_pct: eval centre crop covers this fraction of the resized short side.
         interpolation: resampling filter for resizing up (shrinking uses an area/antialiased filter).
@@ -72,6 +89,8 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         color_jitter: float = 0.4,
         scale: tuple[float, float] = (0.08, 1.0),
         hflip: float = 0.5,
+        shard_index_dir: Optional[str] = None,
+        shuffle_window: int = 4,
         on_corrupt: OnCorrupt = "skip",
         decode: Literal["cpu", "gpu"] = "cpu",
         overlap_decode: bool = True,
@@ -101,9 +120,15 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
         if val_holdout_per_class < 0:
             raise ValueError(f"val_holdout_per_class must be >= 0, got {val_holdout_per_class}")
+        if val_holdout_per_class > 0 and is_shard_pattern(train_dir):
+            raise ValueError("val_holdout_per_class needs class folders; with tar shards set val_dir to a shard pattern.")
+        if shuffle_window < 1:
+            raise ValueError(f"shuffle_window must be >= 1 shard, got {shuffle_window}")
         self.root = Path(root)
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
         self.val_holdout_per_class = val_holdout_per_class
+        self.shard_index_dir = Path(shard_index_dir) if shard_index_dir is not None else None
+        self.shuffle_window = shuffle_window
         self.crop_pct, self.interpolation = crop_pct, interpolation
         self.randaugment_layers, self.randaugment_magnitude = randaugment_layers, randaugment_magnitude
         self.color_jitter, self.scale, self.hflip = color_jitter, tuple(scale), hflip
@@ -151,7 +176,34 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         return EvalTransform(self.image_size, self.crop_pct, self.interpolation)
 
     # --------------------------------------------------------------------- setup
-    def _scan(self) -> tuple[FileList, FileList, Optional[FileList]]:
+    def _split_specs(self) -> list[str]:
+        specs = [self.train_dir] if self.val_holdout_per_class > 0 else [self.train_dir, self.val_dir]
+        return specs + ([self.test_dir] if self.test_dir is not None else [])
+
+    def prepare_data(self) -> None:
+        """Index tar shards once, in parallel (Lightning runs this on one process per node, before ``setup``)."""
+        for spec in self._split_specs():
+            if is_shard_pattern(spec):
+                TarShards.open(self.root, spec, self.shard_index_dir, workers=max(1, self.num_workers))
+
+    def _open_shards(self, spec: str) -> TarShards:
+        shards = TarShards.open(self.root, spec, self.shard_index_dir)
+        shards.check_labels(self.num_classes)
+        return shards
+
+    def _scan_shards(self) -> tuple[EncodedSource, EncodedSource, Optional[EncodedSource]]:
+        for name, spec in (("val_dir", self.val_dir), ("test_dir", self.test_dir)):
+            if spec is not None and not is_shard_pattern(spec):
+                raise DatasetError(f"train_dir is a shard pattern, so {name} must be one too (got {spec!r}).")
+        train = self._open_shards(self.train_dir)
+        names = read_class_names(resolve_shards(self.root, self.train_dir), self.num_classes)
+        self.class_names = names if names is not None else [str(i) for i in range(self.num_classes)]
+        test = self._open_shards(self.test_dir) if self.test_dir is not None else None
+        return train, self._open_shards(self.val_dir), test
+
+    def _scan(self) -> tuple[EncodedSource, EncodedSource, Optional[EncodedSource]]:
+        if is_shard_pattern(self.train_dir):
+            return self._scan_shards()
         train_path = self.root / self.train_dir
         classes = list_classes(train_path)
         if len(classes) != self.num_classes:
@@ -179,11 +231,11 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             test = scan_split(test_path, classes)
         return train, val, test
 
-    def _dataset(self, files: FileList, train: bool) -> FileDataset:
+    def _dataset(self, source: EncodedSource, train: bool) -> FileDataset:
         if self.decode == "gpu":
-            return FileDataset(files, read_bytes, None, self.corrupt, with_path=True)
+            return FileDataset(source, bytes_tensor, None, self.corrupt, with_path=True)
         transform = self.train_transform() if train else self.eval_transform()
-        return FileDataset(files, decode_file, transform, self.corrupt)
+        return FileDataset(source, decode_bytes, transform, self.corrupt)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -198,6 +250,16 @@ class ImageFolderDataModule(ImageClassificationDataModule):
     # ------------------------------------------------------------------- loaders
     def _collate(self, train: bool) -> Optional[EncodedCollate]:
         return EncodedCollate(train) if self.decode == "gpu" else None
+
+    def _sampler(self, dataset: Dataset, train: bool) -> Optional[Sampler[int]]:
+        """Shards are read whole, one contiguous run of them per rank; folders use the base order."""
+        source = getattr(dataset, "source", None)
+        if not isinstance(source, TarShards):
+            return super()._sampler(dataset, train)
+        world, rank = self._world()
+        return ShardOrderSampler(
+            source.shard_sizes, world, rank, shuffle=train, seed=self.seed, drop_last=train, window_shards=self.shuffle_window
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", train=True, collate_fn=self._collate(True))

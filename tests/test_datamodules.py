@@ -128,3 +128,26 @@ def test_init_signature_is_parseable_by_jsonargparse(cls):
     dm = parser.instantiate_classes(cfg).data
     assert isinstance(dm, ImageClassificationDataModule)
     assert dm.batch_size == 8 and dm.image_size == (64, 96) and dm.num_workers == 0
+
+
+def test_script_exits_while_persistent_loader_workers_are_alive(tmp_path):
+    # workers ignore SIGTERM (the main process saves a checkpoint first), so the SIGTERM that
+    # multiprocessing sends its daemonic children at exit must not be the only way they end
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, subprocess_env
+
+    script = (
+        "from datamodules import SyntheticDataModule\n"
+        "dm = SyntheticDataModule(train_size=64, batch_size=8, num_workers=2, persistent_workers=True)\n"
+        "dm.setup('fit')\n"
+        "batches = iter(dm.train_dataloader())\n"
+        "next(batches)\n"
+        "print('fetched', flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "fetched" in proc.stdout, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

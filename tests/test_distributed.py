@@ -1,9 +1,11 @@
-"""Data-parallel training on CPU (gloo): one node with 2 processes, and 2 "nodes" started by torchrun.
+"""Data-parallel training on CPU (gloo): one node with 2 processes (on tar shards), and 2 "nodes"
+started by torchrun (on synthetic data).
 
 Each process runs ``cli.py fit`` with ``WeightFingerprint`` (below) added as a callback; it writes
-a hash of its parameters per rank. After training every replica must hold identical weights,
-and they must differ from the initial ones. The children import this file by name, so ``tests/``
-goes on their PYTHONPATH.
+a hash of its parameters per rank and the samples its loader drew per epoch. After training every
+replica must hold identical weights, they must differ from the initial ones, and the ranks must
+have read disjoint samples. The children import this file by name, so ``tests/`` goes on their
+PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from conftest import REPO_ROOT, free_port, run_cli, subprocess_env
+from data_helpers import CIFAR10_CLASSES, write_image_folder
+from datamodules.shard_writer import write_shards
 
 pytestmark = pytest.mark.slow
 TESTS_DIR = Path(__file__).resolve().parent
@@ -36,19 +40,27 @@ def parameter_hash(module: LightningModule) -> str:
 
 
 class WeightFingerprint(Callback):
-    """Writes ``rank<N>.json`` with the parameter hash at the start and end of fit, and one draw of
-    each global random stream (torch, numpy, Python) as training starts."""
+    """Writes ``rank<N>.json`` with the parameter hash at the start and end of fit, one draw of
+    each global random stream (torch, numpy, Python) as training starts, and the training sampler's
+    class and sample indices in every epoch."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.initial = ""
         self.draws: list[float] = []
+        self.sampler = ""
+        self.epochs: list[list[int]] = []
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.initial = parameter_hash(pl_module)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.draws = [torch.rand(()).item(), float(np.random.random()), random.random()]
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        sampler = trainer.train_dataloader.sampler  # Lightning has set this epoch on it
+        self.sampler = type(sampler).__name__
+        self.epochs.append([int(i) for i in sampler])
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         record = {
@@ -57,12 +69,14 @@ class WeightFingerprint(Callback):
             "world_size": trainer.world_size,
             "global_step": trainer.global_step,
             "draws": self.draws,
+            "sampler": self.sampler,
+            "epochs": self.epochs,
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def _fit_args(out_dir: Path, logs: Path) -> list[str]:
+def _fit_args(out_dir: Path, logs: Path, data: list[str]) -> list[str]:
     return [
         "fit",
         "--config",
@@ -75,14 +89,16 @@ def _fit_args(out_dir: Path, logs: Path) -> list[str]:
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         f"--trainer.logger.init_args.save_dir={logs}",
-        "--data.init_args.train_size=256",  # 2 batches of 64 per rank and epoch
-        "--data.init_args.val_size=64",
+        *data,
         "--trainer.callbacks+=test_distributed.WeightFingerprint",
         f"--trainer.callbacks.out_dir={out_dir}",
     ]
 
 
-def _check_replicas(out_dir: Path, world_size: int) -> None:
+SYNTHETIC = ["--data.init_args.train_size=256", "--data.init_args.val_size=64"]  # 2 batches of 64 per rank and epoch
+
+
+def _check_replicas(out_dir: Path, world_size: int, sampler: str, samples: int) -> list[dict]:
     records = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world_size)]
     assert all(r["world_size"] == world_size for r in records)
     assert all(r["global_step"] == 4 for r in records), records
@@ -91,16 +107,41 @@ def _check_replicas(out_dir: Path, world_size: int) -> None:
     assert len({r["initial"] for r in records}) == 1, "replicas started from different weights"
     draws = [set(r["draws"]) for r in records]
     assert all(len(d) == 3 for d in draws) and not draws[0] & draws[1], "ranks share random streams"
+    assert all(r["sampler"] == sampler for r in records), [r["sampler"] for r in records]
+    for epoch in range(2):
+        seen = [set(r["epochs"][epoch]) for r in records]
+        assert len(set.union(*seen)) == sum(map(len, seen)) == samples, "ranks must read disjoint samples"
+    assert records[0]["epochs"][0] != records[0]["epochs"][1], "the order must change between epochs"
+    return records
 
 
 def _env() -> dict[str, str]:
     return subprocess_env(threads=1, PYTHONPATH=f"{REPO_ROOT}:{TESTS_DIR}")
 
 
-def test_ddp_two_processes_on_one_node_stay_in_sync(tmp_path):
+def test_ddp_two_processes_on_one_node_stay_in_sync_reading_whole_shards(tmp_path):
+    folder = write_image_folder(tmp_path / "images", "train", CIFAR10_CLASSES, per_class=26, size=(32, 32))
+    write_image_folder(folder, "val", CIFAR10_CLASSES, per_class=2, size=(32, 32))
+    shards = tmp_path / "shards"
+    write_shards(folder / "train", shards, "train", samples_per_shard=32, workers=1)  # 9 shards, the last of 4
+    write_shards(folder / "val", shards, "val", samples_per_shard=32, workers=1)
+    data = [
+        "--data=datamodules.ImageFolderDataModule",
+        f"--data.root={shards}",
+        "--data.train_dir=train-*.tar",
+        "--data.val_dir=val-*.tar",
+        "--data.num_classes=10",
+        "--data.image_size=32",
+        "--data.preset=cifar",
+        "--data.batch_size=64",
+        "--data.num_workers=0",
+    ]
     out_dir = tmp_path / "hashes"
-    run_cli([*_fit_args(out_dir, tmp_path / "logs"), "--trainer.devices=2"], cwd=tmp_path, env=_env())
-    _check_replicas(out_dir, world_size=2)
+    run_cli([*_fit_args(out_dir, tmp_path / "logs", data), "--trainer.devices=2"], cwd=tmp_path, env=_env())
+    records = _check_replicas(out_dir, world_size=2, sampler="ShardOrderSampler", samples=260)
+    shard_of = np.arange(260) // 32
+    for record in records:  # a contiguous run of the shard order: 128 samples span at most 6 of the 9 shards
+        assert all(len(set(shard_of[epoch])) <= 6 for epoch in record["epochs"])
     assert (tmp_path / "logs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -119,7 +160,7 @@ def test_two_nodes_under_torchrun_stay_in_sync(tmp_path):
             "--master-addr=127.0.0.1",
             f"--master-port={port}",
             str(REPO_ROOT / "cli.py"),
-            *_fit_args(out_dir, tmp_path / "logs"),
+            *_fit_args(out_dir, tmp_path / "logs", SYNTHETIC),
             "--trainer.devices=1",
             "--trainer.num_nodes=2",
         ]
@@ -134,4 +175,4 @@ def test_two_nodes_under_torchrun_stay_in_sync(tmp_path):
             log.close()
     logs = "\n".join((tmp_path / f"node{r}.log").read_text()[-3000:] for r in range(2))
     assert codes == [0, 0], logs
-    _check_replicas(out_dir, world_size=2)
+    _check_replicas(out_dir, world_size=2, sampler="DistributedSamplerWrapper", samples=256)

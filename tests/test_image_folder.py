@@ -56,9 +56,9 @@ def test_holdout_carves_last_files_per_class_from_train(folder):
     dm = _dm(folder, val_holdout_per_class=1, val_dir="does-not-exist")
     dm.setup()
     assert len(dm.train_set) == 9 and len(dm.val_set) == 3
-    held = [dm.val_set.files.path(i).rsplit("/", 2)[-2:] for i in range(3)]
+    held = [dm.val_set.source.path(i).rsplit("/", 2)[-2:] for i in range(3)]
     assert held == [["cat", "0003.jpg"], ["dog", "0003.jpg"], ["fox", "0003.jpg"]]
-    assert dm.val_set.files.labels.tolist() == [0, 1, 2]
+    assert dm.val_set.source.labels.tolist() == [0, 1, 2]
 
 
 def test_class_count_and_class_lists_are_checked(folder, tmp_path):
@@ -114,7 +114,7 @@ def test_cifar_preset_keeps_full_image_with_pad_crop(folder):
 def test_workers_draw_different_augmentations(folder):
     dm = _dm(folder, num_workers=2, batch_size=1, persistent_workers=False, randaugment_layers=0, color_jitter=0)
     dm.setup()
-    dm.train_set.files = dm.train_set.files.subset([0, 0, 0, 0])  # the same image four times
+    dm.train_set.source = dm.train_set.source.subset([0, 0, 0, 0])  # the same image four times
     batches = [b[0] for b in dm.train_dataloader()]
     assert len(batches) == 4
     # worker 0 serves batches 0 and 2, worker 1 batches 1 and 3: their first crops must differ
