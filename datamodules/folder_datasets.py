@@ -77,7 +77,7 @@ class CorruptFiles:
         warnings.warn(f"skipping unreadable image {path} ({reason}); a neighbouring sample is used instead.", stacklevel=2)
 
 
-class FileDataset(Dataset):
+class EncodedImageDataset(Dataset):
     """Returns (``decode(source.read(i))`` through ``transform``, label); unreadable images are replaced by the
     next index."""
 

@@ -19,7 +19,7 @@ from datamodules.folder_datasets import (
     EncodedCollate,
     EncodedImages,
     EncodedSource,
-    FileDataset,
+    EncodedImageDataset,
     OnCorrupt,
     bytes_tensor,
     decode_bytes,
@@ -27,7 +27,7 @@ from datamodules.folder_datasets import (
 from datamodules.folder_scan import check_same_classes, hold_out, list_classes, scan_split
 from datamodules.gpu_decode import DeviceCropper, decode_batch, on_side_stream
 from datamodules.shard_sampler import ShardOrderSampler
-from datamodules.tar_shards import TarShards, is_shard_pattern, read_class_names, resolve_shards
+from datamodules.tar_shards import TarShards, is_shard_pattern, read_class_names
 from datamodules.tensor_ops import Interpolation, PadMode, host_to_device
 from datamodules.transforms import CifarTrainTransform, EvalTransform, ImageNetTrainTransform, ResizeTo
 
@@ -196,7 +196,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             if spec is not None and not is_shard_pattern(spec):
                 raise DatasetError(f"train_dir is a shard pattern, so {name} must be one too (got {spec!r}).")
         train = self._open_shards(self.train_dir)
-        names = read_class_names(resolve_shards(self.root, self.train_dir), self.num_classes)
+        names = read_class_names(Path(train.shards[0]).parent, self.num_classes)
         self.class_names = names if names is not None else [str(i) for i in range(self.num_classes)]
         test = self._open_shards(self.test_dir) if self.test_dir is not None else None
         return train, self._open_shards(self.val_dir), test
@@ -231,11 +231,11 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             test = scan_split(test_path, classes)
         return train, val, test
 
-    def _dataset(self, source: EncodedSource, train: bool) -> FileDataset:
+    def _dataset(self, source: EncodedSource, train: bool) -> EncodedImageDataset:
         if self.decode == "gpu":
-            return FileDataset(source, bytes_tensor, None, self.corrupt, with_path=True)
+            return EncodedImageDataset(source, bytes_tensor, None, self.corrupt, with_path=True)
         transform = self.train_transform() if train else self.eval_transform()
-        return FileDataset(source, decode_bytes, transform, self.corrupt)
+        return EncodedImageDataset(source, decode_bytes, transform, self.corrupt)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:

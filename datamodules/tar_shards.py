@@ -175,9 +175,9 @@ def load_indexes(shards: list[Path], index_dir: Optional[Path] = None, workers: 
     return indexes  # type: ignore[return-value]
 
 
-def read_class_names(shards: list[Path], num_classes: int) -> Optional[list[str]]:
-    """Class names from ``classes.txt`` beside the first shard (one per line, in label order), if present."""
-    path = shards[0].parent / CLASS_NAMES_FILE
+def read_class_names(folder: Path, num_classes: int) -> Optional[list[str]]:
+    """Class names from ``folder/classes.txt`` (one per line, in label order), if present."""
+    path = folder / CLASS_NAMES_FILE
     if not path.is_file():
         return None
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]

@@ -188,3 +188,13 @@ def test_gpu_checks_script_records_skipped_steps_and_rejects_unknown_topics(tmp_
     assert "- c0_compiled: not selected" in summary and "- c0_eager: not selected" in summary
     wrong = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and "unknown topic 'nope'" in wrong.stderr
+
+
+def test_data_pipeline_table_compares_folder_and_shards(tmp_path, capsys):
+    from bench import data_pipeline
+
+    data_pipeline.main(["--num-images", "16", "--workers", "0", "--batch-size", "8", "--root", str(tmp_path), "--device", "cpu"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "img/s" not in line]
+    assert [(r[0].split()[0], r[1].strip()) for r in rows] == [("cpu", "folder"), ("device", "folder"), ("cpu", "shards"), ("device", "shards")]
+    assert all(float(r[-1]) > 0 for r in rows)
+    assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == ["train-000000.tar"]

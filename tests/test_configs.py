@@ -28,7 +28,7 @@ from lightning_modules.classifier import ImageClassifier
 
 CONFIG_DIR = REPO_ROOT / "configs"
 PRESETS = ["bf16.yaml", "ddp.yaml", "ema.yaml", "fsdp.yaml"]
-DATA_PRESETS = ["cifar10_folder.yaml"]
+DATA_PRESETS = ["cifar10_folder.yaml", "imagenet_shards.yaml"]
 RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in PRESETS + DATA_PRESETS)
 IMAGENET_DROP_PATH = {"coatnet0.yaml": 0.2, "coatnet1.yaml": 0.3, "coatnet2.yaml": 0.5, "coatnet3.yaml": 0.7}
 
@@ -113,6 +113,34 @@ def test_cifar_recipe_runs_on_an_image_folder_copy():
     assert cli.model.hparams.model_name == yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["model"]["model_name"]
     # The recipe compiles: equal evaluation batches on the holdout and on the official test split mean one eval graph.
     assert 500 * 10 % data.eval_batch_size == 0 and 10_000 % data.eval_batch_size == 0
+
+
+def test_imagenet_recipe_reads_tar_shards_with_the_shard_preset(tmp_path):
+    from datamodules.shard_sampler import ShardOrderSampler
+    from datamodules.shard_writer import write_shards
+    from data_helpers import write_image_folder
+
+    assert set(yaml.safe_load((CONFIG_DIR / "imagenet_shards.yaml").read_text())) == {"data"}
+    cli = _cli("coatnet0.yaml", "imagenet_shards.yaml", extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
+    data, recipe = cli.datamodule, yaml.safe_load((CONFIG_DIR / "coatnet0.yaml").read_text())["data"]["init_args"]
+    assert (data.train_dir, data.val_dir) == ("imagenet1k-train-*.tar", "imagenet1k-validation-*.tar")
+    for key in ("randaugment_magnitude", "batch_size", "num_workers", "color_jitter"):
+        assert data.hparams[key] == recipe[key], f"the shard preset must keep the recipe's {key}"
+    # the names the preset expects, on a 2-class stand-in with 32-pixel crops
+    classes = ["n01440764", "n01443537"]
+    write_image_folder(tmp_path / "images", "train", classes, per_class=3, size=(48, 64))
+    write_image_folder(tmp_path / "images", "val", classes, per_class=1, size=(48, 64))
+    write_shards(tmp_path / "images" / "train", tmp_path / "wds", "imagenet1k-train", samples_per_shard=4, workers=1)
+    write_shards(tmp_path / "images" / "val", tmp_path / "wds", "imagenet1k-validation", samples_per_shard=4, workers=1)
+    cli = _cli("coatnet0.yaml", "imagenet_shards.yaml", extra=(
+        "--trainer.accelerator=cpu", "--trainer.devices=1", f"--data.root={tmp_path / 'wds'}", "--data.num_classes=2",
+        "--data.image_size=32", "--data.batch_size=2", "--data.num_workers=0",
+    ))
+    cli.datamodule.prepare_data()
+    cli.datamodule.setup("fit")
+    assert cli.datamodule.class_names == classes and len(cli.datamodule.train_set) == 6
+    loader = cli.datamodule.train_dataloader()
+    assert isinstance(loader.sampler, ShardOrderSampler) and next(iter(loader))[0].shape == (2, 3, 32, 32)
 
 
 def test_ddp_bf16_and_ema_presets_compose_with_a_recipe():
