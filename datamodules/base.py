@@ -18,9 +18,10 @@ from typing import Any, Callable, Optional
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from datamodules.errors import DatasetError
+from datamodules.resume import ResumingDataLoader, SkipsTrainedSamples
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,28 +52,21 @@ def check_image_size(image_size: ImageSize) -> tuple[int, int]:
     return height, width
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle order that depends only on (seed, epoch).
+class EpochShuffleSampler(SkipsTrainedSamples, DistributedSampler):
+    """A shuffle order that depends only on (seed, epoch), split across ranks like ``DistributedSampler``.
 
-    Lightning calls ``set_epoch`` before every epoch (DDP replaces this sampler with a
-    ``DistributedSampler``, which works the same way), so a run resumed at epoch k sees the
-    same order as one that never stopped.
+    Lightning calls ``set_epoch`` before every epoch and leaves a ``DistributedSampler`` in place
+    under DDP, so a run resumed at epoch k sees the same order as one that never stopped. With one
+    rank the order is the whole permutation; with several, rank r takes every r-th index of it.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.size = len(dataset)  # type: ignore[arg-type]
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()  # type: ignore[arg-type]
+        return iter(self._untrained(order[self.rank : self.total_size : self.num_replicas]))
 
 
 def seed_worker(worker_id: int) -> None:
@@ -183,7 +177,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if dataset is None:
             raise DatasetError(f"the {split} split is not set up: call setup() (or let the Trainer do it) first.")
         workers = self.num_workers
-        return DataLoader(
+        # a loader's own generator seeds its workers: drawing from the global stream instead would shift
+        # the training draws after it, differently in a resumed run (see ResumingDataLoader)
+        resuming = {"batches_done": self._batches_done_this_epoch} if train else {"generator": torch.Generator().manual_seed(self.seed)}
+        return (ResumingDataLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=self._sampler(dataset, train),
@@ -193,11 +190,19 @@ class ImageClassificationDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             worker_init_fn=seed_worker if workers > 0 else None,
             collate_fn=collate_fn,
+            **resuming,
         )
 
+    def _batches_done_this_epoch(self) -> int:
+        """Batches of the current training epoch that Lightning counts as done (non-zero after a mid-epoch resume)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
     def _sampler(self, dataset: Dataset, train: bool) -> Optional[Sampler[int]]:
-        """Training order (None: in order). DDP wraps it so that each rank reads its share."""
-        return EpochShuffleSampler(dataset, self.seed) if train else None
+        """Training order, one share per rank (None: in order; Lightning splits that across ranks)."""
+        return EpochShuffleSampler(dataset, self.seed, *self._world()) if train else None
 
     def _world(self) -> tuple[int, int]:
         """(number of ranks, this rank) of the attached Trainer; (1, 0) without one."""

@@ -8,8 +8,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import DistributedSampler
 
+from datamodules.resume import SkipsTrainedSamples
 
-class ShardOrderSampler(DistributedSampler):
+
+class ShardOrderSampler(SkipsTrainedSamples, DistributedSampler):
     """Each epoch shuffles the shard order, gives every rank one contiguous run of that order (so a rank
     reads few shards, each from start to end) and shuffles the rank's samples within windows of
     ``window_shards`` shards.
@@ -49,4 +51,4 @@ class ShardOrderSampler(DistributedSampler):
         if self.shuffle:
             for start in range(0, len(mine), self.window):
                 rng.shuffle(mine[start : start + self.window])
-        return iter(mine.tolist())
+        return iter(self._untrained(mine.tolist()))

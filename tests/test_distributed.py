@@ -175,4 +175,4 @@ def test_two_nodes_under_torchrun_stay_in_sync(tmp_path):
             log.close()
     logs = "\n".join((tmp_path / f"node{r}.log").read_text()[-3000:] for r in range(2))
     assert codes == [0, 0], logs
-    _check_replicas(out_dir, world_size=2, sampler="DistributedSamplerWrapper", samples=256)
+    _check_replicas(out_dir, world_size=2, sampler="EpochShuffleSampler", samples=256)

@@ -1,9 +1,11 @@
 """Interrupt and resume lose nothing: same seed -> same run; stop + resume -> same weights; SIGTERM -> checkpoint.
 
-The in-process runs use a 4-block CoAtNet-nano on 32x32 synthetic images (seconds each). Resumes
-happen at an epoch boundary, the realistic case: the shuffle order depends on (seed, epoch) only,
-but a resume in mid-epoch replays the whole interrupted epoch's remaining batches, not bit for bit. Comparisons are exact, not within a tolerance:
-on one CPU process with a fixed seed every kernel is deterministic, and a resumed run replays the
+The in-process runs use a 4-block CoAtNet-nano on 32x32 synthetic images (seconds each). Runs
+resumed at an epoch boundary and in mid-epoch (after SIGTERM), with and without loader workers,
+end exactly where an uninterrupted run does: the shuffle order depends on (seed, epoch) only, a
+resumed epoch starts after the batches it already trained on, and loaders seed their workers
+without drawing from the global random streams. Comparisons are exact, not within a tolerance: on
+one CPU process with a fixed seed every kernel is deterministic, and a resumed run replays the
 same arithmetic in the same order.
 """
 
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +49,33 @@ class StopAfterEpoch(Callback):
             trainer.should_stop = True
 
 
-def train(folder: Path, ckpt_path: str | None = None, callbacks=()) -> tuple[ImageClassifier, dict]:
+class SigtermAfterStep(Callback):
+    """Sends this process SIGTERM after global step ``step``, as a preempting scheduler would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class BatchRecorder(Callback):
+    """(epoch, batch index, a fingerprint of the images) of every training batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, float]] = []
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append((trainer.current_epoch, batch_idx, round(float(batch[0].double().sum()), 3)))
+
+
+def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers: int = 0) -> tuple[ImageClassifier, dict]:
     seed_everything(0, workers=True)
     model = ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32),
                             model_overrides={"depths": (1, 1, 1, 1)}, warmup_steps=2, mixup_alpha=0.2)
-    data = SyntheticDataModule(num_classes=4, image_size=32, train_size=48, val_size=16, test_size=8, batch_size=16)
+    data = SyntheticDataModule(num_classes=4, image_size=32, train_size=48, val_size=16, test_size=8, batch_size=16,
+                               num_workers=num_workers)
     trainer = Trainer(
         accelerator="cpu", max_epochs=EPOCHS, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=True, default_root_dir=folder, plugins=[AtomicCheckpointIO()],
@@ -76,6 +101,28 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
     full = train(tmp_path / "full")
     train(tmp_path / "first", callbacks=[StopAfterEpoch(0)])
     assert_same(full, train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt")))
+
+
+def test_resume_with_loader_workers_at_an_epoch_boundary_matches_uninterrupted_run(tmp_path):
+    # loader workers fetch as soon as an iterator exists, which Lightning creates before set_epoch
+    full = train(tmp_path / "full", num_workers=2)
+    train(tmp_path / "first", callbacks=[StopAfterEpoch(0)], num_workers=2)
+    assert_same(full, train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"), num_workers=2))
+
+
+def test_resume_in_mid_epoch_trains_the_rest_of_the_epoch_and_matches_uninterrupted_run(tmp_path):
+    seen_full, seen_first, seen_resumed = BatchRecorder(), BatchRecorder(), BatchRecorder()
+    full = train(tmp_path / "full", callbacks=[seen_full], num_workers=2)
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException, after InterruptCheckpoint saved last.ckpt
+        train(tmp_path / "first", callbacks=[SigtermAfterStep(4), seen_first], num_workers=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"),
+                        callbacks=[seen_resumed], num_workers=2)
+    assert not [w for w in caught if "not resumable" in str(w.message)], "the training loader is resumable"
+    assert seen_first.seen[-1][:2] == (1, 0), "the interruption must fall inside epoch 1"
+    assert seen_first.seen + seen_resumed.seen == seen_full.seen, "every batch exactly once, in the same order"
+    assert_same(full, resumed)
 
 
 @pytest.mark.slow
