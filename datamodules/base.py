@@ -179,8 +179,11 @@ class ImageClassificationDataModule(L.LightningDataModule):
         workers = self.num_workers
         # a loader's own generator seeds its workers: drawing from the global stream instead would shift
         # the training draws after it, differently in a resumed run (see ResumingDataLoader)
-        resuming = {"batches_done": self._batches_done_this_epoch} if train else {"generator": torch.Generator().manual_seed(self.seed)}
-        return (ResumingDataLoader if train else DataLoader)(
+        if train:
+            loader_class, own_seeding = ResumingDataLoader, {"batches_done": self._batches_done_this_epoch}
+        else:
+            loader_class, own_seeding = DataLoader, {"generator": torch.Generator().manual_seed(self.seed)}
+        return loader_class(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=self._sampler(dataset, train),
@@ -190,7 +193,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             worker_init_fn=seed_worker if workers > 0 else None,
             collate_fn=collate_fn,
-            **resuming,
+            **own_seeding,
         )
 
     def _batches_done_this_epoch(self) -> int:
