@@ -91,13 +91,17 @@ class DeviceCropper:
         crop_pct: float,
         preset: Literal["imagenet", "cifar"] = "imagenet",
         crop_padding: int = 4,
-        seed: int = 0,
         augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ) -> None:
         self.size, self.scale, self.ratio, self.interpolation = size, scale, ratio, interpolation
         self.hflip, self.crop_pct, self.preset, self.crop_padding = hflip, crop_pct, preset, crop_padding
-        self.rng = np.random.default_rng(seed)
         self.augment = augment if augment is not None else (lambda images: images)
+
+    @staticmethod
+    def batch_rng() -> np.random.Generator:
+        """One batch's crop and flip stream, seeded from torch's global CPU stream: checkpoints save that
+        stream and DDP ranks split it (``RandomStateCheckpoint``), so resumed runs and ranks draw as they should."""
+        return np.random.default_rng(int(torch.randint(2**62, ()).item()))
 
     def __call__(self, images: list[torch.Tensor], train: bool) -> torch.Tensor:
         """List of CHW uint8 images (any sizes) -> float [B,3,H,W] in 0..255."""
@@ -107,11 +111,12 @@ class DeviceCropper:
                 out = pad_crop_flip(self.augment(out.round_()), self.crop_padding, "reflect", self.hflip)
             return out
         crops = []
+        rng = self.batch_rng() if train else None
         for image in images:
             height, width = image.shape[-2:]
             if train:
-                box = sample_resized_crop(height, width, self.scale, self.ratio, self.rng)
-                flip = bool(self.rng.random() < self.hflip)
+                box = sample_resized_crop(height, width, self.scale, self.ratio, rng)
+                flip = bool(rng.random() < self.hflip)
             else:
                 box, flip = eval_crop_box(height, width, self.size, self.crop_pct), False
             crops.append(crop_resize(image, box, self.size, self.interpolation, flip))

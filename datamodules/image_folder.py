@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -137,7 +136,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.corrupt = CorruptFiles(on_corrupt)
         jitter = color_jitter if preset == "imagenet" else 0.0
         self.cropper = DeviceCropper(
-            self.image_size, self.scale, DEFAULT_RATIO, interpolation, hflip, crop_pct, preset, crop_padding, seed,
+            self.image_size, self.scale, DEFAULT_RATIO, interpolation, hflip, crop_pct, preset, crop_padding,
             augment=BatchRandAugment(randaugment_layers, randaugment_magnitude, jitter),
         )
         self.save_hyperparameters(logger=False)
@@ -244,8 +243,6 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.train_set = self._dataset(train, train=True)
         self.val_set = self._dataset(val, train=False)
         self.test_set = self._dataset(test, train=False) if test is not None else None
-        if self.trainer is not None:  # distinct device-side crop streams per DDP rank
-            self.cropper.rng = np.random.default_rng([self.seed, self.trainer.global_rank])
 
     # ------------------------------------------------------------------- loaders
     def _collate(self, train: bool) -> Optional[EncodedCollate]:

@@ -47,10 +47,12 @@ def _cpu_path_boxes():
 def test_device_and_cpu_paths_share_crop_statistics():
     dm = ImageFolderDataModule(root="unused", num_classes=1, image_size=32, seed=7)
     cropper = dm.cropper
+    torch.manual_seed(7)
+    rng = cropper.batch_rng()
     boxes, flips = [], []
     for _ in range(N):
-        boxes.append(sample_resized_crop(H, W, cropper.scale, cropper.ratio, cropper.rng))
-        flips.append(cropper.rng.random() < cropper.hflip)
+        boxes.append(sample_resized_crop(H, W, cropper.scale, cropper.ratio, rng))
+        flips.append(rng.random() < cropper.hflip)
     device_stats = _stats(boxes, flips)
     cpu_stats = _stats(*_cpu_path_boxes())
     assert np.allclose(device_stats, cpu_stats, atol=0.03), (device_stats, cpu_stats)

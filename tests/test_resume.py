@@ -27,7 +27,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import REPO_ROOT, run_cli, subprocess_env
-from datamodules import SyntheticDataModule
+from data_helpers import write_image_folder
+from datamodules import ImageFolderDataModule, SyntheticDataModule
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint, split_streams
@@ -70,12 +71,18 @@ class BatchRecorder(Callback):
         self.seen.append((trainer.current_epoch, batch_idx, round(float(batch[0].double().sum()), 3)))
 
 
-def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers: int = 0) -> tuple[ImageClassifier, dict]:
+def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers: int = 0,
+          jpegs: Path | None = None) -> tuple[ImageClassifier, dict]:
+    """3 epochs of 3 batches, on synthetic images or (``jpegs``) a JPEG folder decoded and cropped on the device."""
     seed_everything(0, workers=True)
     model = ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32),
                             model_overrides={"depths": (1, 1, 1, 1)}, warmup_steps=2, mixup_alpha=0.2)
-    data = SyntheticDataModule(num_classes=4, image_size=32, train_size=48, val_size=16, test_size=8, batch_size=16,
-                               num_workers=num_workers)
+    if jpegs is None:
+        data = SyntheticDataModule(num_classes=4, image_size=32, train_size=48, val_size=16, test_size=8,
+                                   batch_size=16, num_workers=num_workers)
+    else:
+        data = ImageFolderDataModule(root=str(jpegs), num_classes=4, image_size=32, val_holdout_per_class=1,
+                                     decode="gpu", batch_size=16, num_workers=num_workers)
     trainer = Trainer(
         accelerator="cpu", max_epochs=EPOCHS, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=True, default_root_dir=folder, plugins=[AtomicCheckpointIO()],
@@ -110,15 +117,19 @@ def test_resume_with_loader_workers_at_an_epoch_boundary_matches_uninterrupted_r
     assert_same(full, train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"), num_workers=2))
 
 
-def test_resume_in_mid_epoch_trains_the_rest_of_the_epoch_and_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("source", ["synthetic", "jpegs_decoded_on_device"])
+def test_resume_in_mid_epoch_trains_the_rest_of_the_epoch_and_matches_uninterrupted_run(tmp_path, source):
+    jpegs = None
+    if source == "jpegs_decoded_on_device":  # device-side crops and RandAugment draw from the checkpointed streams
+        jpegs = write_image_folder(tmp_path / "jpegs", "train", ["a", "b", "c", "d"], per_class=13, size=(40, 48))
     seen_full, seen_first, seen_resumed = BatchRecorder(), BatchRecorder(), BatchRecorder()
-    full = train(tmp_path / "full", callbacks=[seen_full], num_workers=2)
+    full = train(tmp_path / "full", callbacks=[seen_full], num_workers=2, jpegs=jpegs)
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException, after InterruptCheckpoint saved last.ckpt
-        train(tmp_path / "first", callbacks=[SigtermAfterStep(4), seen_first], num_workers=2)
+        train(tmp_path / "first", callbacks=[SigtermAfterStep(4), seen_first], num_workers=2, jpegs=jpegs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"),
-                        callbacks=[seen_resumed], num_workers=2)
+                        callbacks=[seen_resumed], num_workers=2, jpegs=jpegs)
     assert not [w for w in caught if "not resumable" in str(w.message)], "the training loader is resumable"
     assert seen_first.seen[-1][:2] == (1, 0), "the interruption must fall inside epoch 1"
     assert seen_first.seen + seen_resumed.seen == seen_full.seen, "every batch exactly once, in the same order"
