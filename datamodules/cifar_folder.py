@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from datamodules.errors import DatasetError
-from datamodules.folder_datasets import decode_file
+from datamodules.folder_datasets import decode_bytes
 from datamodules.folder_scan import scan_split
 from datamodules.gpu_decode import quiet
 
@@ -31,7 +32,8 @@ def decode_to_chw(path: str) -> torch.Tensor:
     except RuntimeError:
         pass  # a format torchvision cannot read (BMP, TIFF), or a corrupt file: PIL decides which
     try:
-        return torch.from_numpy(decode_file(path).copy()).permute(2, 0, 1)  # PIL arrays are read-only
+        image = decode_bytes(np.fromfile(path, dtype=np.uint8))
+        return torch.from_numpy(image.copy()).permute(2, 0, 1)  # PIL arrays are read-only
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot decode {path} ({exc}); replace or delete the file.") from exc
 

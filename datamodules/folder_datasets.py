@@ -21,12 +21,6 @@ MAX_CONSECUTIVE_FAILURES = 16
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
 
 
-def decode_file(path: str) -> np.ndarray:
-    """Decode any PIL-readable image to HWC uint8 RGB; raises on corrupt or truncated files."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def decode_bytes(data: np.ndarray) -> np.ndarray:
     """Decode an encoded image (1-D uint8 array) to HWC uint8 RGB; raises on corrupt or truncated data."""
     with Image.open(io.BytesIO(data)) as image:
