@@ -11,7 +11,7 @@ from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datamodules.errors import DatasetError
@@ -23,7 +23,11 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.Decompres
 
 def decode_bytes(data: np.ndarray) -> np.ndarray:
     """Decode an encoded image (1-D uint8 array) to HWC uint8 RGB; raises on corrupt or truncated data."""
-    with Image.open(io.BytesIO(data)) as image:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:  # its message names the BytesIO object, not the file
+        raise OSError("unknown image format or corrupt header") from None
+    with image:
         return np.asarray(image.convert("RGB"))
 
 

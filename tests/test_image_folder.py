@@ -90,6 +90,9 @@ def test_corrupt_files_are_skipped_with_warning_or_raise(folder):
     strict.setup()
     with pytest.raises(DatasetError, match=f"cannot decode image {bad}"):
         strict.train_set[5]
+    bad.write_bytes(b"not an image")  # no format at all: the reason is plain words, the file is named
+    with pytest.raises(DatasetError, match=r"0001\.jpg \(OSError: unknown image format or corrupt header\)"):
+        strict.train_set[5]
 
 
 def test_corrupt_count_is_shared_with_loader_workers(folder):
