@@ -43,8 +43,9 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             ``test_dir`` the test loader serves the validation split.
         val_holdout_per_class: if > 0, validation is the last N files (sorted) of each
             training class instead of ``val_dir`` (class folders only).
-        shard_index_dir: where shard indexes are cached (default: beside the shards). Indexes are
-            built once, by ``prepare_data`` on the first run, in ``num_workers`` processes.
+        shard_index_dir: where shard indexes are cached (default: beside the shards, or
+            ``~/.cache/coatnet/shard_index/`` when their folder is read-only). Indexes are built
+            once, by ``prepare_data`` on the first run, in ``num_workers`` processes.
         shuffle_window: with shards, training samples are shuffled within runs of this many shards
             (and the shard order is shuffled every epoch).
         image_size: model input side or (height, width), multiple of 32.

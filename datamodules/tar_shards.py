@@ -6,7 +6,8 @@ class id as decimal text. Other members (``.json``, ...) are ignored. Hugging Fa
 ``timm/imagenet-1k-wds`` has this layout, as do the shards ``python -m datamodules.shard_writer`` writes.
 
 Each shard is scanned once for the byte offset and size of its images, and the result is cached
-beside it (or in ``index_dir``) as ``<shard>.idx.npz``; reading a sample is then one ``os.pread``.
+as ``<shard>.idx.npz`` beside it, in the user's cache when that folder is read-only, or in
+``index_dir``; reading a sample is then one ``os.preadv``.
 A dataset becomes a few hundred large files instead of a million small ones, which network file
 systems and object-store mounts serve far better, and a downloaded WebDataset copy is used as is.
 """
@@ -14,6 +15,7 @@ systems and object-store mounts serve far better, and a downloaded WebDataset co
 from __future__ import annotations
 
 import glob
+import hashlib
 import multiprocessing
 import os
 import tarfile
@@ -115,8 +117,15 @@ def scan_shard(shard: Path) -> ShardIndex:
     )
 
 
-def index_path(shard: Path, index_dir: Optional[Path]) -> Path:
-    return (index_dir if index_dir is not None else shard.parent) / (shard.name + INDEX_SUFFIX)
+def fallback_index_dir(shard_dir: Path) -> Path:
+    """Where indexes of a read-only shard folder go: a per-folder directory of the user's cache."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "coatnet" / "shard_index" / hashlib.sha1(str(shard_dir.resolve()).encode()).hexdigest()[:16]
+
+
+def index_dirs(shard: Path, index_dir: Optional[Path]) -> list[Path]:
+    """Where an index may be cached, in order: ``index_dir`` if set, else beside the shard, then the user cache."""
+    return [index_dir] if index_dir is not None else [shard.parent, fallback_index_dir(shard.parent)]
 
 
 def _stamp(shard: Path) -> np.ndarray:
@@ -125,24 +134,34 @@ def _stamp(shard: Path) -> np.ndarray:
 
 
 def load_cached_index(shard: Path, index_dir: Optional[Path]) -> Optional[ShardIndex]:
-    """The cached index, or None when it is missing, unreadable or older than the shard."""
-    path = index_path(shard, index_dir)
-    try:
-        with np.load(path) as cached:
-            if not np.array_equal(cached["stamp"], _stamp(shard)):
-                return None
-            return ShardIndex(cached["offsets"], cached["sizes"], cached["labels"], cached["keys"])
-    except (OSError, KeyError, ValueError):
-        return None
+    """The first cached index that is current, or None when each is missing, unreadable or older than the shard."""
+    for folder in index_dirs(shard, index_dir):
+        try:
+            with np.load(folder / (shard.name + INDEX_SUFFIX)) as cached:
+                if np.array_equal(cached["stamp"], _stamp(shard)):
+                    return ShardIndex(cached["offsets"], cached["sizes"], cached["labels"], cached["keys"])
+        except (OSError, KeyError, ValueError):
+            continue
+    return None
 
 
-def save_index(shard: Path, index: ShardIndex, index_dir: Optional[Path]) -> None:
+def write_index(path: Path, shard: Path, index: ShardIndex) -> None:
     """Write atomically, so a reader never sees half an index."""
-    path = index_path(shard, index_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez(partial, stamp=_stamp(shard), offsets=index.offsets, sizes=index.sizes, labels=index.labels, keys=index.keys)
     os.replace(partial, path)
+
+
+def save_index(shard: Path, index: ShardIndex, index_dir: Optional[Path]) -> None:
+    """Cache in the first of ``index_dirs`` that takes it; OSError when none does."""
+    failures = []
+    for folder in index_dirs(shard, index_dir):
+        try:
+            return write_index(folder / (shard.name + INDEX_SUFFIX), shard, index)
+        except OSError as exc:
+            failures.append(f"{folder} ({exc.strerror or exc})")
+    raise OSError(" and ".join(failures))
 
 
 def load_indexes(shards: list[Path], index_dir: Optional[Path] = None, workers: int = 1) -> list[ShardIndex]:
@@ -165,7 +184,7 @@ def load_indexes(shards: list[Path], index_dir: Optional[Path] = None, workers: 
         try:
             save_index(shards[i], index, index_dir)
         except OSError as exc:
-            unsaved.append(f"{index_path(shards[i], index_dir).parent} ({exc.strerror or exc})")
+            unsaved.append(str(exc))
     if unsaved:
         warnings.warn(
             f"cannot cache shard indexes in {unsaved[0]}; every run scans the shards again. "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -64,6 +65,26 @@ def test_index_is_cached_and_rebuilt_only_for_a_changed_shard(shards, monkeypatc
     changed.write_bytes(changed.read_bytes())  # same content, new mtime: the index is stale
     again = TarShards.open(out, "train-*.tar")
     assert scanned == ["train-000002.tar"] and len(again) == 15
+
+
+def test_read_only_shard_folder_caches_indexes_in_the_user_cache(shards, tmp_path, monkeypatch):
+    _, out = shards
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real_write = tar_shards.write_index
+
+    def read_only_beside_shards(path, shard, index):
+        if path.parent == out:
+            raise PermissionError(13, "Permission denied")
+        real_write(path, shard, index)
+
+    monkeypatch.setattr(tar_shards, "write_index", read_only_beside_shards)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fallback is silent
+        TarShards.open(out, "val-*.tar")
+    cached = sorted(p.name for p in (tmp_path / "cache" / "coatnet" / "shard_index").glob("*/*.idx.npz"))
+    assert cached == ["val-000000.tar.idx.npz", "val-000001.tar.idx.npz"] and not list(out.glob("val-*.idx.npz"))
+    monkeypatch.setattr(tar_shards, "scan_shard", lambda shard: pytest.fail(f"{shard} scanned again"))
+    assert len(TarShards.open(out, "val-*.tar")) == 6
 
 
 def test_unwritable_index_dir_warns_and_still_reads(shards, tmp_path):
