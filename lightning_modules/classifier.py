@@ -11,6 +11,7 @@ are plain cross-entropy, without label smoothing.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -131,6 +132,16 @@ class ImageClassifier(LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro")
         self._compiled = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ImageClassifier:
+        """A copy (EMA's averaged model) shares the optimizer factory instead of copying it: jsonargparse binds
+        the factory to the CLI, so a deep copy would also copy the trainer and the DataModule with its data and
+        its process-shared counters (which refuse to be copied)."""
+        memo[id(self.optimizer_factory)] = self.optimizer_factory
+        duplicate = type(self).__new__(type(self))
+        memo[id(self)] = duplicate
+        duplicate.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return duplicate
 
     def build_model(self, load_weights: bool = True) -> nn.Module:
         """Create the network from the hyper-parameters, then load ``init_from`` unless ``load_weights`` is False

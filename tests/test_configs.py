@@ -211,3 +211,24 @@ def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
     overrides = cli.model.hparams.model_overrides
     assert overrides == {**expected, "drop_path_rate": 0.3}  # a command-line item still applies on top
     assert cli.model.model.config.transformer.norm == "batchnorm" and cli.model.model.config.layout == "CCCT"
+
+
+def test_ema_preset_trains_on_an_image_folder(tmp_path, monkeypatch):
+    # EMA deep-copies the LightningModule; the copy must not drag in the CLI, Trainer and DataModule (whose
+    # process-shared corrupt-file counter refuses to be copied) through the optimizer factory.
+    from data_helpers import write_image_folder
+
+    import cli
+
+    write_image_folder(tmp_path, "train", ["a", "b"], per_class=4, size=(32, 32))
+    write_image_folder(tmp_path, "val", ["a", "b"], per_class=2, size=(32, 32))
+    monkeypatch.chdir(tmp_path)
+    argv = prepare_argv(["fit", "--config", "smoke.yaml", "--config", "ema.yaml", "--data=datamodules.ImageFolderDataModule",
+                         f"--data.init_args.root={tmp_path}", "--data.init_args.num_classes=2", "--data.init_args.image_size=32",
+                         "--data.init_args.preset=cifar", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+                         "--trainer.fast_dev_run=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+    monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
+    run = cli.CoAtNetCLI()
+    ema = next(cb for cb in run.trainer.callbacks if isinstance(cb, EMAWeightAveraging))
+    assert run.trainer.global_step == 2
+    assert ema._average_model.module.optimizer_factory is run.model.optimizer_factory, "the copy shares the factory"
