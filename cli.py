@@ -10,6 +10,8 @@ A ``--config``/``-c`` value that is not a file in the working directory is also 
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
 import sys
@@ -21,9 +23,9 @@ import yaml
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
-from lightning.pytorch import Callback, LightningDataModule, Trainer  # noqa: E402
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar  # noqa: E402
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
 from coatnet.checkpoint import preprocessing_of as preprocessing_of_weights  # noqa: E402
@@ -104,6 +106,51 @@ def prepare_argv(argv: list[str]) -> list[str]:
     return merge_model_overrides(resolve_config_paths(argv))
 
 
+# Evaluation choices a config may make for itself (timm's 384-pixel weights evaluate at crop_pct 1.0);
+# mean, std and interpolation belong to the weights.
+EVAL_CHOICES = ("crop_pct",)
+
+
+def apply_weights_preprocessing(data_config: Any, weights: str) -> None:
+    """Write the preprocessing recorded in ``weights`` (``python -m coatnet convert``) into the DataModule's arguments.
+
+    mean, std and interpolation replace the config's values, each only where the DataModule takes that argument;
+    ``crop_pct`` only where the config leaves the DataModule's default. What changed is printed.
+    """
+    preprocessing = preprocessing_of_weights(weights)
+    data_args = data_config.get("init_args")
+    if not preprocessing or data_args is None:
+        return
+    defaults = constructor_defaults(data_config.get("class_path"))
+    applied, kept = {}, {}
+    for key, value in preprocessing.items():
+        if key not in data_args:
+            continue
+        value = list(value) if isinstance(value, tuple) else value
+        if key in EVAL_CHOICES and key in defaults and data_args[key] not in (defaults[key], value):
+            kept[key] = value
+            continue
+        data_args[key] = value
+        applied[key] = value
+    if applied:
+        rank_zero_info(f"preprocessing from {weights}: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
+    for key, value in kept.items():
+        rank_zero_info(f"kept {key}={data_args[key]} from the config (the weights were evaluated at {key}={value})")
+
+
+def constructor_defaults(class_path: str | None) -> dict[str, Any]:
+    """Default argument values of the class ``class_path`` names ({} where it cannot be imported)."""
+    if not class_path:
+        return {}
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return {}
+    parameters = inspect.signature(cls).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
     "init_args": {"save_dir": "logs", "name": "coatnet"},
@@ -122,6 +169,22 @@ CHECKPOINT_DEFAULTS = {
 }
 
 
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the resolved config as ``config.yaml`` in the logger's version folder, next to the run's checkpoints.
+
+    Without a logger Lightning would write it to the working directory, over any ``config.yaml`` there, so
+    then nothing is saved. ``ckpt_path`` is left out, so ``fit --config`` on the file repeats the run instead
+    of resuming it.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not trainer.loggers:
+            return
+        self.config = self.config.clone()
+        self.config.ckpt_path = None
+        super().setup(trainer, pl_module, stage)
+
+
 class CoAtNetCLI(LightningCLI):
     """LightningCLI with the DataModule -> model links and the training defaults of this template.
 
@@ -137,6 +200,7 @@ class CoAtNetCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER, "plugins": [ATOMIC_CHECKPOINT_IO]})
         kwargs.setdefault("parser_class", ConciseArgumentParser)
@@ -161,11 +225,16 @@ class CoAtNetCLI(LightningCLI):
             "cores run several times faster with 1 than with threads that wait on each other.",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config as given. Lightning would replace the model's arguments with those saved in
+        ``--ckpt_path`` and silently drop a changed setting; ``ImageClassifier.on_load_checkpoint`` instead
+        refuses a checkpoint of another network and names the training settings a resumed run changes."""
+
     def before_instantiate_classes(self) -> None:
         """Apply ``cpu_threads``; weights given by ``model.init_from`` bring their eval preprocessing.
 
-        mean, std, interpolation and crop_pct recorded by ``python -m coatnet convert`` replace the
-        data config's values (each only where the DataModule takes that argument), with a notice.
+        With ``ckpt_path`` naming a file, that checkpoint holds the weights, so ``init_from`` is not loaded
+        (a fine-tuned run's config can be validated, tested or resumed without the original weights file).
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("cpu_threads"):
@@ -173,15 +242,13 @@ class CoAtNetCLI(LightningCLI):
         init_from = config.model.get("init_from")
         if not init_from:
             return
-        preprocessing = preprocessing_of_weights(init_from)
-        data_args = config.data.get("init_args")
-        if not preprocessing or data_args is None:
-            return
-        applied = {key: value for key, value in preprocessing.items() if key in data_args}
-        for key, value in applied.items():
-            data_args[key] = list(value) if isinstance(value, tuple) else value
-        if applied:
-            rank_zero_info(f"preprocessing from {init_from}: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            config.model.init_from = None
+            rank_zero_info(f"model.init_from is not loaded: the weights come from --ckpt_path {ckpt_path}")
+            if not Path(init_from).is_file():
+                return
+        apply_weights_preprocessing(config.data, init_from)
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         """Leave out ``progress_bar:`` when the bar is off or ``trainer.callbacks`` brings its own (Lightning allows one)."""

@@ -94,15 +94,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path} does not exist; check --ckpt_path") from None
+        except IsADirectoryError:
+            raise CheckpointError(f"{path} is a folder; --ckpt_path needs a .ckpt file, e.g. {path}/last.ckpt") from None
         except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
             if "weights_only" in str(err):  # a real checkpoint holding objects torch will not unpickle by default
                 raise
             reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
             raise CheckpointError(unreadable.format(reason=reason)) from None
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        if not isinstance(checkpoint, dict) or not {"state_dict", "pytorch-lightning_version"} <= checkpoint.keys():
             raise CheckpointError(
-                f"{path} is not a Lightning training checkpoint (it has no 'state_dict'); --ckpt_path needs a "
-                ".ckpt written by this trainer, plain model weights have to be loaded into the model instead"
+                f"{path} is not a Lightning training checkpoint (model weights at most); --ckpt_path needs a .ckpt "
+                "written by this trainer (last.ckpt, epoch*.ckpt). To start training from weights, pass them as "
+                "--model.init_from instead"
             )
         return checkpoint
 

@@ -26,9 +26,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from coatnet import create_model
 from coatnet.checkpoint import load_for_finetune
+from coatnet.convert import CheckpointError
+from lightning_modules.checkpoint_match import network_differences, saved_network_config, setting_changes
 from lightning_modules.mixing import MixupCutmix
 from lightning_modules.optim import WarmupCosine, layer_decay_groups, no_decay_names, weight_decay_groups
 from lightning_modules.prediction import DATA_INFO_KEY, data_info
+
+MAX_LISTED = 4  # differences named in a checkpoint-mismatch error
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -218,6 +222,28 @@ class ImageClassifier(LightningModule):
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "class_names"):
             checkpoint[DATA_INFO_KEY] = data_info(datamodule)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse the weights of another network, even one with the same parameter shapes; on resume, say which
+        training settings differ from the checkpoint's (the config given wins)."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        saved_config = saved_network_config(saved)
+        if saved_config is None:
+            return
+        source = (self._trainer.ckpt_path if self._trainer is not None else None) or "the checkpoint"
+        if differences := network_differences(saved_config, self.model.config):
+            shown = differences[:MAX_LISTED]
+            if len(differences) > MAX_LISTED:
+                shown.append(f"... (+{len(differences) - MAX_LISTED} more)")
+            raise CheckpointError(
+                f"{source} holds another network than this config builds:\n  " + "\n  ".join(shown) + "\n"
+                "Run with the config.yaml saved next to its checkpoints/ folder, or pass a checkpoint of this network "
+                "(--ckpt_path last takes the newest last.ckpt of the logger's save_dir/name: give each experiment its "
+                "own trainer.logger.init_args.name)."
+            )
+        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
+        if resuming and (changes := setting_changes(saved, self.hparams)):
+            rank_zero_info("resuming with settings that differ from the checkpoint's: " + "; ".join(changes))
 
     def _check_clipping_is_possible(self, optimizer: torch.optim.Optimizer) -> None:
         """Lightning refuses to clip gradients for optimizers that unscale them in their own step (the

@@ -10,14 +10,13 @@ its traceback.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import sys
+import textwrap
 import traceback
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -92,26 +91,30 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def unreadable_checkpoint_message(err: BaseException) -> str | None:
-    """For ``torch.load`` failing on a file that is no checkpoint (LightningCLI reads ``--ckpt_path`` early and raw)."""
-    text = str(err).strip()
-    if not (
-        isinstance(err, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile))
-        or (isinstance(err, RuntimeError) and "PytorchStreamReader" in text)
-    ):
+_WORKER_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def worker_error(err: BaseException) -> tuple[str, str] | None:
+    """(message, file:line) of the error a DataLoader worker raised, or None for any other error.
+
+    PyTorch re-raises it in the main process with the same type, but with the worker's whole traceback as
+    its message ("Caught DatasetError in DataLoader worker process 1. Original Traceback ...").
+    """
+    text = str(err)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
         return None
-    detail = " ".join(line.strip() for line in text.splitlines()[-4:] if line.strip())[:200] or type(err).__name__
-    return (
-        f"the --ckpt_path file could not be loaded as a PyTorch checkpoint ({detail}). It may be truncated, "
-        "another kind of file, or hold objects that torch.load(weights_only=True) refuses; pass another one, "
-        "e.g. last.ckpt or an epoch*.ckpt from the same folder."
-    )
+    kind = type(err)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    start = text.rfind(f"\n{name}: ")
+    if start < 0:
+        return None
+    frames = _WORKER_FRAME.findall(text[:start])
+    origin = f"{_relative(Path(frames[-1][0]))}:{frames[-1][1]} in a loader worker" if frames else "a loader worker"
+    return text[start + len(name) + 3 :].strip(), origin
 
 
 def user_message(err: BaseException) -> str | None:
     """The message to show for an error the user can fix, or ``None`` for a bug (keep the traceback)."""
-    if (unreadable := unreadable_checkpoint_message(err)) is not None:
-        return unreadable
     if isinstance(err, MisconfigurationException | ValueError) and "gpu" in str(err).lower():
         if not torch.cuda.is_available():
             return f"{err}\n{CPU_HINT}"
@@ -124,12 +127,15 @@ def user_message(err: BaseException) -> str | None:
     return None
 
 
+def _relative(path: Path) -> Path:
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
 def _origin(err: BaseException) -> str:
     frames = traceback.extract_tb(err.__traceback__)
     if not frames:
         return ""
-    path = Path(frames[-1].filename)
-    return f"{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}:{frames[-1].lineno}"
+    return f"{_relative(Path(frames[-1].filename))}:{frames[-1].lineno}"
 
 
 def exit_readably(main: Callable[[], object], stream: IO[str] | None = None) -> None:
@@ -141,18 +147,41 @@ def exit_readably(main: Callable[[], object], stream: IO[str] | None = None) -> 
         message = user_message(err)
         if message is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
+        message, origin = worker_error(err) or (message, _origin(err))
         out = stream or sys.stderr
         out.write(f"error: {message}\n")
-        out.write(f"(raised at {_origin(err)}; set {TRACEBACK_ENV}=1 for the full traceback)\n")
+        out.write(f"(raised at {origin}; set {TRACEBACK_ENV}=1 for the full traceback)\n")
         out.flush()
         sys.exit(USER_ERROR_EXIT)
 
 
-class ConciseArgumentParser(LightningArgumentParser):
-    """Prints a one-line usage with parse errors, so the ``error:`` line is not buried under 70 option lines.
+_UNION_PROBLEM = re.compile(
+    r"^(?P<key>.*?):?\n\s*Does not validate against any of the Union subtypes\n.*?"
+    r"Problem with given class_path '(?P<class_path>[^']+)':\n(?P<problem>.*?)\n\s*- Expected a <class 'NoneType'>",
+    re.DOTALL,
+)
 
-    ``--help`` still lists every option.
+
+def concise_parse_error(message: str) -> str:
+    """The one relevant branch of jsonargparse's report on a bad ``--data.init_args.*`` value.
+
+    ``data`` is typed "a LightningDataModule or None", so a wrong key or value is reported against both
+    alternatives, with the subtype list and the raw value: ten lines around the one that matters.
     """
+    match = _UNION_PROBLEM.match(message)
+    if match is None:
+        return message
+    problem = textwrap.indent(textwrap.dedent(match["problem"]).strip(), "  ")
+    return f"{match['key']} ({match['class_path']}):\n{problem}"
+
+
+class ConciseArgumentParser(LightningArgumentParser):
+    """Prints a one-line usage with parse errors, so the ``error:`` line is not buried under 70 option lines,
+    and only the relevant part of a DataModule argument error. ``--help`` still lists every option.
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        super().error(concise_parse_error(message), ex)
 
     def print_usage(self, file: IO[str] | None = None) -> None:
         (file or sys.stdout).write(f"usage: {self.prog} [-h] [-c CONFIG] [--KEY VALUE ...]\n")

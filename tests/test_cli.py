@@ -94,6 +94,8 @@ def test_resume_from_last_checkpoint(smoke_run, monkeypatch):
     resumed = torch.load(smoke_run["logs"] / "smoke" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == before["epoch"] + 1
     assert resumed["global_step"] == before["global_step"] + 3, "training must continue from the saved step"
+    saved = (smoke_run["logs"] / "smoke" / "version_1" / "config.yaml").read_text()
+    assert "ckpt_path: null" in saved, "fit --config on the saved file repeats the run rather than resuming it"
 
 
 def test_validate_test_and_predict_on_best_checkpoint(smoke_run, monkeypatch):

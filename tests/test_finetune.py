@@ -10,14 +10,15 @@ from cli import CoAtNetCLI, resolve_config_paths
 from coatnet import create_model
 from coatnet.checkpoint import save_weights
 
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "crop_pct": 0.95}
+
 
 def test_init_from_loads_weights_and_preprocessing(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cli.py"])  # the CLI parses ``args`` only
     torch.manual_seed(0)
     source = create_model("coatnet_nano", img_size=64, num_classes=7)
     weights = tmp_path / "nano.safetensors"
-    preprocessing = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "crop_pct": 0.95}
-    save_weights(weights, source, preprocessing=preprocessing, source="test")
+    save_weights(weights, source, preprocessing=PREPROCESSING, source="test")
 
     args = resolve_config_paths(["--config", "smoke.yaml"]) + [
         f"--model.init_from={weights}",
@@ -37,3 +38,42 @@ def test_init_from_loads_weights_and_preprocessing(tmp_path, monkeypatch):
             assert target[name].shape != tensor.shape  # 64x64 grid resized to the 32x32 one
         else:
             assert torch.equal(target[name], tensor), name
+
+
+def _image_folder_args(weights, crop_pct: float) -> list[str]:
+    return resolve_config_paths(["--config", "smoke.yaml"]) + [
+        "--data=datamodules.ImageFolderDataModule", "--data.init_args.root=unused", "--data.init_args.num_classes=10",
+        "--data.init_args.image_size=32", f"--data.init_args.crop_pct={crop_pct}",
+        "--data.init_args.interpolation=bilinear", f"--model.init_from={weights}", "--trainer.logger=false",
+    ]
+
+
+def test_weights_preprocessing_replaces_mean_std_interpolation_but_not_a_chosen_crop_pct(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    weights = tmp_path / "nano.safetensors"
+    save_weights(weights, create_model("coatnet_nano", img_size=32), preprocessing=PREPROCESSING, source="test")
+
+    chosen = CoAtNetCLI(args=_image_folder_args(weights, crop_pct=1.0), run=False).datamodule  # e.g. 384 px at 1.0
+    assert tuple(chosen.mean) == (0.5, 0.5, 0.5) and chosen.interpolation == "bicubic"
+    assert chosen.crop_pct == 1.0, "a crop_pct the config sets on purpose is kept"
+    default = CoAtNetCLI(args=_image_folder_args(weights, crop_pct=0.875), run=False).datamodule
+    assert default.crop_pct == 0.95, "the DataModule's default gives way to the weights' crop_pct"
+
+
+def test_checkpoint_replaces_init_from_which_may_be_gone(tmp_path, monkeypatch):
+    # validate/test/predict/resume of a fine-tuned run must not need (or reload) the original weights file.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    weights = tmp_path / "nano.safetensors"
+    save_weights(weights, create_model("coatnet_nano", img_size=32), preprocessing=PREPROCESSING, source="test")
+    base = resolve_config_paths(["--config", "smoke.yaml"]) + ["--trainer.logger=false", f"--model.init_from={weights}"]
+    module = CoAtNetCLI(args=base, run=False).model
+    checkpoint = tmp_path / "run.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2.6.0"}, checkpoint)
+    weights.unlink()  # moved away after fine-tuning
+    args = ["validate", *base, f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false"]
+    cli = CoAtNetCLI(args=args)
+    assert cli.model.hparams.init_from is None
+    assert "val/acc1" in cli.trainer.callback_metrics

@@ -6,6 +6,7 @@ subprocess checks the real exit status and stderr of a missing dataset.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
@@ -14,6 +15,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import cli
+from coatnet import create_model
+from coatnet.checkpoint import save_weights
 from conftest import run_cli
 from datamodules import DatasetError, SyntheticDataModule
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
@@ -22,6 +25,7 @@ from lightning_modules.errors import TRACEBACK_ENV, USER_ERROR_EXIT, exit_readab
 from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint
 
 QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"]
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "crop_pct": 0.95}
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
 MAX_LINES = 8  # an error message plus the one-line usage/origin; Lightning's own errors are 30-80 lines
 
@@ -105,11 +109,20 @@ def test_bad_ckpt_path_files_are_named(in_tmp, monkeypatch, capsys):
     (in_tmp / "notes.ckpt").write_text("not a checkpoint")
     code, err = run_main([*common, "--ckpt_path=notes.ckpt"], monkeypatch, capsys)
     assert code == USER_ERROR_EXIT
-    assert_short(err, "--ckpt_path file could not be loaded as a PyTorch checkpoint", "Unsupported operand")
+    assert_short(err, "notes.ckpt is not a readable PyTorch checkpoint (not a zip archive)")
+
+    code, err = run_main([*common, f"--ckpt_path={in_tmp}"], monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, "is a folder; --ckpt_path needs a .ckpt file")
 
     torch.save({"weight": torch.zeros(2)}, in_tmp / "weights.pt")
     code, err = run_main([*common, "--ckpt_path=weights.pt"], monkeypatch, capsys)
     assert_short(err, "weights.pt is not a Lightning training checkpoint")
+
+    save_weights(in_tmp / "converted.pth", create_model("coatnet_nano", img_size=32), PREPROCESSING, source="test")
+    code, err = run_main([*common, "--ckpt_path=converted.pth"], monkeypatch, capsys)  # has a state_dict, like a .ckpt
+    assert code == USER_ERROR_EXIT
+    assert_short(err, "converted.pth is not a Lightning training checkpoint", "--model.init_from")
 
 
 def test_checkpoint_of_another_variant_is_summarised(in_tmp, monkeypatch, capsys):
@@ -123,6 +136,51 @@ def test_checkpoint_of_another_variant_is_summarised(in_tmp, monkeypatch, capsys
     assert code == USER_ERROR_EXIT
     assert_short(err, "does not fit the model", "33 missing keys", "missing in checkpoint:", "(+30 more)", "config.yaml")
     assert "shapes (checkpoint vs model): model.head" in err and "[7" in err and "[10" in err
+
+
+def _checkpoint_of(path, *configs: str) -> None:
+    """A checkpoint with the hyper-parameters and weights of the model these configs build."""
+    args = [a for name in configs for a in ("--config", str(cli.CONFIG_DIR / name))]
+    module = cli.CoAtNetCLI(args=cli.prepare_argv(args) + QUICK, run=False).model
+    state = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save({**state, "pytorch-lightning_version": "2.6.0"}, path)
+
+
+def test_checkpoint_of_another_network_with_the_same_shapes_is_refused(in_tmp, monkeypatch, capsys):
+    # Pre- and post-softmax attention have identical parameters: only the saved hyper-parameters tell them apart.
+    _checkpoint_of(in_tmp / "post.ckpt", "smoke.yaml", "ablations/post_softmax.yaml")
+    validate = ["validate", "--config", "smoke.yaml", *QUICK, "--trainer.limit_val_batches=1", "--ckpt_path=post.ckpt"]
+    code, err = run_main(validate, monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    difference = "transformer.attention: pre_softmax (this config) vs post_softmax (checkpoint)"
+    assert_short(err, "post.ckpt holds another network", difference, "config.yaml")
+    resume = ["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", "--ckpt_path=post.ckpt"]
+    code, err = run_main(resume, monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT and "holds another network" in err, "fit must not resume it as this network either"
+    (in_tmp / "config.yaml").write_text("# the user's own file\n")
+    monkeypatch.setattr(sys, "argv", ["cli.py", *validate[:3], "--config", "ablations/post_softmax.yaml", *validate[3:]])
+    assert "val/acc1" in cli.main().trainer.callback_metrics, "the matching config validates it"
+    assert (in_tmp / "config.yaml").read_text() == "# the user's own file\n", "no logger: the config is not saved to cwd"
+
+
+def test_resuming_names_the_training_settings_the_config_changes(in_tmp, monkeypatch, caplog):
+    short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0", "--checkpoint.dirpath=ck",
+             "--checkpoint.monitor=null"]
+    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "smoke.yaml", *QUICK, *short, "--trainer.max_epochs=1"])
+    cli.main()
+    argv = ["fit", "--config", "smoke.yaml", *QUICK, *short, "--trainer.max_epochs=2", "--ckpt_path=ck/last.ckpt",
+            "--model.warmup_steps=3", "--model.model_overrides.drop_path_rate=0.1"]
+    monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
+    lightning_log = logging.getLogger("lightning.pytorch")  # does not propagate to the root logger caplog watches
+    lightning_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+            run = cli.main()
+    finally:
+        lightning_log.removeHandler(caplog.handler)
+    assert run.trainer.global_step == 4 and run.model.hparams.warmup_steps == 3, "the config given wins over the checkpoint's"
+    assert "differ from the checkpoint's: warmup_steps: 10 -> 3" in caplog.text, caplog.text
+    assert "drop_path_rate" not in caplog.text.split("differ from the checkpoint's")[1].splitlines()[0]
 
 
 def test_state_dict_summary_counts_and_truncates():
@@ -222,3 +280,31 @@ def test_cli_registers_the_safety_callbacks_and_atomic_io(in_tmp):
     kinds = {type(c) for c in trainer.callbacks}
     assert {FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint} <= kinds
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+class _RaisesInWorker(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        raise DatasetError(f"cannot decode image {index}.jpg\nReplace or delete it")
+
+
+def test_error_raised_in_a_loader_worker_is_shown_without_the_worker_traceback(capsys):
+    loader = torch.utils.data.DataLoader(_RaisesInWorker(), num_workers=1)
+    with pytest.raises(SystemExit) as exit_info:
+        exit_readably(lambda: next(iter(loader)))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == USER_ERROR_EXIT
+    assert_short(err, "error: cannot decode image 0.jpg\nReplace or delete it\n", "test_robustness.py:")
+    assert "Caught" not in err and "Original Traceback" not in err and "in a loader worker" in err
+
+
+def test_bad_datamodule_argument_is_reported_against_its_class_only(in_tmp, monkeypatch, capsys):
+    argv = ["fit", "--config", "smoke.yaml", "--data=datamodules.ImageFolderDataModule"]
+    code, err = run_main([*argv, "--data.init_args.batchsize=10"], monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, 'Parser key "data" (datamodules.ImageFolderDataModule):', "Option 'batchsize' is not accepted")
+    assert "NoneType" not in err and "Given value" not in err
+    code, err = run_main([*argv, "--data.init_args.batch_size=abc"], monkeypatch, capsys)
+    assert_short(err, 'Parser key "batch_size"', "Got value: abc")

@@ -1,0 +1,63 @@
+"""Does a checkpoint belong to the network this config builds?
+
+Two ablations can have identical parameter shapes (pre- and post-softmax attention, the stride in the
+depthwise or the 1x1 convolution), so a strict ``load_state_dict`` accepts the other one's weights
+without a word. The hyper-parameters a checkpoint stores say which network it was trained as;
+comparing the resolved ``CoAtNetConfig`` of both catches every such mix-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from coatnet import CoAtNetConfig
+from coatnet.config import config_to_dict
+from coatnet.registry import get_config
+
+# Regularisation: they change how the network trains, not the function its weights compute.
+TRAINING_ONLY_FIELDS = frozenset({"drop_path_rate", "transformer.rel_pos_mlp_dropout", "head.dropout"})
+# Hyper-parameters that define the network (compared through the resolved config) or only its initial weights.
+NETWORK_HPARAMS = frozenset({"model_name", "num_classes", "image_size", "model_overrides", "init_from"})
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def saved_network_config(hparams: Mapping[str, Any]) -> CoAtNetConfig | None:
+    """The config an ``ImageClassifier`` checkpoint was trained with, or None where its hyper-parameters cannot say."""
+    try:
+        return get_config(
+            hparams["model_name"],
+            num_classes=hparams["num_classes"],
+            img_size=tuple(hparams["image_size"]),
+            **(hparams.get("model_overrides") or {}),
+        )
+    except (KeyError, TypeError, ValueError):  # another module's checkpoint, or a variant this version lacks
+        return None
+
+
+def network_differences(saved: CoAtNetConfig, current: CoAtNetConfig) -> list[str]:
+    """``field: <this config> (this config) vs <saved> (checkpoint)`` for every field that changes the network."""
+    before, now = _flatten(config_to_dict(saved)), _flatten(config_to_dict(current))
+    return [
+        f"{key}: {now.get(key)} (this config) vs {before.get(key)} (checkpoint)"
+        for key in sorted(before.keys() | now.keys())
+        if key not in TRAINING_ONLY_FIELDS and before.get(key) != now.get(key)
+    ]
+
+
+def setting_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``name: <saved> -> <current>`` for training settings a resumed run changes (warm-up, mixing, ...)."""
+    return [
+        f"{key}: {saved[key]} -> {current[key]}"
+        for key in sorted(saved.keys() & current.keys())
+        if key not in NETWORK_HPARAMS and saved[key] != current[key]
+    ]
