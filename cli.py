@@ -83,22 +83,57 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+OVERRIDES_KEY = "--model.model_overrides"
+
+
+def override_items(argv: list[str]) -> list[tuple[int, str, str]]:
+    """(index of the value, key path, value) of every ``--model.model_overrides[.KEY] VALUE`` item, in order.
+
+    The key path is "" for the whole dict, else the dotted part after ``model_overrides.``.
+    """
+    found = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name != OVERRIDES_KEY and not name.startswith(OVERRIDES_KEY + "."):
+            continue
+        if eq:
+            found.append((i, name[len(OVERRIDES_KEY) + 1 :], value))
+        elif i + 1 < len(argv):
+            found.append((i + 1, name[len(OVERRIDES_KEY) + 1 :], argv[i + 1]))
+    return found
+
+
+def _set_path(tree: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """``tree`` with the dotted ``path`` set to ``value`` (intermediate dicts created or copied)."""
+    head, _, rest = path.partition(".")
+    branch = tree.get(head) if isinstance(tree.get(head), dict) else {}
+    return {**tree, head: _set_path(branch, rest, value) if rest else value}
+
+
 def merge_model_overrides(argv: list[str]) -> list[str]:
     """Make ``model.model_overrides`` of later config files add to those of earlier ones.
 
     jsonargparse replaces a dict-valued key as a whole, so ``--config cifar10.yaml --config
-    ablations/layout_ccct.yaml`` would silently drop the recipe's stride-1 stem and drop-path rate.
-    Where two or more config files set it, the deep merge of all of them is passed right after the
-    last one; command-line items after it (``--model.model_overrides.drop_path_rate 0.3``) still apply.
+    ablations/layout_ccct.yaml`` would silently drop the recipe's stride-1 stem and drop-path rate, and
+    a ``--model.model_overrides.KEY VALUE`` item before the last such file would be lost. The files and
+    items are applied in command-line order (files merge key by key, a ``.KEY`` item sets one key, a whole
+    ``--model.model_overrides VALUE`` replaces all before it), and the result is passed after the last one.
     """
-    sources = [(index, overrides) for index, value in config_values(argv) if (overrides := model_overrides_in(value))]
-    if len(sources) < 2:
-        return list(argv)
+    files = [(index, None, value) for index, value in config_values(argv) if model_overrides_in(value)]
+    events = sorted(files + override_items(argv), key=lambda event: event[0])  # (index, key path or None, value)
+    if all(path is not None for _, path, _ in events[1:]):
+        return list(argv)  # no file after the first setting: jsonargparse's own order gives the same result
     merged: dict[str, Any] = {}
-    for _, overrides in sources:
-        merged = deep_merge(merged, overrides)
-    last = sources[-1][0] + 1
-    return [*argv[:last], "--model.model_overrides=" + json.dumps(merged), *argv[last:]]
+    for _, path, value in events:
+        if path is None:
+            merged = deep_merge(merged, model_overrides_in(value))
+        elif path:
+            merged = _set_path(merged, path, yaml.safe_load(value))
+        else:
+            whole = yaml.safe_load(value)
+            merged = whole if isinstance(whole, dict) else {}
+    last = events[-1][0] + 1
+    return [*argv[:last], f"{OVERRIDES_KEY}=" + json.dumps(merged), *argv[last:]]
 
 
 def prepare_argv(argv: list[str]) -> list[str]:

@@ -202,15 +202,24 @@ def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
     argv = ["fit", "--config", str(tmp_path / "recipe.yaml"), f"--config={tmp_path / 'data.yaml'}",
             "-c", str(tmp_path / "ablation.yaml"), "--model.model_overrides.drop_path_rate", "0.3"]
     merged = merge_model_overrides(argv)
-    assert merged[:6] + merged[7:] == argv  # one argument added, right after the last file that sets overrides
-    expected = {"drop_path_rate": 0.1, "transformer": {"norm": "batchnorm", "attention": "post_softmax"}, "layout": "CCCT"}
-    assert merged[6].startswith("--model.model_overrides=") and yaml.safe_load(merged[6].split("=", 1)[1]) == expected
-    assert merge_model_overrides(argv[:3] + argv[7:]) == argv[:3] + argv[7:]  # one file: nothing to merge
+    assert merged[:-1] == argv  # one argument added, after the last file or item that sets overrides
+    expected = {"drop_path_rate": 0.3, "transformer": {"norm": "batchnorm", "attention": "post_softmax"}, "layout": "CCCT"}
+    assert merged[-1].startswith("--model.model_overrides=") and yaml.safe_load(merged[-1].split("=", 1)[1]) == expected
+    assert merge_model_overrides(argv[:3] + argv[7:]) == argv[:3] + argv[7:]  # one file, then an item: nothing to merge
 
     cli = _cli("smoke.yaml", extra=tuple(merged[1:]))
-    overrides = cli.model.hparams.model_overrides
-    assert overrides == {**expected, "drop_path_rate": 0.3}  # a command-line item still applies on top
+    assert cli.model.hparams.model_overrides == expected
     assert cli.model.model.config.transformer.norm == "batchnorm" and cli.model.model.config.layout == "CCCT"
+
+    # Items and files apply in command-line order: an item before a later file is kept unless that file sets it.
+    between = ["fit", "--config", str(tmp_path / "recipe.yaml"), "--model.model_overrides.drop_path_rate=0.3",
+               "--model.model_overrides.layout", "CCTT", "--config", str(tmp_path / "ablation.yaml")]
+    overrides = yaml.safe_load(merge_model_overrides(between)[-1].split("=", 1)[1])
+    assert overrides == expected, "the item between the files must survive; the later file's layout wins"
+    whole = ["fit", "--config", str(tmp_path / "recipe.yaml"), "--model.model_overrides", "{layout: CCCC}",
+             "--config", str(tmp_path / "ablation.yaml")]
+    assert yaml.safe_load(merge_model_overrides(whole)[-1].split("=", 1)[1]) == {
+        "layout": "CCCT", "transformer": {"attention": "post_softmax"}}, "a whole dict replaces what came before it"
 
 
 def test_ema_preset_trains_on_an_image_folder(tmp_path, monkeypatch):
