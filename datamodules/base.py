@@ -25,7 +25,6 @@ from datamodules.resume import ResumingDataLoader, SkipsTrainedSamples
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SIZE_MULTIPLE = 32
 DEFAULT_NUM_WORKERS = min(8, max(0, (os.cpu_count() or 1) - 1))
 
 ImageSize = int | tuple[int, int]
@@ -42,13 +41,11 @@ def to_hw(image_size: ImageSize) -> tuple[int, int]:
 
 
 def check_image_size(image_size: ImageSize) -> tuple[int, int]:
-    """CoAtNet downsamples 5 times by 2, so each side must divide by 32."""
+    """A positive (height, width). Which sizes fit is the model's rule (a multiple of its total stride: 32, or 16
+    with a stride-1 stem); the model built for this size says so when it is not."""
     height, width = to_hw(image_size)
-    if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-        raise ValueError(
-            f"image_size {height}x{width} is not allowed: each side must be a multiple of "
-            f"{SIZE_MULTIPLE} (e.g. 32, 64, 224, 384)."
-        )
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image_size {height}x{width} is not allowed: both sides must be positive (e.g. 32, 224, 384)")
     return height, width
 
 
@@ -123,7 +120,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         num_workers: loader worker processes per device (0 = load in the main process).
         pin_memory: page-lock host batches for faster, asynchronous copies to the GPU.
         persistent_workers: keep workers alive between epochs (only used when num_workers > 0).
-        image_size: side or (height, width) of the images the model sees; multiple of 32.
+        image_size: side or (height, width) of the images the model sees (the model's rule: a multiple of 32, or
+            of 16 with a stride-1 stem).
         mean: per-channel mean (0..1 scale) used for normalisation on the device.
         std: per-channel standard deviation (0..1 scale).
         seed: seed for data generation, shuffling and augmentation.

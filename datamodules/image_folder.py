@@ -48,7 +48,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             once, by ``prepare_data`` on the first run, in ``num_workers`` processes.
         shuffle_window: with shards, training samples are shuffled within runs of this many shards
             (and the shard order is shuffled every epoch).
-        image_size: model input side or (height, width), multiple of 32.
+        image_size: model input side or (height, width) (see ``ImageClassificationDataModule``).
         crop_pct: eval centre crop covers this fraction of the resized short side.
         interpolation: resampling filter for resizing up (shrinking uses an area/antialiased filter).
         randaugment_layers, randaugment_magnitude: RandAugment-style policy (0 layers = off).

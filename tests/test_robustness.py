@@ -77,7 +77,7 @@ def test_missing_dataset_via_subprocess_is_one_error_line(tmp_path):
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--data.init_args.image_size=40"], ["error: image_size 40x40", "multiple of 32"]),
+        (["--data.init_args.image_size=40"], ["error: image size 40x40", "multiple of 32", "e.g. to 32"]),
         (["--model.model_overrides={drop_path_rate: 2}"], ["drop_path_rate", "[0, 1)"]),
         (["--model.nonexistent=1"], ["error:", "--model.nonexistent"]),
         (["--model.warmup_steps=abc"], ["error:", "model.warmup_steps", "abc"]),
