@@ -52,6 +52,8 @@ class CIFARDataModule(ImageClassificationDataModule):
         Others: see ``ImageClassificationDataModule``.
     """
 
+    interpolation = "bilinear"  # how 32x32 images are scaled up to a larger image_size; predict and export reuse it
+
     def __init__(
         self,
         *,
@@ -177,5 +179,5 @@ class CIFARDataModule(ImageClassificationDataModule):
             images = pad_crop_flip(images, self.crop_padding, self.pad_mode, self.hflip)
             images = random_erase(images, self.random_erasing)
         if tuple(images.shape[-2:]) != self.image_size:
-            images = F.interpolate(images.float(), size=self.image_size, mode="bilinear", align_corners=False)
+            images = F.interpolate(images.float(), size=self.image_size, mode=self.interpolation, align_corners=False)
         return images

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from datamodules import ImageFolderDataModule, PredictFilesDataModule, SyntheticDataModule
+from datamodules import CIFARDataModule, ImageFolderDataModule, PredictFilesDataModule, SyntheticDataModule
 from datamodules.predict_files import list_image_files
 from export import load_checkpoint
 from lightning_modules.prediction import csv_header, data_info
@@ -83,6 +83,8 @@ def test_checkpoint_data_info_drives_preprocessing(tmp_path):
     assert info["resize"] == "center_crop" and info["crop_pct"] == 0.9 and info["interpolation"] == "bilinear"
     cifar_preset = ImageFolderDataModule(root=str(tmp_path), num_classes=3, image_size=32, preset="cifar")
     assert data_info(cifar_preset)["resize"] == "resize"
+    cifar = CIFARDataModule(root=str(tmp_path), image_size=64)
+    assert data_info(cifar)["interpolation"] == "bilinear", "predict must upsample as training did"
     ckpt = tmp_path / "fake.ckpt"
     torch.save({"hyper_parameters": {"num_classes": 3, "image_size": (64, 64)}, "data_info": info}, ckpt)
     predict = PredictFilesDataModule(paths=[str(tmp_path)], checkpoint=str(ckpt))
