@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 from coatnet.checkpoint import preprocessing_of as preprocessing_of_weights  # noqa: E402
 
 from lightning_modules.callbacks import ThroughputLogger  # noqa: E402
-from lightning_modules.checkpoint_io import resolve_ckpt_path  # noqa: E402
+from lightning_modules.checkpoint_io import continue_run_folder, resolve_ckpt_path  # noqa: E402
 from lightning_modules.classifier import ImageClassifier  # noqa: E402
 from lightning_modules.pictures import TensorBoardPictures  # noqa: E402
 from lightning_modules.progress import LoggedLossProgressBar  # noqa: E402
@@ -201,6 +201,9 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.save_top_k": 1,
     "checkpoint.auto_insert_metric_name": False,
     "checkpoint.filename": "epoch{epoch:03d}-acc1_{val/acc1:.4f}",
+    # A resumed run writes into the same folder; last.ckpt (also saved by InterruptCheckpoint) is replaced, not
+    # joined by last-v1.ckpt, and the names of the best checkpoints already differ by epoch.
+    "checkpoint.enable_version_counter": False,
 }
 
 
@@ -292,12 +295,17 @@ class CoAtNetCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, LoggedLossProgressBar)]
         return super()._instantiate_trainer(config, callbacks)
 
-    def before_fit(self) -> None:
+    def before_validate(self) -> None:
         """``--ckpt_path last`` also finds ``last.ckpt`` of earlier logger versions (Lightning looks only in the new one)."""
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = resolve_ckpt_path(self.trainer, config.get("ckpt_path"))
 
-    before_validate = before_test = before_predict = before_fit
+    before_test = before_predict = before_validate
+
+    def before_fit(self) -> None:
+        """As ``before_validate``; a resumed fit goes on in its checkpoint's version folder."""
+        self.before_validate()
+        continue_run_folder(self.trainer, self.config_init[self.subcommand]["ckpt_path"])
 
 
 def main() -> CoAtNetCLI:

@@ -21,6 +21,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from coatnet.convert import CheckpointError
 
@@ -137,3 +138,23 @@ def resolve_ckpt_path(trainer: Trainer, ckpt_path: str | None) -> str | None:
     if ckpt_path != "last":
         return ckpt_path
     return previous_last_checkpoint(trainer) or ckpt_path
+
+
+def continue_run_folder(trainer: Trainer, ckpt_path: str | None) -> None:
+    """Resume a fit in the version folder its checkpoint was written to, not in a new ``version_N``.
+
+    The run then keeps one TensorBoard history and one checkpoint folder across SLURM requeues, and
+    ``ModelCheckpoint`` keeps its best score and top-k files (it drops them when its folder changes).
+    Applies to a TensorBoard or CSV logger whose version the config leaves open, and a checkpoint that
+    lies in ``<save_dir>/<name>/<version>/checkpoints/``.
+    """
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if not ckpt_path or not isinstance(logger, TensorBoardLogger | CSVLogger) or logger._version is not None:
+        return
+    folder = Path(ckpt_path).resolve().parent
+    run_dir = (Path(logger.save_dir) / str(logger.name)).resolve()
+    if folder.name != "checkpoints" or folder.parent.parent != run_dir:
+        return
+    version = folder.parent.name
+    number = version.removeprefix("version_")
+    logger._version = int(number) if number.isdigit() and version != number else version

@@ -134,6 +134,8 @@ class TensorBoardPictures(Callback):
 
     # ------------------------------------------------------------------ training
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":  # before a resumed fit restores the best values (load_state_dict)
+            self._train_logged, self._best = False, {}
         logger = self._logger(trainer)
         if stage == "fit" and logger is None:
             rank_zero_warn("TensorBoardPictures: no TensorBoardLogger on the trainer, nothing will be drawn.")
@@ -150,9 +152,6 @@ class TensorBoardPictures(Callback):
             self._hook.remove()
             self._hook = None
         self._remove_attention_hooks()
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._train_logged, self._best = False, {}
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if not self.train_batch or self._train_logged:
@@ -269,6 +268,13 @@ class TensorBoardPictures(Callback):
             best = self._best.get(f"hp/best_{short}", value)
             self._best[f"hp/best_{short}"] = min(best, value) if short == "loss" else max(best, value)
             self._best[f"hp/final_{short}"] = value
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best values so far, so that a resumed run's ``hp/best_*`` covers the epochs before the resume."""
+        return {"best": dict(self._best)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._best = dict(state_dict.get("best", {}))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         logger = self._logger(trainer)

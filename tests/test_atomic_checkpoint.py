@@ -135,7 +135,7 @@ def test_failed_write_keeps_the_previous_file_and_no_partial(tmp_path):
 def test_checkpoint_io_keeps_file_mode_and_reports_truncated_files(tmp_path):
     io = AtomicCheckpointIO()
     target = tmp_path / "sub" / "x.ckpt"
-    io.save_checkpoint({"state_dict": {"w": torch.arange(1000.0)}}, target)
+    io.save_checkpoint({"state_dict": {"w": torch.arange(1000.0)}, "pytorch-lightning_version": "2.6.0"}, target)
     assert io.load_checkpoint(target)["state_dict"]["w"][-1] == 999
     umask = os.umask(0)
     os.umask(umask)

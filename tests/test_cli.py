@@ -77,7 +77,11 @@ def test_smoke_fit_writes_checkpoints_and_config(smoke_run):
     assert not list(smoke_run["cwd"].glob("logs")), "the save_dir override must be honoured"
 
 
-def test_resume_from_last_checkpoint(smoke_run, monkeypatch):
+def _state(checkpoint: dict, callback: str) -> dict:
+    return next(state for key, state in checkpoint["callbacks"].items() if key.startswith(callback))
+
+
+def test_resume_from_last_checkpoint_goes_on_in_the_same_run(smoke_run, monkeypatch):
     last = smoke_run["version"] / "checkpoints" / "last.ckpt"
     before = torch.load(last, map_location="cpu", weights_only=True)
     _in_process(
@@ -91,10 +95,16 @@ def test_resume_from_last_checkpoint(smoke_run, monkeypatch):
         "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=1",
     )
-    resumed = torch.load(smoke_run["logs"] / "smoke" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["epoch"] == before["epoch"] + 1
+    assert sorted(p.name for p in (smoke_run["logs"] / "smoke").iterdir()) == ["version_0"], "no new version folder"
+    resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == before["global_step"] + 3, "training must continue from the saved step"
-    saved = (smoke_run["logs"] / "smoke" / "version_1" / "config.yaml").read_text()
+    # The best checkpoint and hp/best_* cover the epochs before the resume too.
+    best_before = _state(before, "ModelCheckpoint")["best_model_score"]
+    assert _state(resumed, "ModelCheckpoint")["best_model_score"] >= best_before
+    assert len(list(last.parent.glob("epoch*.ckpt"))) == 1, "top-1: the earlier best was replaced or kept, not doubled"
+    best_acc1 = [_state(c, "TensorBoardPictures")["best"]["hp/best_acc1"] for c in (before, resumed)]
+    assert best_acc1[1] >= best_acc1[0] > 0
+    saved = (smoke_run["version"] / "config.yaml").read_text()
     assert "ckpt_path: null" in saved, "fit --config on the saved file repeats the run rather than resuming it"
 
 
