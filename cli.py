@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -103,6 +104,14 @@ def override_items(argv: list[str]) -> list[tuple[int, str, str]]:
     return found
 
 
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML, with ``1e-6`` a number (YAML 1.1 reads it as a string; jsonargparse does not)."""
+    return float(text) if _SCIENTIFIC.match(text.strip()) else yaml.safe_load(text)
+
+
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """``tree`` with the dotted ``path`` set to ``value`` (intermediate dicts created or copied)."""
     head, _, rest = path.partition(".")
@@ -114,21 +123,22 @@ def merge_model_overrides(argv: list[str]) -> list[str]:
     """Make ``model.model_overrides`` of later config files add to those of earlier ones.
 
     jsonargparse replaces a dict-valued key as a whole, so ``--config cifar10.yaml --config
-    ablations/layout_ccct.yaml`` would silently drop the recipe's stride-1 stem and drop-path rate, and
-    a ``--model.model_overrides.KEY VALUE`` item before the last such file would be lost. The files and
+    ablations/layout_ccct.yaml`` would silently drop the recipe's stride-1 stem and drop-path rate, a
+    ``--model.model_overrides.KEY VALUE`` item before the last such file would be lost, and of two items
+    under one section (``transformer.head_dim``, ``transformer.layer_scale``) only the last would stay. The files and
     items are applied in command-line order (files merge key by key, a ``.KEY`` item sets one key, a whole
     ``--model.model_overrides VALUE`` replaces all before it), and the result is passed after the last one.
     """
     files = [(index, None, value) for index, value in config_values(argv) if model_overrides_in(value)]
     events = sorted(files + override_items(argv), key=lambda event: event[0])  # (index, key path or None, value)
-    if all(path is not None for _, path, _ in events[1:]):
-        return list(argv)  # no file after the first setting: jsonargparse's own order gives the same result
+    if len(events) < 2:
+        return list(argv)  # jsonargparse alone gets one setting right
     merged: dict[str, Any] = {}
     for _, path, value in events:
         if path is None:
             merged = deep_merge(merged, model_overrides_in(value))
         elif path:
-            merged = _set_path(merged, path, yaml.safe_load(value))
+            merged = _set_path(merged, path, parse_value(value))
         else:
             whole = yaml.safe_load(value)
             merged = whole if isinstance(whole, dict) else {}

@@ -9,6 +9,7 @@ device counts are checked from the file.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from unittest import mock
@@ -204,8 +205,8 @@ def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
     merged = merge_model_overrides(argv)
     assert merged[:-1] == argv  # one argument added, after the last file or item that sets overrides
     expected = {"drop_path_rate": 0.3, "transformer": {"norm": "batchnorm", "attention": "post_softmax"}, "layout": "CCCT"}
-    assert merged[-1].startswith("--model.model_overrides=") and yaml.safe_load(merged[-1].split("=", 1)[1]) == expected
-    assert merge_model_overrides(argv[:3] + argv[7:]) == argv[:3] + argv[7:]  # one file, then an item: nothing to merge
+    assert merged[-1].startswith("--model.model_overrides=") and json.loads(merged[-1].split("=", 1)[1]) == expected
+    assert merge_model_overrides(argv[:3]) == argv[:3]  # one file alone: nothing to merge
 
     cli = _cli("smoke.yaml", extra=tuple(merged[1:]))
     assert cli.model.hparams.model_overrides == expected
@@ -214,12 +215,16 @@ def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
     # Items and files apply in command-line order: an item before a later file is kept unless that file sets it.
     between = ["fit", "--config", str(tmp_path / "recipe.yaml"), "--model.model_overrides.drop_path_rate=0.3",
                "--model.model_overrides.layout", "CCTT", "--config", str(tmp_path / "ablation.yaml")]
-    overrides = yaml.safe_load(merge_model_overrides(between)[-1].split("=", 1)[1])
+    overrides = json.loads(merge_model_overrides(between)[-1].split("=", 1)[1])
     assert overrides == expected, "the item between the files must survive; the later file's layout wins"
     whole = ["fit", "--config", str(tmp_path / "recipe.yaml"), "--model.model_overrides", "{layout: CCCC}",
              "--config", str(tmp_path / "ablation.yaml")]
-    assert yaml.safe_load(merge_model_overrides(whole)[-1].split("=", 1)[1]) == {
+    assert json.loads(merge_model_overrides(whole)[-1].split("=", 1)[1]) == {
         "layout": "CCCT", "transformer": {"attention": "post_softmax"}}, "a whole dict replaces what came before it"
+    two_items = ["fit", "--model.model_overrides.transformer.head_dim", "64",
+                 "--model.model_overrides.transformer.layer_scale=1e-6"]
+    assert json.loads(merge_model_overrides(two_items)[-1].split("=", 1)[1]) == {
+        "transformer": {"head_dim": 64, "layer_scale": 1e-6}}, "two keys of one section both stay"
 
 
 def test_ema_preset_trains_on_an_image_folder(tmp_path, monkeypatch):
