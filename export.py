@@ -1,6 +1,7 @@
 """Export a trained CoAtNet to ONNX, TorchScript or ``torch.export``, check parity, time CPU inference.
 
     python export.py --ckpt logs/smoke/version_0/checkpoints/last.ckpt --format onnx --output model.onnx --check
+    python export.py --ckpt coatnet_0_rw_224.safetensors --output c0_rw.onnx   # a ``python -m coatnet convert`` file
     python export.py --model coatnet_0 --image-size 224 --format onnx --output c0.onnx --check --benchmark
 
 The exported graph takes normalised float32 images ``[B, 3, H, W]`` (B is dynamic, H x W is the
@@ -16,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -25,11 +28,15 @@ from torch import nn
 
 from bench.throughput import alternating_medians
 from coatnet import create_model, fold_batchnorm
+from coatnet.checkpoint import FORMAT, load_weights
+from coatnet.convert import CheckpointError, load_mapped, read_safetensors_metadata, read_torch_file
+from lightning_modules.errors import exit_readably
 
 Format = Literal["onnx", "torchscript", "exported"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported")
 OPSET = 17
 MAX_BATCH = 1024
+DEFAULT_SIZE, DEFAULT_CLASSES = 224, 1000  # of a --model; a checkpoint has its own
 
 
 def _require(module: str) -> Any:
@@ -41,20 +48,90 @@ def _require(module: str) -> Any:
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The eval-mode CoAtNet inside a Lightning checkpoint of ``ImageClassifier``, and its ``data_info``.
+    """The eval-mode CoAtNet in a Lightning checkpoint of ``ImageClassifier`` or in a weights file of
+    this project (``python -m coatnet convert``, ``save_weights``), and its ``data_info``.
 
-    The network is rebuilt from the hyper-parameters the way ``ImageClassifier.build_model`` does,
-    so neither the LightningModule nor its optimizer settings are needed.
+    Both record the network's config, so neither the LightningModule nor its optimizer settings are
+    needed. A bare state dict (timm's, or ``torch.save(model.state_dict())``) records none: refused.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        is_weights_file = read_safetensors_metadata(path).get("format") == FORMAT
+    else:
+        state = read_torch_file(path)
+        if isinstance(state, Mapping) and "hyper_parameters" in state:
+            return _from_lightning_checkpoint(state, path)
+        is_weights_file = isinstance(state, Mapping) and state.get("format") == FORMAT
+    if not is_weights_file:
+        raise CheckpointError(
+            f"{path} holds plain weights (a state dict without the model's config), not a Lightning checkpoint "
+            f"or a weights file of this project. For timm weights run `python -m coatnet convert --input {path} "
+            f"--output {path.stem}.safetensors` and pass that file to --ckpt; otherwise fine-tune from them "
+            f"(`python cli.py fit ... --model.init_from {path}`) and export the checkpoint"
+        )
+    return _from_weights_file(path)
+
+
+def _from_lightning_checkpoint(state: Mapping[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuilt from the hyper-parameters the way ``ImageClassifier.build_model`` does."""
     hp = state["hyper_parameters"]
+    if not isinstance(hp, Mapping) or "model_name" not in hp:
+        raise CheckpointError(
+            f"{path} is a Lightning checkpoint of another LightningModule (its hyper-parameters name no "
+            "model_name): pass a checkpoint written by `python cli.py fit`"
+        )
     model = create_model(
         hp["model_name"], num_classes=hp["num_classes"], img_size=tuple(hp["image_size"]), **(hp.get("model_overrides") or {})
     )
     weights = {k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
+    load_mapped(model, weights, str(path))
     info = state.get("data_info") or {"image_size": list(hp["image_size"])}
     return model.eval(), info
+
+
+def _from_weights_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its recorded preprocessing and class names, as ``data_info``."""
+    model, meta = load_weights(path)
+    info = {"image_size": list(model.img_size), **meta["preprocessing"]}
+    if meta.get("class_names") is not None:
+        info["class_names"] = meta["class_names"]
+    return model, info
+
+
+def check_output(path: Path) -> None:
+    """The output's folder exists (created if needed) and takes files; checked first, so that a bad
+    ``--output`` is not found only after loading and exporting the model."""
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a folder: name the file to write, e.g. {path / 'model.onnx'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"cannot write {path}: the output folder {path.parent} cannot be created or is not writable "
+            f"({err.strerror}); choose another --output"
+        ) from None
+
+
+def check_model_options(args: argparse.Namespace, model: nn.Module) -> None:
+    """``--image-size`` and ``--num-classes`` describe a ``--model``; a checkpoint keeps what it was trained with.
+
+    Another size is refused rather than honoured: interpolated relative-position tables lose accuracy
+    until fine-tuned at the new size, and ``--check`` (parity with eager) would not show it.
+    """
+    height, width = model.config.img_size
+    if args.image_size is not None and (args.image_size, args.image_size) != (height, width):
+        raise ValueError(
+            f"--image-size {args.image_size}: {args.ckpt} was trained at {height}x{width} and is exported at that "
+            f"size. Leave --image-size out, or fine-tune at {args.image_size} first (--model.init_from "
+            f"{args.ckpt}, as in configs/finetune_384.yaml) and export that checkpoint"
+        )
+    if args.num_classes is not None and args.num_classes != model.config.num_classes:
+        raise ValueError(
+            f"--num-classes {args.num_classes}: {args.ckpt} has {model.config.num_classes} classes; "
+            "leave --num-classes out (it sets the classes of a --model)"
+        )
 
 
 def example_input(info: dict[str, Any], batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -159,10 +236,12 @@ def benchmark(model: nn.Module, onnx_path: Path, info: dict[str, Any], runs: int
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Export a CoAtNet checkpoint (see the module docstring).")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="Lightning checkpoint of ImageClassifier")
+    source.add_argument(
+        "--ckpt", help="Lightning checkpoint of ImageClassifier, or a weights file of `python -m coatnet convert`"
+    )
     source.add_argument("--model", help="or a randomly initialised variant, e.g. coatnet_0 (for timing)")
-    parser.add_argument("--image-size", type=int, default=224, help="input side with --model")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classes with --model")
+    parser.add_argument("--image-size", type=int, help=f"input side with --model (default {DEFAULT_SIZE})")
+    parser.add_argument("--num-classes", type=int, help=f"classes with --model (default {DEFAULT_CLASSES})")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (>= 17)")
@@ -185,13 +264,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Export, then optionally check and time; returns the exit status (1 when --check fails)."""
     args = parse_args(argv)
+    check_output(args.output)
     if args.ckpt:
         model, info = load_checkpoint(args.ckpt)
+        check_model_options(args, model)
     else:
-        size = (args.image_size, args.image_size)
-        model = create_model(args.model, num_classes=args.num_classes, img_size=size).eval()
+        size = (DEFAULT_SIZE if args.image_size is None else args.image_size,) * 2
+        classes = DEFAULT_CLASSES if args.num_classes is None else args.num_classes
+        model = create_model(args.model, num_classes=classes, img_size=size).eval()
         info = {"image_size": list(size)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     extra = {"opset": args.opset} if args.format == "onnx" else {}
     to_export = fold_batchnorm(model) if args.fold_bn else model
     EXPORTERS[args.format](to_export, example_input(info), args.output, info, **extra)
@@ -211,5 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """:func:`main` with user errors as one ``error:`` line and exit status 2 (``COATNET_TRACEBACK=1``: traceback)."""
+    exit_readably(lambda: sys.exit(main(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

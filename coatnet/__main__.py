@@ -12,30 +12,51 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import save_weights, weights_summary
+from torch import Tensor
+
+from .checkpoint import FORMAT, check_output_path, read_weights_file, save_weights, weights_summary
 from .config import config_to_dict
 from .convert import (
     TIMM_TO_VARIANT,
     CheckpointError,
     convert_timm_state_dict,
     detect_variant,
-    load_state_dict_file,
+    matching_variant,
     timm_preprocessing,
     variant_for_timm_name,
 )
+from .model import CoAtNet
 from .registry import create_model, list_models
 from .summary import activation_bytes, format_summary, summarize
 
+# As in lightning_modules/errors.py, which this package cannot import (it never imports Lightning).
+TRACEBACK_ENV = "COATNET_TRACEBACK"
+USER_ERROR_EXIT = 2
+
+
+def _timm_names(variant: str) -> list[str]:
+    return [name for name, v in TIMM_TO_VARIANT.items() if v == variant]
+
 
 def _convert(args: argparse.Namespace) -> None:
-    state_dict = load_state_dict_file(args.input)
-    timm_name = args.timm_name or next(k for k, v in TIMM_TO_VARIANT.items() if v == detect_variant(state_dict))
+    check_output_path(args.output)  # before the conversion, which takes seconds for the large variants
+    state_dict, meta = read_weights_file(args.input)
+    if meta is not None:
+        variant = meta.get("variant")
+        holding = f", holding {variant} weights" if variant else ""
+        name = f"--model.model_name {variant} " if variant else ""
+        raise CheckpointError(
+            f"{args.input} is already converted (a {FORMAT} file{holding}): use it directly, "
+            f"e.g. {name}--model.init_from {args.input}"
+        )
+    timm_name = args.timm_name or _timm_names(detect_variant(state_dict))[0]
     variant = variant_for_timm_name(timm_name)
-    model = convert_timm_state_dict(state_dict, timm_name, img_size=args.img_size)
+    model = _convert_named(state_dict, timm_name, args.img_size)
     preprocessing = timm_preprocessing(timm_name)
     source = {"timm_name": timm_name, "file": str(Path(args.input).resolve())}
     path = save_weights(args.output, model, preprocessing, source, variant=variant)
@@ -43,6 +64,20 @@ def _convert(args: argparse.Namespace) -> None:
     meta = {"variant": variant, "config": config_to_dict(model.config), "preprocessing": preprocessing}
     print(f"converted timm {timm_name} ({len(state_dict)} tensors, {params / 1e6:.2f}M parameters) -> {path}")
     print(f"  {weights_summary(meta)}")
+
+
+def _convert_named(state_dict: dict[str, Tensor], timm_name: str, img_size: int | None) -> CoAtNet:
+    """Convert as ``timm_name``; when the weights do not fit it, say which variant they match."""
+    try:
+        return convert_timm_state_dict(state_dict, timm_name, img_size=img_size)
+    except CheckpointError as err:
+        detected = matching_variant(state_dict)
+        if detected is None:
+            raise
+        raise CheckpointError(
+            f"{err}\nthese weights are {detected} (timm {', '.join(_timm_names(detected))}), not {timm_name}: "
+            "leave --timm-name out to detect it"
+        ) from None
 
 
 def config_setting(text: str) -> tuple[list[str], Any]:
@@ -82,7 +117,7 @@ def _summary(args: argparse.Namespace) -> None:
 
 def _list(args: argparse.Namespace) -> None:
     for variant in list_models():
-        timm_names = [name for name, v in TIMM_TO_VARIANT.items() if v == variant]
+        timm_names = _timm_names(variant)
         print(f"{variant:24s} {'timm: ' + ', '.join(timm_names) if timm_names else ''}".rstrip())
 
 
@@ -117,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a user error (a ValueError, CheckpointError included) is one ``error:`` line and
+    exit status 2, as with ``cli.py``. Anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+    except ValueError as err:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return USER_ERROR_EXIT
     return 0
 
 

@@ -29,7 +29,9 @@ from .convert import (
     build_uninitialised,
     load_mapped,
     map_timm_state_dict,
+    matching_variant,
     read_safetensors,
+    read_safetensors_metadata,
     read_torch_file,
     state_dict_mismatch,
     unwrap_state_dict,
@@ -38,6 +40,7 @@ from .model import CoAtNet
 
 FORMAT = "coatnet-weights/1"
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct")
+WEIGHTS_SUFFIXES = (".safetensors", ".pth")
 _CLASSIFIER = ("head.fc.weight", "head.fc.bias")
 
 
@@ -57,6 +60,20 @@ def _check_preprocessing(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_output_path(path: str | Path) -> Path:
+    """``path`` if :func:`save_weights` can write it; checked up front, before a costly conversion."""
+    path = Path(path)
+    if path.suffix not in WEIGHTS_SUFFIXES:
+        found = f"not {path.suffix!r}" if path.suffix else "the name has none"
+        raise ValueError(
+            f"cannot write {path}: a weights file ends in .safetensors or .pth ({found}), e.g. "
+            f"{path.with_suffix('.safetensors')}"
+        )
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {path}: the folder {path.parent} does not exist; create it or choose another")
+    return path
+
+
 def save_weights(
     path: str | Path,
     model: CoAtNet,
@@ -66,7 +83,7 @@ def save_weights(
     variant: str | None = None,
 ) -> Path:
     """Write a weights file atomically: a crash or a full disk never leaves a half-written file."""
-    path = Path(path)
+    path = check_output_path(path)
     if class_names is not None and len(class_names) != model.config.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {model.config.num_classes} classes")
     meta = {
@@ -78,7 +95,10 @@ def save_weights(
         "class_names": list(class_names) if class_names is not None else None,
     }
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # e.g. a read-only folder: name it, not the temporary file
+        raise ValueError(f"cannot write {path}: {err.strerror} in {path.parent}; choose another folder") from None
     os.close(fd)
     try:
         _write(Path(tmp), path.suffix, meta, state_dict)
@@ -103,7 +123,7 @@ def _write(tmp: Path, suffix: str, meta: dict[str, Any], state_dict: dict[str, T
 # ----------------------------------------------------------------------------- reading
 
 
-def _read(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """(state dict, project metadata or None) of a weights file, Lightning checkpoint or raw state dict."""
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -129,7 +149,7 @@ def _from_lightning(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def load_weights(path: str | Path) -> tuple[CoAtNet, dict[str, Any]]:
     """Rebuild the model saved by :func:`save_weights`; returns it (in eval mode) and the metadata."""
-    state_dict, meta = _read(path)
+    state_dict, meta = read_weights_file(path)
     if meta is None:
         raise CheckpointError(
             f"{path} is not a {FORMAT} file (a raw state dict or Lightning checkpoint has no config): "
@@ -145,13 +165,10 @@ def preprocessing_of(path: str | Path) -> dict[str, Any] | None:
     """Eval preprocessing (mean, std, interpolation, crop_pct) a weights file records, else None."""
     path = Path(path)
     if path.suffix == ".safetensors":  # metadata only: the tensors are not read
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
+        metadata = read_safetensors_metadata(path)
         meta = json.loads(metadata["meta"]) if metadata.get("format") == FORMAT else None
     else:
-        meta = _read(path)[1]
+        meta = read_weights_file(path)[1]
     return _check_preprocessing(meta["preprocessing"]) if meta else None
 
 
@@ -225,9 +242,9 @@ def load_for_finetune(model: CoAtNet, path: str | Path) -> FinetuneReport:
     CoAtNet state dict. Relative-position tables are resized to the model's grid; the classifier
     is kept as initialised when its shape differs. Any other difference is an error.
     """
-    state_dict, meta = _read(path)
-    if any(key.startswith("stages.0.blocks.") for key in state_dict):
-        state_dict = map_timm_state_dict(state_dict, model.config)
+    source, meta = read_weights_file(path)
+    is_timm = any(key.startswith("stages.0.blocks.") for key in source)
+    state_dict = map_timm_state_dict(source, model.config) if is_timm else source
     report = FinetuneReport(source=str(path))
     grids = _source_grids(state_dict, meta)
     out = _target_state(model, state_dict, grids, report)
@@ -235,9 +252,20 @@ def load_for_finetune(model: CoAtNet, path: str | Path) -> FinetuneReport:
     unexpected = {k: v for k, v in state_dict.items() if k not in out and k not in _CLASSIFIER}
     problems = state_dict_mismatch(model.state_dict(), {**out, **unexpected})
     if problems:
-        raise CheckpointError("\n".join([f"{path} cannot initialise this model:", *problems]))
+        variant = _variant_held(source, meta)
+        header = (
+            f"{path} holds {variant} weights, which do not fit this model: use --model.model_name {variant} "
+            "(and the model_overrides the weights were made with, if any):"
+            if variant else f"{path} cannot initialise this model:"
+        )  # fmt: skip
+        raise CheckpointError("\n".join([header, *problems]))
     model.load_state_dict(out, strict=True)
     return report
+
+
+def _variant_held(state_dict: Mapping[str, Tensor], meta: dict[str, Any] | None) -> str | None:
+    """The variant a file's metadata names or, for timm weights, the one its tensors match; None if unknown."""
+    return meta.get("variant") if meta is not None else matching_variant(state_dict)
 
 
 def weights_summary(meta: Mapping[str, Any]) -> str:

@@ -7,10 +7,14 @@ weights can be imported) is a field here, so an ablation is a config change, not
 from __future__ import annotations
 
 import dataclasses
+import functools
+import numbers
+import types
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 Pool = Literal["avg2", "max2", "avg", "max"]
+Activation = Literal["gelu", "gelu_tanh", "silu", "relu", "tanh"]  # the names coatnet.layers.make_activation knows
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,11 @@ class StemConfig:
     patch_size: int = 0  # > 0 replaces the conv stem with a patchify conv of this size
     bias: bool = False
 
+    section: ClassVar[str] = "stem"
+
+    def __post_init__(self) -> None:
+        _check_fields(self, positive=("widths", "stride"), non_negative=("patch_size",))
+
 
 @dataclass(frozen=True)
 class ConvConfig:
@@ -30,14 +39,19 @@ class ConvConfig:
     expand_ratio: float = 4.0
     expand_from: Literal["output", "input"] = "output"  # paper: output width; timm _rw: input
     stride_at: Literal["dw", "1x1", "pool"] = "dw"  # dw: later paper variant; 1x1: paper v1
-    act: str = "gelu"
+    act: Activation = "gelu"
     pre_norm_act: bool = False  # timm _rw coat models apply the activation after the pre-norm
     output_bias: bool = True  # bias of the last 1x1 conv and of the shortcut projection
     se_ratio: float = 0.25  # of the output width (or the expanded width with expand_from=input)
-    se_act: str = "silu"
+    se_act: Activation = "silu"
     se_early: bool = False  # SE before the second norm (timm _rw)
     stride_pool: Pool | None = None  # pool of the residual branch with stride_at="pool"; None: the model's pool
     norm_eps: float = 1e-5
+
+    section: ClassVar[str] = "conv"
+
+    def __post_init__(self) -> None:
+        _check_fields(self, positive=("expand_ratio", "se_ratio"))
 
 
 @dataclass(frozen=True)
@@ -51,11 +65,16 @@ class TransformerConfig:
     rel_pos_mlp_dropout: float = 0.125
     attn_width_from: Literal["output", "input"] = "output"  # paper: heads from the output width
     mlp_ratio: float = 4.0
-    act: str = "gelu"
+    act: Activation = "gelu"
     norm: Literal["layernorm", "batchnorm"] = "layernorm"
     norm_eps: float = 1e-6
     shortcut_bias: bool = True
     layer_scale: float | None = None  # initial LayerScale value, None disables it
+
+    section: ClassVar[str] = "transformer"
+
+    def __post_init__(self) -> None:
+        _check_fields(self, positive=("head_dim", "rel_pos_mlp_dim", "mlp_ratio"), fractions=("rel_pos_mlp_dropout",))
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,11 @@ class HeadConfig:
     kind: Literal["pre_logits", "norm_pool", "pool"] = "pre_logits"
     hidden: int = 0  # pre_logits width, 0 means the last stage width
     dropout: float = 0.0
+
+    section: ClassVar[str] = "head"
+
+    def __post_init__(self) -> None:
+        _check_fields(self, non_negative=("hidden",), fractions=("dropout",))
 
 
 @dataclass(frozen=True)
@@ -89,15 +113,23 @@ class CoAtNetConfig:
     num_classes: int = 1000
     drop_path_rate: float = 0.0
 
+    section: ClassVar[str] = ""
+
     def __post_init__(self) -> None:
-        if isinstance(self.img_size, int):
-            object.__setattr__(self, "img_size", (self.img_size, self.img_size))
-        object.__setattr__(self, "img_size", tuple(int(s) for s in self.img_size))
-        object.__setattr__(self, "depths", tuple(self.depths))
-        object.__setattr__(self, "widths", tuple(self.widths))
+        size = self.img_size
+        if isinstance(size, numbers.Integral):
+            size = (size, size)
+        if isinstance(size, (tuple, list)) and all(isinstance(s, numbers.Integral) for s in size):
+            size = tuple(int(s) for s in size)
+        object.__setattr__(self, "img_size", size)
+        object.__setattr__(self, "depths", _as_tuple(self.depths))
+        object.__setattr__(self, "widths", _as_tuple(self.widths))
+        _check_fields(self, positive=("depths", "widths", "in_chans"), non_negative=("num_classes",))
         self._validate()
 
     def _validate(self) -> None:
+        if not self.layout:
+            raise ValueError("layout is empty: give one letter per stage, e.g. layout='CCTT'")
         if not (len(self.depths) == len(self.widths) == len(self.layout)):
             raise ValueError(
                 f"depths {self.depths}, widths {self.widths} and layout {self.layout!r} must have one "
@@ -150,6 +182,68 @@ class CoAtNetConfig:
 
 
 _NESTED = {"stem": StemConfig, "conv": ConvConfig, "transformer": TransformerConfig, "head": HeadConfig}
+_NOUNS = {int: "integer", float: "number", bool: "True or False", str: "string", type(None): "None"}
+
+
+def _check_fields(
+    config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (), fractions: tuple[str, ...] = ()
+) -> None:
+    """Every field has its annotated type or Literal value, and the named numbers (or tuple entries)
+    their range: a wrong value would otherwise build a model that fails deep inside forward."""
+    hints = _type_hints(type(config))
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if not _matches(value, hints[item.name]):
+            raise ValueError(f"{_name(config, item.name)}={value!r} is invalid: expected {_describe(hints[item.name])}")
+    ranges = ((positive, "> 0", lambda v: v > 0), (non_negative, ">= 0", lambda v: v >= 0),
+              (fractions, "in [0, 1]", lambda v: 0 <= v <= 1))  # fmt: skip
+    for names, text, test in ranges:
+        for name in names:
+            value = getattr(config, name)
+            entries = value if isinstance(value, tuple) else (value,)
+            if not all(map(test, entries)):
+                each = "each entry " if isinstance(value, tuple) else ""
+                raise ValueError(f"{_name(config, name)}={value!r} is invalid: {each}must be {text}")
+
+
+def _name(config: Any, field_name: str) -> str:
+    return f"{config.section}.{field_name}" if config.section else field_name
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return any(isinstance(value, type(a)) and value == a for a in args)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(map(_matches, value, args))
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        count = "" if args[-1] is Ellipsis else f"{len(args)} "
+        return f"a tuple of {count}{_describe(args[0])}s"
+    return _NOUNS.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def apply_overrides(config: CoAtNetConfig, **overrides: Any) -> CoAtNetConfig:
@@ -164,6 +258,12 @@ def apply_overrides(config: CoAtNetConfig, **overrides: Any) -> CoAtNetConfig:
         raise ValueError(f"unknown CoAtNet config field(s) {sorted(unknown)}; valid fields: {sorted(known)}")
     updates: dict[str, Any] = {}
     for name, value in overrides.items():
+        if name in _NESTED and not isinstance(value, (dict, _NESTED[name])):
+            raise ValueError(
+                f"{name}={value!r} is invalid: {name} is a section, give a dict of its fields, e.g. "
+                f"{name}={{'{dataclasses.fields(_NESTED[name])[0].name}': ...}} (on the command line --set "
+                f"{name}.FIELD=VALUE)"
+            )
         if name in _NESTED and isinstance(value, dict):
             current = getattr(config, name)
             nested_fields = {f.name for f in dataclasses.fields(current)}

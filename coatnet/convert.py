@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 from torch import Tensor
@@ -67,10 +67,15 @@ _TOP_RENAMES = (
     ("head.pre_logits.fc.", "head.pre_logits.0."),
 )
 _BLOCK_KEY = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
+T = TypeVar("T")
 
 
 class CheckpointError(ValueError):
     """A weights or checkpoint file that is missing, unreadable, or does not fit the requested model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A weights file that is not there: a user error (ValueError) that callers may still catch as FileNotFoundError."""
 
 
 # ----------------------------------------------------------------------------- names
@@ -121,31 +126,62 @@ def timm_preprocessing(timm_name: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- files
 
 
+def existing_file(path: str | Path) -> Path:
+    """``path``, or an error saying what is there instead of a weights file and what to pass."""
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", *_TORCH_SUFFIXES))[:3]
+        example = f", e.g. {path / inside[0]}" if inside else ""
+        raise CheckpointError(f"{path} is a folder, not a weights file: pass a file inside it{example}")
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"weights file not found: {path}; check the path (and the working directory)")
+    return path
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
 def read_torch_file(path: str | Path) -> Any:
     """``torch.load`` with ``weights_only=True`` and an error that names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    path = existing_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
-        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}" if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}): it may be truncated (an "
+            "interrupted copy or download) or another kind of file; copy it again or pass another file"
+        ) from None
+
+
+def _from_safetensors(path: str | Path, read: Callable[[Any], T]) -> T:
+    """``read(handle)`` of an open ``.safetensors`` file, with an error that names the file and the fix."""
+    from safetensors import SafetensorError, safe_open
+
+    path = existing_file(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return read(handle)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({_first_line(err)}): it may be truncated (an "
+            "interrupted copy or download) or another kind of file; copy or convert it again"
+        ) from None
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and string metadata of a ``.safetensors`` file."""
-    from safetensors import SafetensorError, safe_open
+    return _from_safetensors(path, lambda handle: ({k: handle.get_tensor(k) for k in handle.keys()}, _metadata(handle)))
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-            return tensors, dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """String metadata of a ``.safetensors`` file, without reading its tensors."""
+    return _from_safetensors(path, _metadata)
+
+
+def _metadata(handle: Any) -> dict[str, str]:
+    return dict(handle.metadata() or {})
 
 
 def unwrap_state_dict(obj: Any, path: str | Path) -> dict[str, Tensor]:
@@ -165,7 +201,7 @@ def unwrap_state_dict(obj: Any, path: str | Path) -> dict[str, Tensor]:
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """A state dict from ``.pth/.pt/.bin/.ckpt`` (weights only, no pickled code) or ``.safetensors``."""
-    path = Path(path)
+    path = existing_file(path)
     if path.suffix == ".safetensors":
         return unwrap_state_dict(read_safetensors(path)[0], path)
     if path.suffix not in _TORCH_SUFFIXES:
@@ -329,6 +365,16 @@ def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **ov
 
 def detect_variant(state_dict: Mapping[str, Tensor]) -> str:
     """The registered variant whose parameter names and shapes a timm state dict matches exactly."""
+    variant = matching_variant(state_dict)
+    if variant is None:
+        raise CheckpointError(
+            f"no registered CoAtNet variant matches this state dict (stage depths {_stage_depths(state_dict)})"
+        )
+    return variant
+
+
+def matching_variant(state_dict: Mapping[str, Tensor]) -> str | None:
+    """:func:`detect_variant`, or None when no variant matches (for hints in other errors)."""
     num_classes = infer_num_classes(state_dict)
     for variant in list_models():
         config = get_config(variant)
@@ -339,9 +385,7 @@ def detect_variant(state_dict: Mapping[str, Tensor]) -> str:
             expected = CoAtNet(config).state_dict()
         if not state_dict_mismatch(expected, map_timm_state_dict(state_dict, config)):
             return variant
-    raise CheckpointError(
-        f"no registered CoAtNet variant matches this state dict (stage depths {_stage_depths(state_dict)})"
-    )
+    return None
 
 
 def _signature(config: CoAtNetConfig) -> tuple[Any, ...]:

@@ -260,7 +260,7 @@ def test_cli_convert_list_and_summary(tmp_path, capsys):
     assert main(["list"]) == 0 and "coatnet_rmlp_2_rw_384" in capsys.readouterr().out
     assert main(["summary", "--variant", "coatnet_nano", "--img-size", "32", "--num-classes", "10"]) == 0
     assert "| stage4 |" in capsys.readouterr().out
-    assert main(["convert", "--input", str(tmp_path / "absent.pth"), "--output", str(output)]) == 1
+    assert main(["convert", "--input", str(tmp_path / "absent.pth"), "--output", str(output)]) == 2
     assert "absent.pth" in capsys.readouterr().err
 
 
@@ -274,9 +274,9 @@ def test_summary_takes_config_fields(capsys):
     assert total() == "| total | | 25.04M | 4.547G |"
     assert total("layout=CCCT") == "| total | | 23.53M | 3.995G |"  # the README's ablation table
     assert total("conv.stride_at=1x1", "drop_path_rate=0.3") == "| total | | 25.04M | 4.142G |"
-    assert main(["summary", "--variant", "coatnet_0", "--set", "layot=CCCT"]) == 1
+    assert main(["summary", "--variant", "coatnet_0", "--set", "layot=CCCT"]) == 2
     assert "unknown CoAtNet config field(s) ['layot']" in capsys.readouterr().err
-    assert main(["summary", "--variant", "coatnet_0", "--set", "conv=1", "--set", "conv.act=silu"]) == 1
+    assert main(["summary", "--variant", "coatnet_0", "--set", "conv=1", "--set", "conv.act=silu"]) == 2
     assert "conv was set to a value" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["summary", "--variant", "coatnet_0", "--set", "layout"])
