@@ -102,11 +102,18 @@ def save_weights(
     os.close(fd)
     try:
         _write(Path(tmp), path.suffix, meta, state_dict)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide a shared weights file from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write(tmp: Path, suffix: str, meta: dict[str, Any], state_dict: dict[str, Tensor]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -33,6 +35,9 @@ def _images(size: int) -> torch.Tensor:
 def test_round_trip_is_exact_and_atomic(tmp_path, source, suffix):
     path = save_weights(tmp_path / f"w{suffix}", source, PRE, {"run": "test"}, CLASSES, variant="coatnet_nano")
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "readable by others, as a plain open() would make it"
     model, meta = load_weights(path)
     assert meta["format"] == FORMAT and meta["variant"] == "coatnet_nano" and meta["class_names"] == CLASSES
     assert meta["preprocessing"] == PRE and meta["source"] == {"run": "test"}
