@@ -22,6 +22,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from coatnet.convert import CheckpointError
 
@@ -111,22 +112,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
-def previous_last_checkpoint(trainer: Trainer) -> str | None:
-    """The newest ``last*.ckpt`` of any earlier version of this run's logger, or ``None``.
-
-    Lightning resolves ``ckpt_path="last"`` only inside the checkpoint folder of the *current* logger
-    version, which is a fresh, empty ``version_N`` for every new process, so a plain restart would
-    silently train from scratch. Runs are grouped by the logger's ``save_dir/name``; an explicit
-    ``checkpoint.dirpath`` is left to Lightning, which already looks there.
-    """
+def logger_run_dir(trainer: Trainer) -> Path | None:
+    """``<save_dir>/<name>`` of the first logger, where every ``version_N`` of this run lives; None where
+    ``ModelCheckpoint`` has an explicit ``dirpath`` (Lightning already looks there) or there is no logger."""
     callback = trainer.checkpoint_callback
     if callback is None or callback.dirpath is not None or not trainer.loggers:
         return None
     logger = trainer.loggers[0]
     save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
-    run_dir = Path(save_dir) / str(logger.name)
-    if not run_dir.is_dir():
-        return None
+    return Path(save_dir) / str(logger.name)
+
+
+def previous_last_checkpoint(run_dir: Path) -> str | None:
+    """The newest ``last*.ckpt`` of any version folder under ``run_dir``, or ``None``.
+
+    Lightning resolves ``ckpt_path="last"`` only inside the checkpoint folder of the *current* logger
+    version, which is a fresh, empty ``version_N`` for every new process, so a plain restart would
+    silently train from scratch.
+    """
     candidates = [
         p for p in run_dir.glob("*/checkpoints/last*.ckpt") if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX)
     ]
@@ -134,10 +137,13 @@ def previous_last_checkpoint(trainer: Trainer) -> str | None:
 
 
 def resolve_ckpt_path(trainer: Trainer, ckpt_path: str | None) -> str | None:
-    """``ckpt_path`` with ``"last"`` replaced by :func:`previous_last_checkpoint` where that finds one."""
-    if ckpt_path != "last":
+    """``ckpt_path`` with ``"last"`` replaced by the newest ``last.ckpt`` of the run, or None (a fresh start) without one."""
+    if ckpt_path != "last" or (run_dir := logger_run_dir(trainer)) is None:
         return ckpt_path
-    return previous_last_checkpoint(trainer) or ckpt_path
+    found = previous_last_checkpoint(run_dir)
+    if found is None:
+        rank_zero_info(f"--ckpt_path last: no last.ckpt under {run_dir} yet, starting fresh")
+    return found
 
 
 def continue_run_folder(trainer: Trainer, ckpt_path: str | None) -> None:

@@ -6,8 +6,11 @@ subprocess checks the real exit status and stderr of a missing dataset.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -163,6 +166,30 @@ def test_checkpoint_of_another_network_with_the_same_shapes_is_refused(in_tmp, m
     assert (in_tmp / "config.yaml").read_text() == "# the user's own file\n", "no logger: the config is not saved to cwd"
 
 
+@contextlib.contextmanager
+def lightning_messages(caplog) -> Iterator[None]:
+    """Lightning's info lines into ``caplog.text`` (its logger does not propagate to the root logger caplog watches)."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+            yield
+    finally:
+        lightning_log.removeHandler(caplog.handler)
+
+
+def test_ckpt_path_last_without_a_checkpoint_starts_fresh_and_says_so(in_tmp, monkeypatch, caplog):
+    argv = ["fit", "--config", "smoke.yaml", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0", "--trainer.max_epochs=1", "--ckpt_path=last"]
+    monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
+    with lightning_messages(caplog), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = cli.main()
+    assert run.trainer.global_step == 2
+    assert "--ckpt_path last: no last.ckpt under logs/smoke yet, starting fresh" in caplog.text
+    assert not [w for w in caught if "save_last=True" in str(w.message)], "Lightning's save_last hint does not apply"
+
+
 def test_resuming_names_the_training_settings_the_config_changes(in_tmp, monkeypatch, caplog):
     short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0", "--checkpoint.dirpath=ck",
              "--checkpoint.monitor=null"]
@@ -171,13 +198,8 @@ def test_resuming_names_the_training_settings_the_config_changes(in_tmp, monkeyp
     argv = ["fit", "--config", "smoke.yaml", *QUICK, *short, "--trainer.max_epochs=2", "--ckpt_path=ck/last.ckpt",
             "--model.warmup_steps=3", "--model.model_overrides.drop_path_rate=0.1"]
     monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
-    lightning_log = logging.getLogger("lightning.pytorch")  # does not propagate to the root logger caplog watches
-    lightning_log.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
-            run = cli.main()
-    finally:
-        lightning_log.removeHandler(caplog.handler)
+    with lightning_messages(caplog):
+        run = cli.main()
     assert run.trainer.global_step == 4 and run.model.hparams.warmup_steps == 3, "the config given wins over the checkpoint's"
     assert "differ from the checkpoint's: warmup_steps: 10 -> 3" in caplog.text, caplog.text
     assert "drop_path_rate" not in caplog.text.split("differ from the checkpoint's")[1].splitlines()[0]
