@@ -1,4 +1,7 @@
-"""Pack a class-folder split into tar shards that ``ImageFolderDataModule`` reads (``train_dir: "*.tar"``).
+"""Pack a class-folder split into tar shards that ``ImageFolderDataModule`` reads.
+
+Point each split at its own prefix (``train_dir: "train-*.tar"``, ``val_dir: "val-*.tar"``): a bare
+``*.tar`` would read the validation shards of the same folder into training too.
 
     python -m datamodules.shard_writer data/imagenet/train data/imagenet-shards --prefix train
     python -m datamodules.shard_writer data/imagenet/val data/imagenet-shards --prefix val --no-shuffle
