@@ -228,8 +228,9 @@ class RunConfigSaver(SaveConfigCallback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not trainer.loggers:
             return
-        self.config = self.config.clone()
-        self.config.ckpt_path = None
+        if self.config.get("ckpt_path") is not None:  # a subcommand's config (run=False configs have no such key)
+            self.config = self.config.clone()
+            self.config.ckpt_path = None
         super().setup(trainer, pl_module, stage)
 
 
