@@ -14,12 +14,12 @@ import importlib
 import inspect
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from jsonargparse import get_loader
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -27,13 +27,18 @@ import torch  # noqa: E402
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
-from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
 
 from coatnet.checkpoint import preprocessing_of as preprocessing_of_weights  # noqa: E402
 
 from lightning_modules.callbacks import ThroughputLogger  # noqa: E402
-from lightning_modules.checkpoint_io import continue_run_folder, resolve_ckpt_path  # noqa: E402
-from lightning_modules.classifier import ImageClassifier  # noqa: E402
+from lightning_modules.checkpoint_io import (  # noqa: E402
+    continue_run_folder,
+    last_checkpoint_under,
+    resolve_ckpt_path,
+    version_folder,
+)
+from lightning_modules.classifier import ImageClassifier, weights_from_checkpoint  # noqa: E402
 from lightning_modules.pictures import TensorBoardPictures  # noqa: E402
 from lightning_modules.progress import LoggedLossProgressBar  # noqa: E402
 from lightning_modules.errors import ConciseArgumentParser, exit_readably  # noqa: E402
@@ -67,7 +72,7 @@ def resolve_config_paths(argv: list[str], config_dir: Path = CONFIG_DIR) -> list
 def model_overrides_in(path: str) -> dict[str, Any] | None:
     """``model.model_overrides`` of a config file; None where it has none or cannot be read (the parser reports that)."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = get_loader("yaml")(Path(path).read_text())
     except (OSError, yaml.YAMLError):
         return None
     model = data.get("model") if isinstance(data, dict) else None
@@ -104,12 +109,12 @@ def override_items(argv: list[str]) -> list[tuple[int, str, str]]:
     return found
 
 
-_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML, with ``1e-6`` a number (YAML 1.1 reads it as a string; jsonargparse does not)."""
-    return float(text) if _SCIENTIFIC.match(text.strip()) else yaml.safe_load(text)
+def load_yaml(text: str, where: str) -> Any:
+    """YAML as jsonargparse reads it (``1e-6`` is a number, unlike in PyYAML), with an error naming ``where``."""
+    try:
+        return get_loader("yaml")(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -138,9 +143,9 @@ def merge_model_overrides(argv: list[str]) -> list[str]:
         if path is None:
             merged = deep_merge(merged, model_overrides_in(value))
         elif path:
-            merged = _set_path(merged, path, parse_value(value))
+            merged = _set_path(merged, path, load_yaml(value, f"{OVERRIDES_KEY}.{path} {value!r}"))
         else:
-            whole = yaml.safe_load(value)
+            whole = load_yaml(value, f"{OVERRIDES_KEY} {value!r}")
             merged = whole if isinstance(whole, dict) else {}
     last = events[-1][0] + 1
     return [*argv[:last], f"{OVERRIDES_KEY}=" + json.dumps(merged), *argv[last:]]
@@ -282,22 +287,28 @@ class CoAtNetCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Apply ``cpu_threads``; weights given by ``model.init_from`` bring their eval preprocessing.
 
-        With ``ckpt_path`` naming a file, that checkpoint holds the weights, so ``init_from`` is not loaded
-        (a fine-tuned run's config can be validated, tested or resumed without the original weights file).
+        When ``ckpt_path`` names a checkpoint (``last`` included, once one exists), that checkpoint holds the
+        weights, so ``init_from`` is not loaded: a fine-tuned run resumes, validates or tests from its
+        ``config.yaml`` even after the original weights file has moved. The config keeps ``init_from``.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("cpu_threads"):
             torch.set_num_threads(config.cpu_threads)
+        ckpt_path = config.get("ckpt_path")
+        self._checkpoint_to_restore = last_checkpoint_of_config(config) if ckpt_path == "last" else ckpt_path
         init_from = config.model.get("init_from")
         if not init_from:
             return
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path and Path(ckpt_path).is_file():
-            config.model.init_from = None
-            rank_zero_info(f"model.init_from is not loaded: the weights come from --ckpt_path {ckpt_path}")
+        if self._checkpoint_to_restore:
+            rank_zero_info(f"model.init_from is not loaded: the weights come from {self._checkpoint_to_restore}")
             if not Path(init_from).is_file():
+                rank_zero_warn(f"{init_from} is gone: the preprocessing (mean, std, ...) is the config's as given")
                 return
         apply_weights_preprocessing(config.data, init_from)
+
+    def instantiate_classes(self) -> None:
+        with weights_from_checkpoint(bool(getattr(self, "_checkpoint_to_restore", None))):
+            super().instantiate_classes()
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         """Leave out ``progress_bar:`` when the bar is off or ``trainer.callbacks`` brings its own (Lightning allows one)."""
@@ -306,17 +317,36 @@ class CoAtNetCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, LoggedLossProgressBar)]
         return super()._instantiate_trainer(config, callbacks)
 
-    def before_validate(self) -> None:
-        """``--ckpt_path last`` also finds ``last.ckpt`` of earlier logger versions (Lightning looks only in the new one)."""
+    def _resolve_last(self, fresh_start: bool) -> str | None:
+        """``--ckpt_path last`` also finds ``last.ckpt`` of earlier logger versions (Lightning looks only in the
+        new one)."""
         config = self.config_init[self.subcommand]
-        config["ckpt_path"] = resolve_ckpt_path(self.trainer, config.get("ckpt_path"))
+        config["ckpt_path"] = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), fresh_start)
+        return config["ckpt_path"]
+
+    def before_fit(self) -> None:
+        """A resumed fit goes on in its checkpoint's version folder."""
+        continue_run_folder(self.trainer, self._resolve_last(fresh_start=True))
+
+    def before_validate(self) -> None:
+        self._resolve_last(fresh_start=False)
 
     before_test = before_predict = before_validate
 
-    def before_fit(self) -> None:
-        """As ``before_validate``; a resumed fit goes on in its checkpoint's version folder."""
-        self.before_validate()
-        continue_run_folder(self.trainer, self.config_init[self.subcommand]["ckpt_path"])
+
+def last_checkpoint_of_config(config: Any) -> str | None:
+    """What ``--ckpt_path last`` will resolve to, read off the parsed config before anything is built."""
+    dirpath = config.get("checkpoint.dirpath")
+    if dirpath:
+        found = sorted(Path(dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        return str(found[-1]) if found else None
+    loggers = config.get("trainer.logger")
+    first = loggers[0] if isinstance(loggers, list) and loggers else loggers
+    init_args = first.get("init_args") if hasattr(first, "get") else None
+    if not init_args or not init_args.get("save_dir"):
+        return None
+    run_dir = Path(init_args["save_dir"]) / str(init_args.get("name") or "lightning_logs")
+    return last_checkpoint_under(run_dir, version_folder(init_args.get("version")))
 
 
 def main() -> CoAtNetCLI:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -95,25 +95,20 @@ def save_weights(
         "class_names": list(class_names) if class_names is not None else None,
     }
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        mode = tmp.stat().st_mode  # 0666 less the umask, as a plain open() gives
     except OSError as err:  # e.g. a read-only folder: name it, not the temporary file
         raise ValueError(f"cannot write {path}: {err.strerror} in {path.parent}; choose another folder") from None
-    os.close(fd)
     try:
-        _write(Path(tmp), path.suffix, meta, state_dict)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide a shared weights file from others
+        _write(tmp, path.suffix, meta, state_dict)
+        os.chmod(tmp, mode)  # safetensors writes its file afresh with 0600, which would hide a shared file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write(tmp: Path, suffix: str, meta: dict[str, Any], state_dict: dict[str, Tensor]) -> None:

@@ -261,8 +261,7 @@ def apply_overrides(config: CoAtNetConfig, **overrides: Any) -> CoAtNetConfig:
         if name in _NESTED and not isinstance(value, (dict, _NESTED[name])):
             raise ValueError(
                 f"{name}={value!r} is invalid: {name} is a section, give a dict of its fields, e.g. "
-                f"{name}={{'{dataclasses.fields(_NESTED[name])[0].name}': ...}} (on the command line --set "
-                f"{name}.FIELD=VALUE)"
+                f"{name}={{'{dataclasses.fields(_NESTED[name])[0].name}': ...}}, or set one field: {name}.FIELD"
             )
         if name in _NESTED and isinstance(value, dict):
             current = getattr(config, name)

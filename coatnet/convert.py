@@ -138,19 +138,20 @@ def existing_file(path: str | Path) -> Path:
     return path
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An error's type and first line, for a one-line message about a file that could not be read."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
 
 
-def read_torch_file(path: str | Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` and an error that names the file."""
+def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` and an error that names the file (``mmap``: read tensors lazily)."""
     path = existing_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}): it may be truncated (an "
+            f"{path} is not a readable PyTorch checkpoint ({first_line(err)}): it may be truncated (an "
             "interrupted copy or download) or another kind of file; copy it again or pass another file"
         ) from None
 
@@ -165,7 +166,7 @@ def _from_safetensors(path: str | Path, read: Callable[[Any], T]) -> T:
             return read(handle)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(
-            f"{path} is not a readable safetensors file ({_first_line(err)}): it may be truncated (an "
+            f"{path} is not a readable safetensors file ({first_line(err)}): it may be truncated (an "
             "interrupted copy or download) or another kind of file; copy or convert it again"
         ) from None
 

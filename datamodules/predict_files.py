@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
+from coatnet.convert import read_torch_file
 from datamodules.base import ImageClassificationDataModule
 from datamodules.errors import DatasetError
 from datamodules.folder_datasets import DECODE_ERRORS
@@ -72,8 +73,8 @@ class ImageFiles(Dataset):
 
 def read_data_info(checkpoint: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(hyper_parameters, data_info)`` of a Lightning checkpoint written by this project."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    info = state.get(DATA_INFO_KEY)
+    state = read_torch_file(checkpoint, mmap=True)
+    info = state.get(DATA_INFO_KEY) if isinstance(state, dict) else None
     if info is None:
         raise DatasetError(
             f"{checkpoint} has no '{DATA_INFO_KEY}' entry (class names, preprocessing); it was written "

@@ -24,7 +24,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from coatnet.convert import CheckpointError
+from coatnet.convert import CheckpointError, first_line
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -97,12 +97,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path} does not exist; check --ckpt_path") from None
         except IsADirectoryError:
-            raise CheckpointError(f"{path} is a folder; --ckpt_path needs a .ckpt file, e.g. {path}/last.ckpt") from None
+            folder = f"{path} is a folder; --ckpt_path needs a .ckpt file, e.g. {path}/last.ckpt"
+            raise CheckpointError(folder) from None
         except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
-            if "weights_only" in str(err):  # a real checkpoint holding objects torch will not unpickle by default
-                raise
-            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            raise CheckpointError(unreadable.format(reason=reason)) from None
+            if "weights_only" in str(err):
+                raise CheckpointError(
+                    f"{path} holds Python objects that torch.load(weights_only=True) refuses to unpickle "
+                    f"({first_line(err)}); this project's checkpoints hold none: pass one written by its trainer"
+                ) from None
+            raise CheckpointError(unreadable.format(reason=first_line(err))) from None
         if not isinstance(checkpoint, dict) or not {"state_dict", "pytorch-lightning_version"} <= checkpoint.keys():
             raise CheckpointError(
                 f"{path} is not a Lightning training checkpoint (model weights at most); --ckpt_path needs a .ckpt "
@@ -112,55 +115,67 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
-def logger_run_dir(trainer: Trainer) -> Path | None:
-    """``<save_dir>/<name>`` of the first logger, where every ``version_N`` of this run lives; None where
+def version_folder(version: int | str | None) -> str | None:
+    """The folder name a TensorBoard or CSV logger gives ``version`` (None: not chosen yet)."""
+    return None if version is None else version if isinstance(version, str) else f"version_{version}"
+
+
+def last_checkpoint_under(run_dir: Path, version: str | None = None) -> str | None:
+    """The newest ``last*.ckpt`` in ``run_dir/<version>/checkpoints/`` (any version when None), or None.
+
+    Lightning resolves ``ckpt_path="last"`` only inside the checkpoint folder of the *current* logger
+    version, which is a fresh, empty ``version_N`` for every new process, so a plain restart would
+    silently train from scratch.
+    """
+    found = [p for p in run_dir.glob(f"{version or '*'}/checkpoints/last*.ckpt") if p.is_file()]
+    found = [p for p in found if not p.name.endswith(PARTIAL_SUFFIX)]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
+def logger_run(trainer: Trainer) -> tuple[Path, str | None] | None:
+    """(``<save_dir>/<name>``, the version folder the config fixed or None) of the first logger; None where
     ``ModelCheckpoint`` has an explicit ``dirpath`` (Lightning already looks there) or there is no logger."""
     callback = trainer.checkpoint_callback
     if callback is None or callback.dirpath is not None or not trainer.loggers:
         return None
     logger = trainer.loggers[0]
     save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
-    return Path(save_dir) / str(logger.name)
+    return Path(save_dir) / str(logger.name), version_folder(getattr(logger, "_version", None))
 
 
-def previous_last_checkpoint(run_dir: Path) -> str | None:
-    """The newest ``last*.ckpt`` of any version folder under ``run_dir``, or ``None``.
-
-    Lightning resolves ``ckpt_path="last"`` only inside the checkpoint folder of the *current* logger
-    version, which is a fresh, empty ``version_N`` for every new process, so a plain restart would
-    silently train from scratch.
-    """
-    candidates = [
-        p for p in run_dir.glob("*/checkpoints/last*.ckpt") if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX)
-    ]
-    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
-
-
-def resolve_ckpt_path(trainer: Trainer, ckpt_path: str | None) -> str | None:
-    """``ckpt_path`` with ``"last"`` replaced by the newest ``last.ckpt`` of the run, or None (a fresh start) without one."""
-    if ckpt_path != "last" or (run_dir := logger_run_dir(trainer)) is None:
+def resolve_ckpt_path(trainer: Trainer, ckpt_path: str | None, fresh_start: bool) -> str | None:
+    """``ckpt_path`` with ``"last"`` replaced by the newest ``last.ckpt`` of the run (of its version when the
+    config fixes one). Without one, ``fit`` (``fresh_start``) starts from scratch; evaluation refuses."""
+    if ckpt_path != "last" or (run := logger_run(trainer)) is None:
         return ckpt_path
-    found = previous_last_checkpoint(run_dir)
+    run_dir, version = run
+    found = last_checkpoint_under(run_dir, version)
+    where = run_dir / version if version else run_dir
+    if found is None and not fresh_start:
+        raise CheckpointError(f"--ckpt_path last: no last.ckpt under {where}; pass a checkpoint file")
     if found is None:
-        rank_zero_info(f"--ckpt_path last: no last.ckpt under {run_dir} yet, starting fresh")
+        rank_zero_info(f"--ckpt_path last: no last.ckpt under {where} yet, starting fresh")
     return found
 
 
 def continue_run_folder(trainer: Trainer, ckpt_path: str | None) -> None:
-    """Resume a fit in the version folder its checkpoint was written to, not in a new ``version_N``.
+    """Resume a fit from a version folder's ``last*.ckpt`` in that folder, not in a new ``version_N``.
 
     The run then keeps one TensorBoard history and one checkpoint folder across SLURM requeues, and
     ``ModelCheckpoint`` keeps its best score and top-k files (it drops them when its folder changes).
-    Applies to a TensorBoard or CSV logger whose version the config leaves open, and a checkpoint that
-    lies in ``<save_dir>/<name>/<version>/checkpoints/``.
+    Applies to a TensorBoard or CSV logger whose version the config leaves open. A fit from any other
+    checkpoint (an earlier epoch, to branch off) gets a new version folder, so the run it came from
+    keeps its ``last.ckpt`` and curves.
     """
     logger = trainer.loggers[0] if trainer.loggers else None
     if not ckpt_path or not isinstance(logger, TensorBoardLogger | CSVLogger) or logger._version is not None:
         return
-    folder = Path(ckpt_path).resolve().parent
+    checkpoint = Path(ckpt_path).resolve()
     run_dir = (Path(logger.save_dir) / str(logger.name)).resolve()
-    if folder.name != "checkpoints" or folder.parent.parent != run_dir:
+    if not checkpoint.name.startswith("last") or checkpoint.parent.name != "checkpoints":
         return
-    version = folder.parent.name
+    if checkpoint.parent.parent.parent != run_dir:
+        return
+    version = checkpoint.parent.parent.name
     number = version.removeprefix("version_")
     logger._version = int(number) if number.isdigit() and version != number else version

@@ -11,8 +11,11 @@ are plain cross-entropy, without label smoothing.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,6 +36,18 @@ from lightning_modules.optim import WarmupCosine, layer_decay_groups, no_decay_n
 from lightning_modules.prediction import DATA_INFO_KEY, data_info
 
 MAX_LISTED = 4  # differences named in a checkpoint-mismatch error
+_WEIGHTS_FROM_CHECKPOINT = contextvars.ContextVar("weights_from_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def weights_from_checkpoint(active: bool) -> Iterator[None]:
+    """While active, new ``ImageClassifier``s leave ``init_from`` unloaded: a checkpoint about to be restored
+    replaces every weight, and the file may be gone. The hyper-parameter keeps its value."""
+    token = _WEIGHTS_FROM_CHECKPOINT.set(active)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FROM_CHECKPOINT.reset(token)
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -154,7 +169,7 @@ class ImageClassifier(LightningModule):
         model = create_model(
             hp.model_name, num_classes=hp.num_classes, img_size=self.image_size, **(hp.model_overrides or {})
         )
-        if hp.init_from and load_weights:
+        if hp.init_from and load_weights and not _WEIGHTS_FROM_CHECKPOINT.get():
             # Loaded here, not in setup(): callbacks such as EMA copy the weights in their own setup first.
             rank_zero_info(str(load_for_finetune(model, hp.init_from)))
         model.set_grad_checkpointing(hp.grad_checkpointing)

@@ -225,6 +225,8 @@ def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
                  "--model.model_overrides.transformer.layer_scale=1e-6"]
     assert json.loads(merge_model_overrides(two_items)[-1].split("=", 1)[1]) == {
         "transformer": {"head_dim": 64, "layer_scale": 1e-6}}, "two keys of one section both stay"
+    with pytest.raises(ValueError, match=r"--model.model_overrides.drop_path_rate '\[' is not valid YAML"):
+        merge_model_overrides([*two_items, "--model.model_overrides.drop_path_rate", "["])
 
 
 def test_ema_preset_trains_on_an_image_folder(tmp_path, monkeypatch):

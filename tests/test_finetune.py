@@ -75,5 +75,21 @@ def test_checkpoint_replaces_init_from_which_may_be_gone(tmp_path, monkeypatch):
     args = ["validate", *base, f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=1",
             "--trainer.enable_progress_bar=false"]
     cli = CoAtNetCLI(args=args)
-    assert cli.model.hparams.init_from is None
+    assert cli.model.hparams.init_from == str(weights), "the run still records where its weights came from"
     assert "val/acc1" in cli.trainer.callback_metrics
+
+
+def test_requeued_fine_tune_resumes_with_last_after_the_weights_file_moved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    weights = tmp_path / "nano.safetensors"
+    save_weights(weights, create_model("coatnet_nano", img_size=32), preprocessing=PREPROCESSING, source="test")
+    short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+             "--trainer.enable_model_summary=false", f"--model.init_from={weights}"]
+    first = CoAtNetCLI(args=["fit", *resolve_config_paths(["--config", "smoke.yaml"]), *short, "--trainer.max_epochs=1"])
+    assert first.trainer.global_step == 2
+    weights.unlink()
+    config = tmp_path / "logs" / "smoke" / "version_0" / "config.yaml"
+    resumed = CoAtNetCLI(args=["fit", "--config", str(config), *short[:4], "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert resumed.trainer.global_step == 4, "resumed from last.ckpt, without the moved weights file"
+    assert f"init_from: {weights}" in config.read_text(), "the saved config still says where the weights came from"

@@ -182,3 +182,19 @@ def test_attention_maps_hooks_last_only_one_batch(tmp_path):
 def test_convolution_only_layout_logs_no_attention_maps(tmp_path):
     tags, _ = _validate(tmp_path, "CCCC")
     assert "pictures/val_predictions" in tags and not [t for t in tags if "attention" in t or "rel_pos" in t]
+
+
+def test_best_values_survive_a_resume():
+    # A resumed fit restores the best values after setup resets them, so hp/best_* covers the earlier epochs.
+    from types import SimpleNamespace
+
+    from lightning_modules.pictures import TensorBoardPictures
+
+    pictures = TensorBoardPictures(val_predictions=False, confusion_matrix=False, class_accuracy=False)
+    trainer = SimpleNamespace(loggers=[], callback_metrics={"val/acc1": torch.tensor(0.3), "val/loss": torch.tensor(2.0)})
+    pictures.setup(trainer, torch.nn.Linear(1, 1), "fit")
+    pictures.load_state_dict({"best": {"hp/best_acc1": 0.8, "hp/final_acc1": 0.8, "hp/best_loss": 0.5}})
+    pictures._track_best(trainer)
+    best = pictures.state_dict()["best"]
+    assert best["hp/best_acc1"] == 0.8 and best["hp/best_loss"] == 0.5, "the earlier epochs' best values stay"
+    assert best["hp/final_acc1"] == pytest.approx(0.3) and best["hp/final_loss"] == 2.0

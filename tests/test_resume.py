@@ -19,17 +19,19 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from conftest import REPO_ROOT, run_cli, subprocess_env
 from data_helpers import write_image_folder
 from datamodules import ImageFolderDataModule, SyntheticDataModule
-from lightning_modules.checkpoint_io import AtomicCheckpointIO
+from lightning_modules.checkpoint_io import AtomicCheckpointIO, continue_run_folder, last_checkpoint_under
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint, split_streams
 
@@ -212,3 +214,27 @@ def test_resume_restores_rank_zero_state_and_splits_it_again_per_rank():
         callback.load_state_dict(saved)
         assert _draws() == expected[rank]
     assert expected[0] != expected[1]
+
+
+def test_a_fit_continues_the_version_folder_only_from_its_last_checkpoint(tmp_path):
+    run = tmp_path / "x"
+    for version in ("version_3", "a", "b"):
+        (run / version / "checkpoints").mkdir(parents=True)
+        (run / version / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "version_3" / "checkpoints" / "epoch001-acc1_0.5000.ckpt").write_bytes(b"")
+
+    def version_after(checkpoint: Path, version=None):
+        logger = TensorBoardLogger(save_dir=tmp_path, name="x", version=version)
+        continue_run_folder(SimpleNamespace(loggers=[logger]), str(checkpoint))
+        return logger._version
+
+    assert version_after(run / "version_3" / "checkpoints" / "last.ckpt") == 3
+    assert version_after(run / "a" / "checkpoints" / "last.ckpt") == "a"
+    assert version_after(run / "version_3" / "checkpoints" / "epoch001-acc1_0.5000.ckpt") is None, "a branch: new folder"
+    assert version_after(run / "version_3" / "checkpoints" / "last.ckpt", version="mine") == "mine", "the config's wins"
+    assert version_after(tmp_path / "elsewhere" / "checkpoints" / "last.ckpt") is None
+
+    # With a version the config fixes, `last` looks in that version only, even when another one is newer.
+    os.utime(run / "b" / "checkpoints" / "last.ckpt", (time.time() + 60, time.time() + 60))
+    assert last_checkpoint_under(run) == str(run / "b" / "checkpoints" / "last.ckpt")
+    assert last_checkpoint_under(run, "a") == str(run / "a" / "checkpoints" / "last.ckpt")

@@ -178,7 +178,7 @@ def lightning_messages(caplog) -> Iterator[None]:
         lightning_log.removeHandler(caplog.handler)
 
 
-def test_ckpt_path_last_without_a_checkpoint_starts_fresh_and_says_so(in_tmp, monkeypatch, caplog):
+def test_ckpt_path_last_without_a_checkpoint_starts_fresh_and_says_so(in_tmp, monkeypatch, caplog, capsys):
     argv = ["fit", "--config", "smoke.yaml", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
             "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0", "--trainer.max_epochs=1", "--ckpt_path=last"]
     monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
@@ -188,6 +188,11 @@ def test_ckpt_path_last_without_a_checkpoint_starts_fresh_and_says_so(in_tmp, mo
     assert run.trainer.global_step == 2
     assert "--ckpt_path last: no last.ckpt under logs/smoke yet, starting fresh" in caplog.text
     assert not [w for w in caught if "save_last=True" in str(w.message)], "Lightning's save_last hint does not apply"
+
+    validate = ["validate", "--config", "smoke.yaml", "--trainer.logger.init_args.name=nothing", "--ckpt_path=last"]
+    code, err = run_main(validate, monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT, "evaluating random weights instead would look like a result"
+    assert_short(err, "--ckpt_path last: no last.ckpt under logs/nothing; pass a checkpoint file")
 
 
 def test_resuming_names_the_training_settings_the_config_changes(in_tmp, monkeypatch, caplog):

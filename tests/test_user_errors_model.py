@@ -79,7 +79,7 @@ def test_literal_fields_name_the_field_the_value_and_the_choices(overrides, fiel
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        ({"conv": 1}, ["conv=1", "section", "--set conv.FIELD=VALUE"]),
+        ({"conv": 1}, ["conv=1", "section", "set one field: conv.FIELD"]),
         ({"transformer": {"head_dim": 0}}, ["transformer.head_dim=0", "> 0"]),
         ({"transformer": {"head_dim": "x"}}, ["transformer.head_dim='x'", "integer"]),
         ({"conv": {"se_ratio": 0.0}}, ["conv.se_ratio=0.0", "> 0"]),
