@@ -103,28 +103,44 @@ class InterruptCheckpoint(Callback):
     """On SIGTERM or a first SIGINT during ``fit``: finish the current step, save ``last.ckpt``, exit.
 
     SIGINT is forwarded to Lightning's SIGTERM handler, so both take the same path: Lightning raises
-    ``SIGTERMException`` at the step boundary (on all ranks), and :meth:`on_exception` saves. The
-    process then exits with the usual 128 + signal number. A second Ctrl+C interrupts at once.
+    ``SIGTERMException`` at the step boundary, and :meth:`on_exception` saves. The process then exits
+    with the usual 128 + signal number. A second Ctrl+C interrupts at once.
+
+    With several ranks, Lightning's handler is not used: it starts a broadcast inside the signal handler,
+    and each rank checks its own flag at several points, so ranks signalled a moment apart stop at
+    different places and the run crashes or hangs in a collective. Instead the ranks agree on a pending
+    signal every ``check_every_n_steps`` optimizer steps (one all-reduce, a host sync) and then all stop
+    after the same step.
+
+    Args:
+        filename: checkpoint written next to ``ModelCheckpoint``'s files.
+        check_every_n_steps: with several ranks, how often they compare notes on a pending signal.
     """
 
-    def __init__(self, filename: str = "last.ckpt") -> None:
+    def __init__(self, filename: str = "last.ckpt", check_every_n_steps: int = 10) -> None:
         self.filename = filename
+        self.check_every_n_steps = check_every_n_steps
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self._trainer: Trainer | None = None
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if self.signal == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl+C: the user does not want to wait
         self.signal = self.signal or signum
         lightning_sigterm = self._previous.get(signal.SIGTERM)
-        if callable(lightning_sigterm):
+        if self._trainer is not None and self._trainer.world_size > 1:
+            launcher = self._trainer.strategy.launcher
+            if launcher is not None and self.signal == signum:
+                launcher.kill(signum)  # the ranks this process started, as Lightning's handler does
+        elif callable(lightning_sigterm):
             lightning_sigterm(signum, frame)
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Install the handlers now: Lightning registers its own SIGTERM handler just before this hook."""
-        self.signal = None
+        self.signal, self._trainer = None, trainer
         try:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous[signum] = signal.signal(signum, self._record)
@@ -135,6 +151,18 @@ class InterruptCheckpoint(Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """With several ranks: every ``check_every_n_steps`` steps, stop all of them if any has a signal."""
+        if trainer.world_size == 1 or trainer.global_step % self.check_every_n_steps:
+            return
+        pending = torch.tensor([self.signal or 0], device=pl_module.device)
+        torch.distributed.all_reduce(pending, op=torch.distributed.ReduceOp.MAX)
+        if pending.item():
+            self.signal = self.signal or int(pending.item())
+            trainer._signal_connector.received_sigterm = True  # every rank raises SIGTERMException right after
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore()

@@ -19,7 +19,8 @@ class StepMarker(Callback):
         self.delay = delay
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(str(trainer.global_step))
-        os.replace(partial, self.path)
+        if trainer.global_rank == 0:  # one writer: DDP ranks would race on the same file
+            partial = self.path.with_suffix(".partial")
+            partial.write_text(str(trainer.global_step))
+            os.replace(partial, self.path)
         time.sleep(self.delay)  # leaves the test time to send its signal before the epoch ends

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +179,33 @@ def test_two_nodes_under_torchrun_stay_in_sync(tmp_path):
     logs = "\n".join((tmp_path / f"node{r}.log").read_text()[-3000:] for r in range(2))
     assert codes == [0, 0], logs
     _check_replicas(out_dir, world_size=2, sampler="EpochShuffleSampler", samples=256)
+
+
+@pytest.mark.slow
+def test_sigterm_under_ddp_saves_last_checkpoint_and_exits(tmp_path):
+    # Lightning's own SIGTERM handler broadcasts from inside the signal handler, which deadlocks DDP ranks
+    # that are in another collective; the run then never exits and SLURM has to SIGKILL it.
+    logs, marker = tmp_path / "logs", tmp_path / "step.txt"
+    args = [sys.executable, str(REPO_ROOT / "cli.py"), "fit", "--config", "smoke.yaml", "--config", "ddp.yaml",
+            "--trainer.accelerator=cpu", "--trainer.devices=2", f"--trainer.logger.init_args.save_dir={logs}",
+            "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--trainer.callbacks+=step_marker.StepMarker", f"--trainer.callbacks.path={marker}",
+            "--trainer.callbacks.delay=0.01"]  # the signal lands inside a step, mid-collective
+    env = subprocess_env(threads=1, MASTER_PORT=str(free_port()),
+                         PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]))
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if marker.exists() and int(marker.read_text() or 0) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before two steps were seen:\n" + proc.stdout.read()[-3000:]
+        os.killpg(proc.pid, signal.SIGTERM)  # every rank, as SLURM signals every task
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    last = logs / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
+    assert "SIGTERM received: stopped after global step" in output and last.is_file(), output[-3000:]
