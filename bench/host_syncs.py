@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import traceback
 import warnings
 from collections import Counter
@@ -47,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from cli import CoAtNetCLI, resolve_config_paths
+from cli import CoAtNetCLI, config_values, resolve_config_paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -380,7 +381,13 @@ def main(argv: Sequence[str] | None = None) -> HostSyncAudit:
     """Audit the fit given by the remaining arguments (as for ``cli.py fit``), print the table."""
     args, cli_args = parse_args(list(sys.argv[1:] if argv is None else argv))
     cli_args = [*cli_args, "--trainer.max_steps", str(args.start + args.steps + 1)]  # +1 closes the last audit
-    audit = audit_fit(cli_args, args.start, args.steps)
+    with tempfile.TemporaryDirectory(prefix="host_syncs_") as scratch:
+        # The audit run's checkpoints and logs go to a scratch folder: left under logs/<name>/, its
+        # last.ckpt would be what the next `cli.py fit --ckpt_path last` of that config resumes.
+        after_configs = max((index + 1 for index, _ in config_values(cli_args)), default=0)
+        scratch_args = [f"--trainer.default_root_dir={scratch}", f"--trainer.logger.init_args.save_dir={scratch}"]
+        cli_args[after_configs:after_configs] = scratch_args  # after the config files, before the user's overrides
+        audit = audit_fit(cli_args, args.start, args.steps)
     print("\n" + format_report(audit))
     return audit
 

@@ -61,10 +61,13 @@ def test_recorder_flags_device_reads_and_copies_and_ignores_host_bookkeeping():
     assert device_tensors.any([moved]) and device_tensors.any([queued])  # copies count as device tensors
 
 
-def test_smoke_fit_reads_the_device_only_when_logging(tmp_path):
-    plain, logging = plain_and_logging(audit(tmp_path, "--config", "smoke.yaml", "--trainer.log_every_n_steps=3"))
+def test_smoke_fit_reads_the_device_only_when_logging(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # as written in the README: no save_dir given
+    args = ["--start", "2", "--steps", "4", "--config", "smoke.yaml", "--trainer.log_every_n_steps=3", *QUIET]
+    plain, logging = plain_and_logging(host_syncs.main(args))
     assert plain == 0
     assert logging > 0  # the loggers read the logged values: the recorder sees real reads
+    assert not list(tmp_path.iterdir()), "the audit run leaves no logs/ or last.ckpt for a later --ckpt_path last"
 
 
 def test_audit_catches_a_per_step_read_in_the_training_step(tmp_path, monkeypatch):
