@@ -28,6 +28,17 @@ if ! python3 -c "import albumentations, jsonargparse" 2>/dev/null && compgen -G 
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
+# Fail in seconds, not after every step has failed: the GPU machine has no network to install from.
+missing=$(python3 - <<'PY'
+import importlib.util
+names = ["torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "albumentations", "tensorboard", "timm", "yaml"]
+print(" ".join(n for n in names if importlib.util.find_spec(n) is None))
+PY
+)
+if [[ -n $missing ]]; then
+  echo "missing Python packages: $missing (carry their wheels in .whl/: see the header of this script)" >&2
+  exit 3
+fi
 summary=$OUT/summary.md
 { echo "# gpu_checks $topic, $(date -u +%F\ %H:%M) UTC"; echo
   python3 -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
