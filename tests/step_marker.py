@@ -7,6 +7,7 @@ progress bar, whose output timing depends on buffering and machine load.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,3 +25,13 @@ class StepMarker(Callback):
             partial.write_text(str(trainer.global_step))
             os.replace(partial, self.path)
         time.sleep(self.delay)  # leaves the test time to send its signal before the epoch ends
+
+
+def wait_for_step(proc: subprocess.Popen, marker: Path, step: int, timeout: float = 240) -> None:
+    """Block until the process behind ``marker`` has trained ``step`` steps; fail if it ended first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if marker.exists() and int(marker.read_text() or 0) >= step:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"training ended before {step} steps were seen:\n" + proc.stdout.read()[-3000:]

@@ -17,7 +17,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from conftest import REPO_ROOT, free_port, run_cli, subprocess_env
+from step_marker import wait_for_step
 from data_helpers import CIFAR10_CLASSES, write_image_folder
 from datamodules.shard_writer import write_shards
 
@@ -196,12 +196,7 @@ def test_sigterm_under_ddp_saves_last_checkpoint_and_exits(tmp_path):
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            if marker.exists() and int(marker.read_text() or 0) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "training ended before two steps were seen:\n" + proc.stdout.read()[-3000:]
+        wait_for_step(proc, marker, step=2)
         os.killpg(proc.pid, signal.SIGTERM)  # every rank, as SLURM signals every task
         output, _ = proc.communicate(timeout=90)
     finally:

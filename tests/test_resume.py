@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from conftest import REPO_ROOT, run_cli, subprocess_env
+from step_marker import wait_for_step
 from data_helpers import write_image_folder
 from datamodules import ImageFolderDataModule, SyntheticDataModule
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, continue_run_folder, last_checkpoint_under
@@ -149,12 +150,7 @@ def test_sigterm_saves_checkpoint_and_last_resumes(tmp_path):
     proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "cli.py"), *args, *marked], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            if marker.exists() and int(marker.read_text() or 0) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "training ended before two steps were seen:\n" + proc.stdout.read()[-3000:]
+        wait_for_step(proc, marker, step=2)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
         assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
