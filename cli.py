@@ -35,6 +35,7 @@ from lightning_modules.callbacks import ThroughputLogger  # noqa: E402
 from lightning_modules.checkpoint_io import (  # noqa: E402
     continue_run_folder,
     last_checkpoint_under,
+    newest_file,
     resolve_ckpt_path,
     version_folder,
 )
@@ -134,14 +135,14 @@ def merge_model_overrides(argv: list[str]) -> list[str]:
     items are applied in command-line order (files merge key by key, a ``.KEY`` item sets one key, a whole
     ``--model.model_overrides VALUE`` replaces all before it), and the result is passed after the last one.
     """
-    files = [(index, None, value) for index, value in config_values(argv) if model_overrides_in(value)]
+    files = [(index, None, found) for index, value in config_values(argv) if (found := model_overrides_in(value))]
     events = sorted(files + override_items(argv), key=lambda event: event[0])  # (index, key path or None, value)
     if len(events) < 2:
         return list(argv)  # jsonargparse alone gets one setting right
     merged: dict[str, Any] = {}
     for _, path, value in events:
-        if path is None:
-            merged = deep_merge(merged, model_overrides_in(value))
+        if path is None:  # a config file's overrides, read above
+            merged = deep_merge(merged, value)
         elif path:
             merged = _set_path(merged, path, load_yaml(value, f"{OVERRIDES_KEY}.{path} {value!r}"))
         else:
@@ -338,8 +339,7 @@ def last_checkpoint_of_config(config: Any) -> str | None:
     """What ``--ckpt_path last`` will resolve to, read off the parsed config before anything is built."""
     dirpath = config.get("checkpoint.dirpath")
     if dirpath:
-        found = sorted(Path(dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        return str(found[-1]) if found else None
+        return newest_file(Path(dirpath).glob("last*.ckpt"))
     loggers = config.get("trainer.logger")
     first = loggers[0] if isinstance(loggers, list) and loggers else loggers
     init_args = first.get("init_args") if hasattr(first, "get") else None

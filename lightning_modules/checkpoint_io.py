@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,12 @@ def last_checkpoint_under(run_dir: Path, version: str | None = None) -> str | No
     version, which is a fresh, empty ``version_N`` for every new process, so a plain restart would
     silently train from scratch.
     """
-    found = [p for p in run_dir.glob(f"{version or '*'}/checkpoints/last*.ckpt") if p.is_file()]
-    found = [p for p in found if not p.name.endswith(PARTIAL_SUFFIX)]
+    return newest_file(run_dir.glob(f"{version or '*'}/checkpoints/last*.ckpt"))
+
+
+def newest_file(paths: Iterable[Path]) -> str | None:
+    """The most recently written of ``paths`` that is a complete file (no write in progress), or None."""
+    found = [p for p in paths if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX)]
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
