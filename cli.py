@@ -70,13 +70,18 @@ def resolve_config_paths(argv: list[str], config_dir: Path = CONFIG_DIR) -> list
     return resolved
 
 
-def model_overrides_in(path: str) -> dict[str, Any] | None:
-    """``model.model_overrides`` of a config file; None where it has none or cannot be read (the parser reports that)."""
+def read_config_file(path: str) -> dict[str, Any]:
+    """A config file as a dict, read as jsonargparse reads it; {} where it cannot be read (the parser reports that)."""
     try:
         data = get_loader("yaml")(Path(path).read_text())
     except (OSError, yaml.YAMLError):
-        return None
-    model = data.get("model") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_overrides_in(path: str) -> dict[str, Any] | None:
+    """``model.model_overrides`` of a config file; None where it has none."""
+    model = read_config_file(path).get("model")
     overrides = model.get("model_overrides") if isinstance(model, dict) else None
     return overrides if isinstance(overrides, dict) else None
 

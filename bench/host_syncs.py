@@ -44,11 +44,12 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities.model_helpers import is_overridden
 import torch
+import yaml
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from cli import CoAtNetCLI, config_values, resolve_config_paths
+from cli import CoAtNetCLI, config_values, read_config_file, resolve_config_paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -377,6 +378,17 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, cli_args
 
 
+def logger_is_off(cli_args: Sequence[str]) -> bool:
+    """Whether the config files and overrides, applied in order, leave ``trainer.logger`` false or null."""
+    files = config_values(cli_args)
+    settings = [(i, (read_config_file(path).get("trainer") or {}).get("logger", True)) for i, path in files]
+    for i, arg in enumerate(cli_args):
+        name, eq, value = arg.partition("=")
+        if name == "--trainer.logger" and (eq or i + 1 < len(cli_args)):
+            settings.append((i, yaml.safe_load(value if eq else cli_args[i + 1])))
+    return max(settings, key=lambda setting: setting[0], default=(0, True))[1] in (False, None)
+
+
 def main(argv: Sequence[str] | None = None) -> HostSyncAudit:
     """Audit the fit given by the remaining arguments (as for ``cli.py fit``), print the table."""
     args, cli_args = parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -385,7 +397,9 @@ def main(argv: Sequence[str] | None = None) -> HostSyncAudit:
         # The audit run's checkpoints and logs go to a scratch folder: left under logs/<name>/, its
         # last.ckpt would be what the next `cli.py fit --ckpt_path last` of that config resumes.
         after_configs = max((index + 1 for index, _ in config_values(cli_args)), default=0)
-        scratch_args = [f"--trainer.default_root_dir={scratch}", f"--trainer.logger.init_args.save_dir={scratch}"]
+        scratch_args = [f"--trainer.default_root_dir={scratch}"]
+        if not logger_is_off(resolve_config_paths(cli_args)):  # a logger that is off takes no save_dir
+            scratch_args.append(f"--trainer.logger.init_args.save_dir={scratch}")
         cli_args[after_configs:after_configs] = scratch_args  # after the config files, before the user's overrides
         audit = audit_fit(cli_args, args.start, args.steps)
     print("\n" + format_report(audit))

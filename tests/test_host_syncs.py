@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bench import host_syncs
+from conftest import REPO_ROOT
 from bench.host_syncs import DeviceTensors, SyncAudit
 from data_helpers import write_fake_cifar, write_image_folder
 from lightning_modules.classifier import ImageClassifier
@@ -131,3 +132,13 @@ def test_cuda_mode_turns_torch_sync_warnings_into_records(monkeypatch):
     assert recorder.record.total == 2
     [(reason, site)] = recorder.record.counts
     assert reason == "CUDA synchronisation" and "test_host_syncs.py" in site
+
+
+def test_a_logger_switched_off_by_a_config_or_an_override_is_seen(tmp_path):
+    # The audit gives the logger a scratch save_dir, which jsonargparse refuses for a logger that is off.
+    (tmp_path / "off.yaml").write_text("trainer:\n  logger: false\n")
+    smoke, off = str(REPO_ROOT / "configs" / "smoke.yaml"), str(tmp_path / "off.yaml")
+    assert not host_syncs.logger_is_off(["--config", smoke])
+    assert host_syncs.logger_is_off(["--config", smoke, "--config", off])
+    assert not host_syncs.logger_is_off(["--config", off, "--trainer.logger=true"])
+    assert host_syncs.logger_is_off(["--config", smoke, "--trainer.logger", "null"])
