@@ -44,8 +44,9 @@ def parameter_hash(module: LightningModule) -> str:
 
 class WeightFingerprint(Callback):
     """Writes ``rank<N>.json`` with the parameter hash at the start and end of fit, one draw of
-    each global random stream (torch, numpy, Python) as training starts, and the training sampler's
-    class and sample indices in every epoch."""
+    each global random stream (torch, numpy, Python) as training starts, the training sampler's
+    class and sample indices in every epoch, and the number of ``torch.distributed.broadcast``
+    calls during training (Lightning's per-step SIGTERM check makes one each step)."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
@@ -53,12 +54,22 @@ class WeightFingerprint(Callback):
         self.draws: list[float] = []
         self.sampler = ""
         self.epochs: list[list[int]] = []
+        self.broadcasts = 0
+        self._broadcast = torch.distributed.broadcast
+
+    def _counted_broadcast(self, *args, **kwargs):
+        self.broadcasts += 1
+        return self._broadcast(*args, **kwargs)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.initial = parameter_hash(pl_module)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.draws = [torch.rand(()).item(), float(np.random.random()), random.random()]
+        torch.distributed.broadcast = self._counted_broadcast
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        torch.distributed.broadcast = self._broadcast
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         sampler = trainer.train_dataloader.sampler  # Lightning has set this epoch on it
@@ -74,6 +85,7 @@ class WeightFingerprint(Callback):
             "draws": self.draws,
             "sampler": self.sampler,
             "epochs": self.epochs,
+            "broadcasts": self.broadcasts,
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
@@ -115,6 +127,7 @@ def _check_replicas(out_dir: Path, world_size: int, sampler: str, samples: int) 
         seen = [set(r["epochs"][epoch]) for r in records]
         assert len(set.union(*seen)) == sum(map(len, seen)) == samples, "ranks must read disjoint samples"
     assert records[0]["epochs"][0] != records[0]["epochs"][1], "the order must change between epochs"
+    assert all(r["broadcasts"] == 0 for r in records), "a collective and a host sync in every step"
     return records
 
 
