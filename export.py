@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from bench.throughput import alternating_medians
-from coatnet import create_model, fold_batchnorm
+from coatnet import CoAtNet, create_model, fold_batchnorm
 from coatnet.checkpoint import FORMAT, load_weights
 from coatnet.convert import CheckpointError, load_mapped, read_safetensors_metadata, read_torch_file
+from lightning_modules.checkpoint_match import network_config
 from lightning_modules.errors import exit_readably
 
 Format = Literal["onnx", "torchscript", "exported"]
@@ -80,9 +81,7 @@ def _from_lightning_checkpoint(state: Mapping[str, Any], path: Path) -> tuple[nn
             f"{path} is a Lightning checkpoint of another LightningModule (its hyper-parameters name no "
             "model_name): pass a checkpoint written by `python cli.py fit`"
         )
-    model = create_model(
-        hp["model_name"], num_classes=hp["num_classes"], img_size=tuple(hp["image_size"]), **(hp.get("model_overrides") or {})
-    )
+    model = CoAtNet(network_config(hp))
     weights = {k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
     load_mapped(model, weights, str(path))
     info = state.get("data_info") or {"image_size": list(hp["image_size"])}

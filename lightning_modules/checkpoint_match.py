@@ -31,15 +31,20 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def network_config(hparams: Mapping[str, Any]) -> CoAtNetConfig:
+    """The network ``ImageClassifier`` hyper-parameters describe; training, resuming and export all build this one."""
+    return get_config(
+        hparams["model_name"],
+        num_classes=hparams["num_classes"],
+        img_size=tuple(hparams["image_size"]),
+        **(hparams.get("model_overrides") or {}),
+    )
+
+
 def saved_network_config(hparams: Mapping[str, Any]) -> CoAtNetConfig | None:
     """The config an ``ImageClassifier`` checkpoint was trained with, or None where its hyper-parameters cannot say."""
     try:
-        return get_config(
-            hparams["model_name"],
-            num_classes=hparams["num_classes"],
-            img_size=tuple(hparams["image_size"]),
-            **(hparams.get("model_overrides") or {}),
-        )
+        return network_config(hparams)
     except (KeyError, TypeError, ValueError):  # another module's checkpoint, or a variant this version lacks
         return None
 

@@ -27,10 +27,15 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from coatnet import create_model
+from coatnet import CoAtNet
 from coatnet.checkpoint import load_for_finetune
 from coatnet.convert import CheckpointError
-from lightning_modules.checkpoint_match import network_differences, saved_network_config, setting_changes
+from lightning_modules.checkpoint_match import (
+    network_config,
+    network_differences,
+    saved_network_config,
+    setting_changes,
+)
 from lightning_modules.mixing import MixupCutmix
 from lightning_modules.optim import WarmupCosine, layer_decay_groups, no_decay_names, weight_decay_groups
 from lightning_modules.prediction import DATA_INFO_KEY, data_info
@@ -166,9 +171,7 @@ class ImageClassifier(LightningModule):
         """Create the network from the hyper-parameters, then load ``init_from`` unless ``load_weights`` is False
         (a meta-device copy for FLOP counting needs no weights)."""
         hp = self.hparams
-        model = create_model(
-            hp.model_name, num_classes=hp.num_classes, img_size=self.image_size, **(hp.model_overrides or {})
-        )
+        model = CoAtNet(network_config(hp))
         if hp.init_from and load_weights and not _WEIGHTS_FROM_CHECKPOINT.get():
             # Loaded here, not in setup(): callbacks such as EMA copy the weights in their own setup first.
             rank_zero_info(str(load_for_finetune(model, hp.init_from)))
