@@ -68,20 +68,25 @@ def _affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) with norm(x) = scale * x + shift per channel in eval mode, in float64."""
     if norm.running_mean is None or norm.running_var is None:
         raise ValueError(f"{norm} keeps no running statistics: its output depends on the batch, so it cannot be folded")
-    scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+    scale = torch.rsqrt(_float64(norm.running_var) + norm.eps)
     if norm.weight is not None:
-        scale = scale * norm.weight.double()
-    shift = -norm.running_mean.double() * scale
+        scale = scale * _float64(norm.weight)
+    shift = -_float64(norm.running_mean) * scale
     if norm.bias is not None:
-        shift = shift + norm.bias.double()
+        shift = shift + _float64(norm.bias)
     return scale, shift
+
+
+def _float64(tensor: torch.Tensor) -> torch.Tensor:
+    """A float64 copy on the CPU: some devices (Apple's MPS) have no float64."""
+    return tensor.detach().to(device="cpu", dtype=torch.float64)
 
 
 def _fold_after(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
     """norm(conv(x)) -> conv'(x): scale each output channel's filter, shift its bias."""
     scale, shift = _affine(norm)
-    weight = conv.weight.double() * scale.view(-1, *[1] * (conv.weight.ndim - 1))
-    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+    weight = _float64(conv.weight) * scale.view(-1, *[1] * (conv.weight.ndim - 1))
+    bias = shift if conv.bias is None else _float64(conv.bias) * scale + shift
     _assign(conv, weight, bias)
 
 
@@ -91,14 +96,14 @@ def _fold_before(norm: nn.BatchNorm2d, layer: nn.Conv2d | nn.Linear) -> None:
         raise ValueError(f"cannot fold a BatchNorm into the input of {layer}: zero padding would be shifted too")
     scale, shift = _affine(norm)
     per_input = (1, -1, *[1] * (layer.weight.ndim - 2))
-    weight = layer.weight.double()
+    weight = _float64(layer.weight)
     bias = (weight * shift.view(per_input)).flatten(1).sum(1)
     if layer.bias is not None:
-        bias = bias + layer.bias.double()
+        bias = bias + _float64(layer.bias)
     _assign(layer, weight * scale.view(per_input), bias)
 
 
 def _assign(layer: nn.Conv2d | nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    dtype = layer.weight.dtype
-    layer.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
-    layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
+    like = {"dtype": layer.weight.dtype, "device": layer.weight.device}
+    layer.weight = nn.Parameter(weight.to(**like), requires_grad=False)
+    layer.bias = nn.Parameter(bias.to(**like), requires_grad=False)

@@ -7,12 +7,15 @@ import csv
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import run_cli
 from datamodules import CIFARDataModule, ImageFolderDataModule, PredictFilesDataModule, SyntheticDataModule
 from datamodules.predict_files import list_image_files
 from export import load_checkpoint
+from lightning_modules.classifier import ImageClassifier
 from lightning_modules.prediction import csv_header, data_info
 from tiny_run import QUIET, tiny_fit
 
@@ -102,3 +105,27 @@ def test_list_image_files_expands_folders_and_lists(tmp_path):
     (tmp_path / "list.txt").write_text("a/1.jpg\n\nx.webp\n")
     files = list_image_files([str(tmp_path / "a"), str(tmp_path / "list.txt"), "odd.bin"])
     assert files == [str(tmp_path / "a/1.jpg"), str(tmp_path / "a/b/2.PNG"), str(tmp_path / "a/1.jpg"), str(tmp_path / "x.webp"), "odd.bin"]
+
+
+def test_predict_runs_the_batchnorm_folded_copy_and_leaves_the_trained_network_alone():
+    module = ImageClassifier(model_name="coatnet_nano", num_classes=10, image_size=(32, 32), channels_last=True)
+    for norm in module.model.modules():  # statistics as after training, so folding has something to fold
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    images = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = module.model.eval()(images).softmax(-1).topk(5, dim=-1)
+    calls = []
+    norms = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.register_forward_hook(lambda *_: calls.append(1))
+    names = set(module.state_dict())
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    batches = trainer.predict(module, DataLoader(TensorDataset(images, torch.zeros(6, dtype=torch.long)), batch_size=3))
+    assert not calls, "predict ran the BatchNorms"
+    probs = torch.cat([b["probs"] for b in batches])
+    assert torch.equal(torch.cat([b["classes"] for b in batches]), expected.indices)
+    torch.testing.assert_close(probs, expected.values, atol=1e-5, rtol=0)
+    assert set(module.state_dict()) == names and module._predict_model is None
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.model.modules()) == len(norms) > 0
