@@ -58,14 +58,21 @@ def write_csv(series: Series, path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run folder (or any folder above its event files)")
-    parser.add_argument("--tags", nargs="+", default=list(DEFAULT_TAGS), help="tags to summarise")
+    parser.add_argument("--tags", nargs="+", help=f"tags to summarise (default: {' '.join(DEFAULT_TAGS)})")
     parser.add_argument("--csv", type=Path, help="also write every point of every tag here")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         series = read_scalars(args.run_dir)
     except FileNotFoundError as error:
         parser.exit(2, f"error: {error}\n")
-    table = summary_table(series, args.tags)
+    tags = args.tags or DEFAULT_TAGS
+    missing = [tag for tag in tags if tag not in series]
+    available = ", ".join(sorted(series)) or "no scalars at all"
+    if len(missing) == len(tags):
+        parser.exit(2, f"error: none of the tags {' '.join(tags)} is in {args.run_dir}; pick --tags from: {available}\n")
+    if missing and args.tags:  # a default tag a run does not log (train/mfu on a CPU) is no surprise
+        print(f"warning: no scalars for {' '.join(missing)} in {args.run_dir}; it has: {available}", file=sys.stderr)
+    table = summary_table(series, tags)
     print(table)
     if args.csv:
         write_csv(series, args.csv)

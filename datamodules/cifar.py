@@ -132,7 +132,7 @@ class CIFARDataModule(ImageClassificationDataModule):
             return
         (train_x, train_y), test = self._load_pickles() if self.source == "pickle" else self._load_folder()
         if self.val_split == "holdout":
-            keep, held = holdout_indices(train_y, self.holdout_per_class, self.num_classes)
+            keep, held = holdout_indices(train_y, self.holdout_per_class, self.num_classes, self.class_names)
             self.val_set = TensorImageDataset(train_x[held], train_y[held])
             train_x, train_y = train_x[keep], train_y[keep]
             self.test_set = TensorImageDataset(*test) if test is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -150,14 +151,20 @@ def load_class_names(folder: Path, release: CifarRelease) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[release.names_key]]
 
 
-def holdout_indices(labels: torch.Tensor, per_class: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split indices into (train, holdout); holdout = the last ``per_class`` images of each class in file order."""
+def holdout_indices(
+    labels: torch.Tensor, per_class: int, num_classes: int, class_names: Optional[Sequence[str]] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (train, holdout); holdout = the last ``per_class`` images of each class in file order.
+
+    ``class_names``, when known, name the class in the error: a label number alone means little to a user.
+    """
     train_parts, holdout_parts = [], []
     for c in range(num_classes):
         idx = (labels == c).nonzero().flatten()
         if len(idx) <= per_class:
+            name = f" ({class_names[c]})" if class_names is not None else ""
             raise DatasetError(
-                f"class {c} has {len(idx)} training images, cannot hold out {per_class}; lower holdout_per_class."
+                f"class {c}{name} has {len(idx)} training images, cannot hold out {per_class}; lower holdout_per_class."
             )
         train_parts.append(idx[: len(idx) - per_class])
         holdout_parts.append(idx[len(idx) - per_class :])

@@ -211,9 +211,13 @@ class TensorBoardPictures(Callback):
             image = confusion_image(matrix, names) if small else top_confusions_table(matrix, names)
             self._add_image(trainer, "pictures/confusion_matrix", image)
         if self.class_accuracy and classes <= self.max_matrix_classes:
+            # The matrix was summed across ranks, so the values are final on every rank. Lightning warns
+            # under DDP about epoch-level values logged without sync_dist=True; with rank_zero_only=True
+            # that flag runs no collective (without it, one all-reduce per class).
             totals = matrix.sum(dim=1)
             for i in totals.nonzero().flatten().tolist():
-                pl_module.log(f"val_class_acc/{names[i]}", matrix[i, i].item() / totals[i].item(), rank_zero_only=True)
+                accuracy = matrix[i, i].item() / totals[i].item()
+                pl_module.log(f"val_class_acc/{names[i]}", accuracy, sync_dist=True, rank_zero_only=True)
         self._samples = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -11,6 +11,7 @@ from data_helpers import CIFAR10_CLASSES, make_tar_gz, serve_directory, write_fa
 from PIL import Image
 
 from datamodules import CIFARDataModule, DatasetError
+from datamodules.cifar_files import holdout_indices
 from datamodules.download import file_md5
 from datamodules.tensor_ops import pad_crop_flip
 
@@ -55,9 +56,20 @@ def test_holdout_takes_last_images_of_each_class_from_train(cifar10):
     assert torch.equal(dm.val_set.images.reshape(20, -1), torch.from_numpy(arrays["train_x"][-20:]))
     train_rows = {tuple(r.tolist()) for r in dm.train_set.images.reshape(40, -1)[:, :8]}
     assert not train_rows & {tuple(r.tolist()) for r in dm.val_set.images.reshape(20, -1)[:, :8]}
-    with pytest.raises(DatasetError, match="cannot hold out 6"):
+    with pytest.raises(DatasetError, match=r"class 0 \(class_000\) has 6 training images, cannot hold out 6"):
         bad = CIFARDataModule(root=str(root), val_split="holdout", holdout_per_class=6)
         bad.setup()
+
+
+def test_holdout_error_names_the_class_when_names_are_known(tmp_path):
+    labels = torch.tensor([0, 0, 0, 1])
+    with pytest.raises(DatasetError, match=r"^class 1 \(deer\) has 1 training images, cannot hold out 1; lower"):
+        holdout_indices(labels, 1, 2, ["cat", "deer"])
+    with pytest.raises(DatasetError, match=r"^class 1 has 1 training images"):
+        holdout_indices(labels, 1, 2)
+    _png_folder(tmp_path, "train", per_class=1)
+    with pytest.raises(DatasetError, match=r"class 0 \(airplane\) has 1 training images"):
+        CIFARDataModule(source="folder", root=str(tmp_path), val_split="holdout", holdout_per_class=1).setup()
 
 
 def test_augment_on_device_moves_the_whole_policy_out_of_the_loader(cifar10):

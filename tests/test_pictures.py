@@ -7,11 +7,15 @@ CoAtNet-nano at 32 px (S3: 2 blocks x 4 heads on a 2x2 grid, S4: 1 block x 8 hea
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+from lightning.pytorch.trainer.connectors.logger_connector import result
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -198,3 +202,77 @@ def test_best_values_survive_a_resume():
     best = pictures.state_dict()["best"]
     assert best["hp/best_acc1"] == 0.8 and best["hp/best_loss"] == 0.5, "the earlier epochs' best values stay"
     assert best["hp/final_acc1"] == pytest.approx(0.3) and best["hp/final_loss"] == 2.0
+
+
+class _Recorder(Logger):
+    """Every ``log_metrics`` call as (step, metrics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.calls.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+class _ClassHits(Callback):
+    """Per-class accuracy of the last validation epoch, counted apart from TensorBoardPictures."""
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.hits, self.totals = torch.zeros(4), torch.zeros(4)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        images, labels = batch
+        with torch.no_grad():
+            correct = (pl_module(images).argmax(dim=1) == labels).float()
+        self.hits += torch.bincount(labels, correct, minlength=4)
+        self.totals += torch.bincount(labels, minlength=4)
+
+
+def _fit_as_if_distributed(tmp_path, monkeypatch, class_accuracy: bool) -> tuple[_Recorder, _ClassHits, int, list]:
+    """A one-process fit that Lightning treats as distributed: ``sync_dist`` is honoured and the
+    epoch-level "use sync_dist=True" warning is armed. Returns the logged metrics, the independently
+    counted class accuracies, the number of strategy reduces (collectives under DDP) and the warnings."""
+    monkeypatch.setattr(result, "_distributed_is_initialized", lambda: True)
+    monkeypatch.setattr(_AcceleratorConnector, "is_distributed", property(lambda self: True))
+    reduces = []
+    reduce = SingleDeviceStrategy.reduce
+    monkeypatch.setattr(SingleDeviceStrategy, "reduce", lambda self, *args, **kw: reduces.append(1) or reduce(self, *args, **kw))
+    model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32))
+    data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=16, test_size=8, batch_size=8)
+    recorder, hits = _Recorder(), _ClassHits()
+    pictures = TensorBoardPictures(train_batch=False, rel_pos_bias=False, attention_maps=False, hparams=False,
+                                   class_accuracy=class_accuracy)
+    trainer = Trainer(
+        accelerator="cpu", devices=1, logger=[TensorBoardLogger(tmp_path, name="run"), recorder],
+        callbacks=[pictures, hits], max_epochs=1, limit_train_batches=1, limit_val_batches=2, num_sanity_val_steps=0,
+        use_distributed_sampler=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, datamodule=data)
+    return recorder, hits, len(reduces), [str(w.message) for w in caught]
+
+
+def test_class_accuracy_reaches_the_loggers_without_the_sync_dist_warning_or_a_collective(tmp_path, monkeypatch):
+    recorder, hits, reduces, messages = _fit_as_if_distributed(tmp_path / "a", monkeypatch, class_accuracy=True)
+    assert not [m for m in messages if "val_class_acc" in m], "values are summed across ranks already"
+    (step, logged), = [(step, m) for step, m in recorder.calls if "val/acc1" in m]
+    expected = (hits.hits / hits.totals).tolist()
+    assert {k: v for k, v in logged.items() if k.startswith("val_class_acc/")} == pytest.approx(
+        {f"val_class_acc/pattern_{i}": value for i, value in enumerate(expected)}
+    ), "one value per class, written at the step of the other validation metrics"
+    assert not [c for s, c in recorder.calls if s != step and any(k.startswith("val_class_acc/") for k in c)]
+    _, _, reduces_without, _ = _fit_as_if_distributed(tmp_path / "b", monkeypatch, class_accuracy=False)
+    assert reduces == reduces_without, "the per-class values cost no collective"
