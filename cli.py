@@ -25,7 +25,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar  # noqa: E402
+from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
 
@@ -43,7 +43,12 @@ from lightning_modules.classifier import ImageClassifier, weights_from_checkpoin
 from lightning_modules.pictures import TensorBoardPictures  # noqa: E402
 from lightning_modules.progress import LoggedLossProgressBar  # noqa: E402
 from lightning_modules.errors import ConciseArgumentParser, exit_readably  # noqa: E402
-from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint  # noqa: E402
+from lightning_modules.safety import (  # noqa: E402
+    FiniteLossGuard,
+    InterruptCheckpoint,
+    RandomStateCheckpoint,
+    StopCheckpoint,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -249,7 +254,8 @@ class CoAtNetCLI(LightningCLI):
     """LightningCLI with the DataModule -> model links and the training defaults of this template.
 
     Always-present callbacks get their own top-level config keys: ``checkpoint:`` (ModelCheckpoint:
-    ``last.ckpt`` plus the best on ``val/acc1``, in the logger's version folder),
+    ``last.ckpt`` plus the best on ``val/acc1``, in the logger's version folder, and ``last.ckpt`` again when
+    training stops inside an epoch),
     ``throughput:`` (``train/images_per_sec`` and, on GPUs, ``train/mfu``), ``pictures:``
     (TensorBoard images, per-class accuracy and HParams; see ``lightning_modules.pictures``) and
     ``progress_bar:`` (shows the loss without a per-step device read). ``trainer.callbacks`` is
@@ -267,7 +273,7 @@ class CoAtNetCLI(LightningCLI):
         super().__init__(ImageClassifier, LightningDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(StopCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
         parser.add_lightning_class_args(TensorBoardPictures, "pictures")

@@ -4,6 +4,10 @@ resume with the same random streams.
 ``FiniteLossGuard`` stops training after a NaN/inf loss, before any checkpoint holding the damaged
 weights is written, so the newest checkpoint on disk is the last good one.
 
+``StopCheckpoint`` is ``ModelCheckpoint`` that also writes ``last.ckpt`` when training stops inside an
+epoch (``max_steps``, ``max_time``, a callback setting ``should_stop``): Lightning saves ``last`` only
+with a validation or epoch-end save, so the steps since the last one were lost.
+
 ``InterruptCheckpoint`` turns a SIGTERM (SLURM preemption, ``kill``) or a first Ctrl+C into a clean
 stop at the next step boundary with ``last.ckpt`` written, so ``fit --ckpt_path last`` continues
 the run. Lightning already stops on SIGTERM at a step boundary (and tells every DDP rank) but
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -97,6 +102,29 @@ class FiniteLossGuard(Callback):
             f"saving these weights. Last good checkpoint: {last}. Resume from it with a lower learning rate, more "
             "warm-up, gradient clipping (--trainer.gradient_clip_val 1.0) or fp32/bf16 instead of fp16."
         )
+
+
+class StopCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also saves ``last.ckpt`` after the step at which training stops inside an epoch.
+
+    The save happens at the step boundary, as ``every_n_train_steps`` saves do, so ``--ckpt_path last`` with a
+    later limit trains the rest of that epoch instead of skipping it.
+    """
+
+    @property
+    def state_key(self) -> str:
+        """``ModelCheckpoint``'s key, so checkpoints written with either class resume with their best score."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        max_steps_reached = 0 <= trainer.max_steps <= trainer.global_step
+        stopping = trainer.should_stop or max_steps_reached
+        unsaved = self._last_global_step_saved != trainer.global_step
+        if self.save_last and stopping and unsaved and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 # Lightning 2.6's per-step SIGTERM check under DDP: a broadcast from rank 0 and a host read of it.

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from conftest import REPO_ROOT, run_cli, subprocess_env
@@ -34,7 +33,13 @@ from data_helpers import write_image_folder
 from datamodules import ImageFolderDataModule, SyntheticDataModule
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, continue_run_folder, last_checkpoint_under
 from lightning_modules.classifier import ImageClassifier
-from lightning_modules.safety import FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint, split_streams
+from lightning_modules.safety import (
+    FiniteLossGuard,
+    InterruptCheckpoint,
+    RandomStateCheckpoint,
+    StopCheckpoint,
+    split_streams,
+)
 
 EPOCHS = 3
 
@@ -50,6 +55,17 @@ class StopAfterEpoch(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+class StopAfterStep(Callback):
+    """Ends ``fit`` after global step ``step``, inside an epoch, as ``max_time`` or an early-stopping rule would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
             trainer.should_stop = True
 
 
@@ -75,7 +91,7 @@ class BatchRecorder(Callback):
 
 
 def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers: int = 0,
-          jpegs: Path | None = None) -> tuple[ImageClassifier, dict]:
+          jpegs: Path | None = None, max_steps: int = -1) -> tuple[ImageClassifier, dict]:
     """3 epochs of 3 batches, on synthetic images or (``jpegs``) a JPEG folder decoded and cropped on the device."""
     seed_everything(0, workers=True)
     model = ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32),
@@ -87,9 +103,11 @@ def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers:
         data = ImageFolderDataModule(root=str(jpegs), num_classes=4, image_size=32, val_holdout_per_class=1,
                                      decode="gpu", batch_size=16, num_workers=num_workers)
     trainer = Trainer(
-        accelerator="cpu", max_epochs=EPOCHS, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", max_epochs=EPOCHS, max_steps=max_steps, logger=False, enable_progress_bar=False,
+        enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=True, default_root_dir=folder, plugins=[AtomicCheckpointIO()],
-        callbacks=[ModelCheckpoint(dirpath=folder, save_last=True), FiniteLossGuard(), InterruptCheckpoint(), RandomStateCheckpoint(), *callbacks],
+        callbacks=[StopCheckpoint(dirpath=folder, save_last=True, monitor="val/acc1", mode="max"),  # as cli.py
+                   FiniteLossGuard(), InterruptCheckpoint(), RandomStateCheckpoint(), *callbacks],
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model, {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -118,6 +136,20 @@ def test_resume_with_loader_workers_at_an_epoch_boundary_matches_uninterrupted_r
     full = train(tmp_path / "full", num_workers=2)
     train(tmp_path / "first", callbacks=[StopAfterEpoch(0)], num_workers=2)
     assert_same(full, train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"), num_workers=2))
+
+
+def test_a_stop_inside_an_epoch_saves_last_and_the_resumed_run_trains_the_rest_of_it(tmp_path):
+    # Lightning writes last.ckpt only with a validation or epoch-end save: the steps after it were lost.
+    train(tmp_path / "max_steps", max_steps=4)
+    assert torch.load(tmp_path / "max_steps" / "last.ckpt", weights_only=True)["global_step"] == 4
+    seen_full, seen_first, seen_resumed = BatchRecorder(), BatchRecorder(), BatchRecorder()
+    full = train(tmp_path / "full", callbacks=[seen_full])
+    train(tmp_path / "first", callbacks=[StopAfterStep(4), seen_first])
+    assert torch.load(tmp_path / "first" / "last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"), callbacks=[seen_resumed])
+    assert seen_first.seen[-1][:2] == (1, 0), "the stop must fall inside epoch 1"
+    assert seen_first.seen + seen_resumed.seen == seen_full.seen, "every batch exactly once, in the same order"
+    assert_same(full, resumed)
 
 
 @pytest.mark.parametrize("source", ["synthetic", "jpegs_decoded_on_device"])
