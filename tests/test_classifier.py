@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.callbacks import training_flops_per_image
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.optim import WarmupCosine, no_decay_names, weight_decay_groups
+from memory_logger import MemoryLogger
 
 NANO = {"model_name": "coatnet_nano", "num_classes": 10, "image_size": (32, 32)}
 
@@ -256,26 +256,6 @@ class StepRecorder(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses[trainer.global_step - 1] = float(outputs["loss"])
-
-
-class MemoryLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: dict[int, dict[str, float]] = {}
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.written.setdefault(step, {}).update(metrics)
 
 
 def test_step_metrics_are_logged_only_on_the_steps_the_loggers_write(monkeypatch):

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
 from lightning.pytorch.trainer.connectors.logger_connector import result
@@ -36,6 +36,7 @@ from lightning_modules.drawing import (
     top_confusions_table,
 )
 from lightning_modules.pictures import TensorBoardPictures
+from memory_logger import MemoryLogger
 from tiny_run import tiny_fit
 
 CLASSES = [f"pattern_{i}" for i in range(10)]
@@ -204,28 +205,6 @@ def test_best_values_survive_a_resume():
     assert best["hp/final_acc1"] == pytest.approx(0.3) and best["hp/final_loss"] == 2.0
 
 
-class _Recorder(Logger):
-    """Every ``log_metrics`` call as (step, metrics)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[int, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "recorder"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.calls.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-
 class _ClassHits(Callback):
     """Per-class accuracy of the last validation epoch, counted apart from TensorBoardPictures."""
 
@@ -240,7 +219,7 @@ class _ClassHits(Callback):
         self.totals += torch.bincount(labels, minlength=4)
 
 
-def _fit_as_if_distributed(tmp_path, monkeypatch, class_accuracy: bool) -> tuple[_Recorder, _ClassHits, int, list]:
+def _fit_as_if_distributed(tmp_path, monkeypatch, class_accuracy: bool) -> tuple[MemoryLogger, _ClassHits, int, list]:
     """A one-process fit that Lightning treats as distributed: ``sync_dist`` is honoured and the
     epoch-level "use sync_dist=True" warning is armed. Returns the logged metrics, the independently
     counted class accuracies, the number of strategy reduces (collectives under DDP) and the warnings."""
@@ -251,7 +230,7 @@ def _fit_as_if_distributed(tmp_path, monkeypatch, class_accuracy: bool) -> tuple
     monkeypatch.setattr(SingleDeviceStrategy, "reduce", lambda self, *args, **kw: reduces.append(1) or reduce(self, *args, **kw))
     model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32))
     data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=16, test_size=8, batch_size=8)
-    recorder, hits = _Recorder(), _ClassHits()
+    recorder, hits = MemoryLogger(), _ClassHits()
     pictures = TensorBoardPictures(train_batch=False, rel_pos_bias=False, attention_maps=False, hparams=False,
                                    class_accuracy=class_accuracy)
     trainer = Trainer(
