@@ -26,29 +26,30 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
+from lightning.pytorch.cli import (  # noqa: E402
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
 
 from coatnet.checkpoint import preprocessing_of as preprocessing_of_weights  # noqa: E402
-
-from lightning_modules.callbacks import ThroughputLogger  # noqa: E402
-from lightning_modules.checkpoint_io import (  # noqa: E402
+from lightning_modules.callbacks.progress import LoggedLossProgressBar  # noqa: E402
+from lightning_modules.callbacks.throughput import ThroughputLogger  # noqa: E402
+from lightning_modules.classifier import ImageClassifier, weights_from_checkpoint  # noqa: E402
+from lightning_modules.pictures.callback import TensorBoardPictures  # noqa: E402
+from lightning_modules.resilience.finite_loss import FiniteLossGuard  # noqa: E402
+from lightning_modules.resilience.interrupt import InterruptCheckpoint  # noqa: E402
+from lightning_modules.resilience.random_state import RandomStateCheckpoint  # noqa: E402
+from lightning_modules.resilience.resume_paths import (  # noqa: E402
     continue_run_folder,
     last_checkpoint_under,
     newest_file,
     resolve_ckpt_path,
     version_folder,
 )
-from lightning_modules.classifier import ImageClassifier, weights_from_checkpoint  # noqa: E402
-from lightning_modules.pictures import TensorBoardPictures  # noqa: E402
-from lightning_modules.progress import LoggedLossProgressBar  # noqa: E402
-from lightning_modules.errors import ConciseArgumentParser, exit_readably  # noqa: E402
-from lightning_modules.safety import (  # noqa: E402
-    FiniteLossGuard,
-    InterruptCheckpoint,
-    RandomStateCheckpoint,
-    StopCheckpoint,
-)
+from lightning_modules.resilience.stop_checkpoint import StopCheckpoint  # noqa: E402
+from lightning_modules.user_errors import ConciseArgumentParser, exit_readably  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -218,7 +219,7 @@ DEFAULT_LOGGER = {
 }
 
 # Checkpoints are written to a temporary file and renamed, so a kill mid-write never truncates one.
-ATOMIC_CHECKPOINT_IO = {"class_path": "lightning_modules.checkpoint_io.AtomicCheckpointIO"}
+ATOMIC_CHECKPOINT_IO = {"class_path": "lightning_modules.resilience.atomic_io.AtomicCheckpointIO"}
 
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/acc1",
@@ -257,7 +258,7 @@ class CoAtNetCLI(LightningCLI):
     ``last.ckpt`` plus the best on ``val/acc1``, in the logger's version folder, and ``last.ckpt`` again when
     training stops inside an epoch),
     ``throughput:`` (``train/images_per_sec`` and, on GPUs, ``train/mfu``), ``pictures:``
-    (TensorBoard images, per-class accuracy and HParams; see ``lightning_modules.pictures``) and
+    (TensorBoard images, per-class accuracy and HParams; see ``lightning_modules.pictures.callback``) and
     ``progress_bar:`` (shows the loss without a per-step device read). ``trainer.callbacks`` is
     left for optional ones such as EMA. TensorBoard under ``logs/`` is the default logger; the
     resolved config is saved as ``config.yaml`` in the same version folder.

@@ -29,9 +29,14 @@ from torch import nn
 from bench.throughput import alternating_medians
 from coatnet import CoAtNet, create_model, fold_batchnorm
 from coatnet.checkpoint import FORMAT, load_weights
-from coatnet.convert import CheckpointError, load_mapped, read_safetensors_metadata, read_torch_file
-from lightning_modules.checkpoint_match import network_config
-from lightning_modules.errors import exit_readably
+from coatnet.convert import (
+    CheckpointError,
+    load_mapped,
+    read_safetensors_metadata,
+    read_torch_file,
+)
+from lightning_modules.resilience.network_match import network_config
+from lightning_modules.user_errors import exit_readably
 
 Format = Literal["onnx", "torchscript", "exported"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported")

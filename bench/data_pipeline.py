@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from datamodules import ImageFolderDataModule
-from datamodules.shard_writer import write_shards
+from datamodules.sources.shard_writer import write_shards
 
 IMAGE_HW = (375, 500)
 NUM_CLASSES = 4

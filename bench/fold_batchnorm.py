@@ -20,7 +20,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bench.throughput import AUTOCAST_DTYPES, add_run_arguments, alternating_medians, device_name
+from bench.throughput import (
+    AUTOCAST_DTYPES,
+    add_run_arguments,
+    alternating_medians,
+    device_name,
+)
 from coatnet import create_model, fold_batchnorm
 
 COLUMNS = ("model", "as trained img/s", "BN folded img/s", "speed-up", "BatchNorms", "max abs logit diff")

@@ -33,11 +33,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from bench.throughput import AUTOCAST_DTYPES, add_run_arguments, parse_step_loop_args, synchronize
-from lightning_modules.callbacks import ThroughputLogger
+from bench.throughput import (
+    AUTOCAST_DTYPES,
+    add_run_arguments,
+    parse_step_loop_args,
+    synchronize,
+)
+from lightning_modules.callbacks.throughput import ThroughputLogger
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.optim import weight_decay_groups
-from lightning_modules.safety import FiniteLossGuard
+from lightning_modules.resilience.finite_loss import FiniteLossGuard
 
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 

@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from bench.throughput import Settings, add_run_arguments, autocast, parse_step_loop_args, synchronize, synthetic_batch
+from bench.throughput import (
+    Settings,
+    add_run_arguments,
+    autocast,
+    parse_step_loop_args,
+    synchronize,
+    synthetic_batch,
+)
 
 TOP_OPERATORS = 25
 

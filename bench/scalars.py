@@ -16,7 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+from tensorboard.backend.event_processing.event_accumulator import (
+    SCALARS,
+    EventAccumulator,
+)
 
 DEFAULT_TAGS = ("val/acc1", "val/loss", "train/loss", "train/images_per_sec", "train/mfu", "epoch")
 Series = dict[str, list[tuple[int, float]]]

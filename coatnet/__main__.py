@@ -19,7 +19,13 @@ from typing import Any
 
 from torch import Tensor
 
-from .checkpoint import FORMAT, check_output_path, read_weights_file, save_weights, weights_summary
+from .checkpoint import (
+    FORMAT,
+    check_output_path,
+    read_weights_file,
+    save_weights,
+    weights_summary,
+)
 from .config import config_to_dict
 from .convert import (
     TIMM_TO_VARIANT,

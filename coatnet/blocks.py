@@ -12,7 +12,15 @@ from torch import nn
 
 from .attention import RelativeAttention
 from .config import ConvConfig, TransformerConfig
-from .layers import DropPath, LayerScale, Mlp, Pool2d, SqueezeExcite, make_activation, make_channel_norm
+from .layers import (
+    DropPath,
+    LayerScale,
+    Mlp,
+    Pool2d,
+    SqueezeExcite,
+    make_activation,
+    make_channel_norm,
+)
 
 
 class ConvShortcut(nn.Module):

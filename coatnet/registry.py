@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .config import CoAtNetConfig, ConvConfig, HeadConfig, StemConfig, TransformerConfig, apply_overrides
+from .config import (
+    CoAtNetConfig,
+    ConvConfig,
+    HeadConfig,
+    StemConfig,
+    TransformerConfig,
+    apply_overrides,
+)
 from .model import CoAtNet
 
 _VARIANTS: dict[str, Callable[[], CoAtNetConfig]] = {}

@@ -18,10 +18,16 @@ from typing import Any, Callable, Optional
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    get_worker_info,
+)
 
 from datamodules.errors import DatasetError
-from datamodules.resume import ResumingDataLoader, SkipsTrainedSamples
+from datamodules.sampling.resume import ResumingDataLoader, SkipsTrainedSamples
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -7,18 +7,29 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
 
-from datamodules.base import DEFAULT_NUM_WORKERS, ImageClassificationDataModule, ImageSize
-from datamodules.batch_augment import BatchRandAugment
-from datamodules.cifar_files import RELEASES, Variant, ensure_release, holdout_indices, load_batches, load_class_names
-from datamodules.cifar_folder import find_split, load_image_folder
+from datamodules.augmentation.batched_ops import BatchRandAugment
+from datamodules.augmentation.tensor_ops import PadMode, pad_crop_flip, random_erase
+from datamodules.augmentation.transforms import CifarTrainTransform
+from datamodules.base import (
+    DEFAULT_NUM_WORKERS,
+    ImageClassificationDataModule,
+    ImageSize,
+)
 from datamodules.errors import DatasetError
-from datamodules.folder_scan import check_same_classes, list_classes
-from datamodules.memory import TensorImageDataset
-from datamodules.tensor_ops import PadMode, pad_crop_flip, random_erase
-from datamodules.transforms import CifarTrainTransform
+from datamodules.sources.cifar_folder import find_split, load_image_folder
+from datamodules.sources.cifar_release import (
+    RELEASES,
+    Variant,
+    ensure_release,
+    holdout_indices,
+    load_batches,
+    load_class_names,
+)
+from datamodules.sources.folder_scan import check_same_classes, list_classes
+from datamodules.sources.in_memory import TensorImageDataset
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

@@ -9,31 +9,51 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.base import DEFAULT_NUM_WORKERS, IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule, ImageSize
-from datamodules.batch_augment import BatchRandAugment
-from datamodules.crops import DEFAULT_RATIO
-from datamodules.errors import DatasetError
-from datamodules.folder_datasets import (
+from datamodules.augmentation.batched_ops import BatchRandAugment
+from datamodules.augmentation.crops import DEFAULT_RATIO
+from datamodules.augmentation.tensor_ops import Interpolation, PadMode, host_to_device
+from datamodules.augmentation.transforms import (
+    CifarTrainTransform,
+    EvalTransform,
+    ImageNetTrainTransform,
+    ResizeTo,
+)
+from datamodules.base import (
+    DEFAULT_NUM_WORKERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageClassificationDataModule,
+    ImageSize,
+)
+from datamodules.decoding.device_decode import (
+    DeviceCropper,
+    decode_batch,
+    on_side_stream,
+)
+from datamodules.decoding.encoded_images import (
     CorruptFiles,
     EncodedCollate,
+    EncodedImageDataset,
     EncodedImages,
     EncodedSource,
-    EncodedImageDataset,
     OnCorrupt,
     bytes_tensor,
     decode_bytes,
 )
-from datamodules.folder_scan import check_same_classes, hold_out, list_classes, scan_split
-from datamodules.gpu_decode import DeviceCropper, decode_batch, on_side_stream
-from datamodules.shard_sampler import ShardOrderSampler
-from datamodules.tar_shards import TarShards, is_shard_pattern, read_class_names
-from datamodules.tensor_ops import Interpolation, PadMode, host_to_device
-from datamodules.transforms import CifarTrainTransform, EvalTransform, ImageNetTrainTransform, ResizeTo
+from datamodules.errors import DatasetError
+from datamodules.sampling.shard_sampler import ShardOrderSampler
+from datamodules.sources.folder_scan import (
+    check_same_classes,
+    hold_out,
+    list_classes,
+    scan_split,
+)
+from datamodules.sources.tar_shards import TarShards, is_shard_pattern, read_class_names
 
 
 class ImageFolderDataModule(ImageClassificationDataModule):
     """Class-per-folder image datasets (ImageNet layout, or JPEG copies of CIFAR), or the same images
-    in tar shards (WebDataset layout, see ``datamodules.tar_shards``).
+    in tar shards (WebDataset layout, see ``datamodules.sources.tar_shards``).
 
     Args:
         root: dataset root holding ``train_dir`` (and ``val_dir`` / ``test_dir``).

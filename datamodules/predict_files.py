@@ -19,11 +19,11 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from coatnet.convert import read_torch_file
+from datamodules.augmentation.transforms import EvalTransform, ResizeTo
 from datamodules.base import ImageClassificationDataModule
+from datamodules.decoding.encoded_images import DECODE_ERRORS
 from datamodules.errors import DatasetError
-from datamodules.folder_datasets import DECODE_ERRORS
-from datamodules.folder_scan import IMAGE_EXTENSIONS
-from datamodules.transforms import EvalTransform, ResizeTo
+from datamodules.sources.folder_scan import IMAGE_EXTENSIONS
 from lightning_modules.prediction import DATA_INFO_KEY
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from datamodules.base import ImageClassificationDataModule, ImageSize
-from datamodules.memory import TensorImageDataset
+from datamodules.sources.in_memory import TensorImageDataset
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 CLASS_STREAM = 99

@@ -31,15 +31,20 @@ from torchmetrics.classification import MulticlassAccuracy
 from coatnet import CoAtNet, fold_batchnorm
 from coatnet.checkpoint import load_for_finetune
 from coatnet.convert import CheckpointError
-from lightning_modules.checkpoint_match import (
+from lightning_modules.mixing import MixupCutmix
+from lightning_modules.optim import (
+    WarmupCosine,
+    layer_decay_groups,
+    no_decay_names,
+    weight_decay_groups,
+)
+from lightning_modules.prediction import DATA_INFO_KEY, data_info
+from lightning_modules.resilience.network_match import (
     network_config,
     network_differences,
     saved_network_config,
     setting_changes,
 )
-from lightning_modules.mixing import MixupCutmix
-from lightning_modules.optim import WarmupCosine, layer_decay_groups, no_decay_names, weight_decay_groups
-from lightning_modules.prediction import DATA_INFO_KEY, data_info
 
 MAX_LISTED = 4  # differences named in a checkpoint-mismatch error
 _WEIGHTS_FROM_CHECKPOINT = contextvars.ContextVar("weights_from_checkpoint", default=False)

@@ -9,7 +9,6 @@ from typing import Any
 
 from torch import nn
 
-
 # Prefixes that wrappers (FSDP, activation checkpointing, torch.compile) insert into parameter names.
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS_DIR = Path(__file__).resolve().parent  # the shared helpers (data_helpers, step_marker, ...) live here
+REPO_ROOT = TESTS_DIR.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

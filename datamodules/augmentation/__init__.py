@@ -1,0 +1,1 @@
+"""Crops, flips, RandAugment and erasing: one policy, run per sample on the CPU or batched on the device."""

@@ -1,0 +1,159 @@
+"""Device-side decode + crop for the image-folder "gpu" path.
+
+Workers only read bytes; here JPEGs are decoded in one batched call on the
+batch's device (nvJPEG on CUDA, libjpeg on CPU), cropped per image with the
+same box sampler as the CPU path and augmented batched, in the CPU path's
+order. Non-JPEG files are decoded on the CPU. On CUDA this work can run on a
+second stream (``on_side_stream``), overlapping the previous training step.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+from datamodules.augmentation.crops import CropBox, eval_crop_box, sample_resized_crop
+from datamodules.augmentation.tensor_ops import (
+    Interpolation,
+    crop_resize,
+    pad_crop_flip,
+)
+from datamodules.decoding.encoded_images import CorruptFiles, EncodedImages
+from datamodules.errors import DatasetError
+
+JPEG_MAGIC = (0xFF, 0xD8, 0xFF)
+
+
+def is_jpeg(data: torch.Tensor) -> bool:
+    return len(data) >= 3 and tuple(data[:3].tolist()) == JPEG_MAGIC
+
+
+def quiet(fn, *args, **kwargs):
+    """torchvision 0.29 flags its decoders as deprecated on every call; keep batch logs readable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return fn(*args, **kwargs)
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if is_jpeg(data):
+        return quiet(decode_jpeg, data, mode=ImageReadMode.RGB, device=device)
+    return quiet(decode_image, data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
+
+
+def decode_batch(
+    batch: EncodedImages, device: torch.device, corrupt: CorruptFiles
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Decode every file to CHW uint8 on ``device``; unreadable ones follow ``corrupt``'s policy.
+
+    Returns the images and, per slot, the index of the file it came from: a
+    skipped file's slot reuses a good image of the batch (so the batch keeps
+    its size), and the caller must take labels from those indices.
+    """
+    images: list[Optional[torch.Tensor]] = [None] * len(batch)
+    jpegs = [i for i, d in enumerate(batch.data) if is_jpeg(d)]
+    if jpegs:
+        try:
+            decoded = quiet(decode_jpeg, [batch.data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            for i, image in zip(jpegs, decoded):
+                images[i] = image
+        except RuntimeError:
+            pass  # one bad file fails the whole call; retry one by one below to find it
+    for i, image in enumerate(images):
+        if image is None:
+            try:
+                images[i] = _decode_one(batch.data[i], device)
+            except RuntimeError as exc:
+                corrupt.report(batch.paths[i], exc)
+    good = [i for i, image in enumerate(images) if image is not None]
+    if not good:
+        raise DatasetError(f"no image of the batch could be decoded (first: {batch.paths[0]}); check the files.")
+    sources = [i if images[i] is not None else good[0] for i in range(len(images))]
+    return [images[i] for i in sources], sources
+
+
+class DeviceCropper:
+    """Train: random-resized crop + flip; eval: centre crop. Resizes each image to ``size`` on its device.
+
+    ``augment`` (a batched policy such as ``BatchRandAugment``) runs on training batches where the
+    CPU path runs its policy: after crop and flip ("imagenet"), before pad-crop and flip ("cifar").
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        scale: tuple[float, float],
+        ratio: tuple[float, float],
+        interpolation: Interpolation,
+        hflip: float,
+        crop_pct: float,
+        preset: Literal["imagenet", "cifar"] = "imagenet",
+        crop_padding: int = 4,
+        augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> None:
+        self.size, self.scale, self.ratio, self.interpolation = size, scale, ratio, interpolation
+        self.hflip, self.crop_pct, self.preset, self.crop_padding = hflip, crop_pct, preset, crop_padding
+        self.augment = augment if augment is not None else (lambda images: images)
+
+    @staticmethod
+    def batch_rng() -> np.random.Generator:
+        """One batch's crop and flip stream, seeded from torch's global CPU stream: checkpoints save that
+        stream and DDP ranks split it (``RandomStateCheckpoint``), so resumed runs and ranks draw as they should."""
+        return np.random.default_rng(int(torch.randint(2**62, ()).item()))
+
+    def __call__(self, images: list[torch.Tensor], train: bool) -> torch.Tensor:
+        """List of CHW uint8 images (any sizes) -> float [B,3,H,W] in 0..255."""
+        if self.preset == "cifar":
+            out = torch.stack([crop_resize(im, CropBox(0, 0, *im.shape[-2:]), self.size, self.interpolation) for im in images])
+            if train:
+                out = pad_crop_flip(self.augment(out.round_()), self.crop_padding, "reflect", self.hflip)
+            return out
+        crops = []
+        rng = self.batch_rng() if train else None
+        for image in images:
+            height, width = image.shape[-2:]
+            if train:
+                box = sample_resized_crop(height, width, self.scale, self.ratio, rng)
+                flip = bool(rng.random() < self.hflip)
+            else:
+                box, flip = eval_crop_box(height, width, self.size, self.crop_pct), False
+            crops.append(crop_resize(image, box, self.size, self.interpolation, flip))
+        out = torch.stack(crops)
+        return self.augment(out.round_()) if train else out
+
+
+_SIDE_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+@contextmanager
+def on_side_stream(device: torch.device, enabled: bool = True) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """Run the body on a second CUDA stream of ``device``; ``hand_over(t)`` makes ``t`` safe to use on the
+    current stream afterwards (the current stream waits for the side stream, and the allocator keeps
+    ``t``'s memory until the current stream is done with it).
+
+    The side stream does not wait for the work already queued, so the body can run on the GPU while
+    the previous step is still executing. Its inputs must not come from that queued work (encoded
+    files and host-drawn parameters do not). Elsewhere (CPU, ``enabled`` false) it runs in place.
+    """
+    if device.type != "cuda" or not enabled:
+        yield lambda tensor: tensor
+        return
+    side = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(device))
+    current = torch.cuda.current_stream(device)
+    handed: list[torch.Tensor] = []
+
+    def hand_over(tensor: torch.Tensor) -> torch.Tensor:
+        handed.append(tensor)
+        return tensor
+
+    with torch.cuda.stream(side):
+        yield hand_over
+    current.wait_stream(side)
+    for tensor in handed:
+        tensor.record_stream(current)

@@ -1,0 +1,1 @@
+"""Sample order: per-epoch shuffles, whole shards per rank, and skipping what an interrupted epoch already trained."""

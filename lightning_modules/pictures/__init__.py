@@ -1,0 +1,1 @@
+"""Pictures of a run (input batches, predictions, confusion matrix, attention) drawn without matplotlib."""

@@ -1,0 +1,251 @@
+"""Every YAML under configs/ parses, and the recipes instantiate their model, DataModule and Trainer.
+
+No data is read: DataModules only touch files in ``setup``/``prepare_data``. Models are built on
+the ``meta`` device (shapes, no memory or init time), which keeps CoAtNet-3/4 (168M/275M
+parameters) to a second each. The GPU recipes are instantiated with ``accelerator=cpu,
+devices=1`` since the Trainer refuses GPU settings on a machine without one; the YAML's own
+device counts are checked from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import yaml
+from conftest import REPO_ROOT
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+from cli import CoAtNetCLI, merge_model_overrides, prepare_argv
+from coatnet.blocks import MBConvBlock, TransformerBlock
+from lightning_modules.callbacks.throughput import ThroughputLogger
+from lightning_modules.classifier import ImageClassifier
+
+CONFIG_DIR = REPO_ROOT / "configs"
+PRESETS = ["bf16.yaml", "ddp.yaml", "ema.yaml", "fsdp.yaml"]
+DATA_PRESETS = ["cifar10_folder.yaml", "imagenet_shards.yaml"]
+RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in PRESETS + DATA_PRESETS)
+IMAGENET_DROP_PATH = {"coatnet0.yaml": 0.2, "coatnet1.yaml": 0.3, "coatnet2.yaml": 0.5, "coatnet3.yaml": 0.7}
+
+
+def _cli(*configs: str, extra: tuple[str, ...] = ()) -> CoAtNetCLI:
+    args = prepare_argv([a for name in configs for a in ("--config", str(CONFIG_DIR / name))] + list(extra))
+    with torch.device("meta"), mock.patch.object(sys, "argv", ["cli.py"]):  # pytest's own argv is not ours
+        return CoAtNetCLI(run=False, args=args)
+
+
+def test_expected_configs_exist_and_are_commented():
+    expected = {"smoke.yaml", "cifar10.yaml", "cifar100.yaml", "cifar10_smoke.yaml", *PRESETS}
+    expected |= {f"coatnet{i}.yaml" for i in range(5)}
+    assert expected <= {p.name for p in CONFIG_DIR.glob("*.yaml")}
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        assert path.read_text().startswith("#"), f"{path.name} needs a comment saying what it is for"
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_instantiates_with_linked_data_settings(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written or read relative to cwd
+    # Fine-tuning recipes name a weights file the user converts first (tests/test_finetune.py loads one).
+    no_weights = ("--model.init_from=null",) if name.startswith("finetune") else ()
+    cli = _cli(name, extra=("--trainer.accelerator=cpu", "--trainer.devices=1", *no_weights))
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
+    assert isinstance(model, ImageClassifier)
+    assert model.hparams.num_classes == data.num_classes
+    assert tuple(model.hparams.image_size) == tuple(data.image_size)
+    assert model.model.config.num_classes == data.num_classes
+    assert tuple(model.model.config.img_size) == tuple(data.image_size)
+    assert trainer.gradient_clip_val == 1.0 and trainer.gradient_clip_algorithm == "norm"
+    checkpoint = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))
+    assert checkpoint.monitor == "val/acc1" and checkpoint.mode == "max" and checkpoint.save_last
+    assert "/" not in checkpoint.format_checkpoint_name({"epoch": 3, "val/acc1": torch.tensor(0.5)}).split(
+        "checkpoints"
+    )[-1].lstrip("/")
+    assert any(isinstance(cb, ThroughputLogger) for cb in trainer.callbacks)
+    raw_trainer = yaml.safe_load((CONFIG_DIR / name).read_text())["trainer"]
+    if raw_trainer["accelerator"] != "cpu":  # fixed input sizes: cuDNN's autotuner pays for itself
+        assert raw_trainer.get("benchmark") is True, f"{name} runs on GPUs: set trainer.benchmark: true"
+    if callable(getattr(type(data), "train_transform", None)):  # the image-folder CPU pipeline is built in setup
+        assert data.train_transform() is not None
+    assert not list(Path(tmp_path).iterdir()), "instantiation must not create files"
+
+
+@pytest.mark.parametrize("name", [f"coatnet{i}.yaml" for i in range(5)])
+def test_imagenet_recipes_follow_the_paper(name):
+    raw = yaml.safe_load((CONFIG_DIR / name).read_text())
+    cli = _cli(name, extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
+    cfg, model = cli.config, cli.model
+    assert cfg.model.optimizer.class_path == "torch.optim.AdamW"
+    assert cfg.model.optimizer.init_args.lr == 1e-3 and cfg.model.optimizer.init_args.weight_decay == 0.05
+    assert cfg.model.warmup_steps == 10_000 and cfg.trainer.max_epochs == 300
+    assert model.mixer.mixup_alpha == 0.8 and model.mixer.label_smoothing == 0.1
+    drop_path = model.model.config.drop_path_rate
+    assert drop_path == IMAGENET_DROP_PATH[name] if name in IMAGENET_DROP_PATH else drop_path >= 0.7
+    assert cli.trainer.precision == "bf16-mixed"
+    assert model.model.config.num_classes == 1000 and tuple(cli.datamodule.image_size) == (224, 224)
+    data_args = cfg.data.init_args
+    assert data_args.root == "data/imagenet" and type(cli.datamodule).__name__ == "ImageFolderDataModule"
+    assert (data_args.randaugment_layers, data_args.randaugment_magnitude) == (2, 15)
+    trainer = raw["trainer"]
+    global_batch = data_args.batch_size * trainer["devices"] * trainer["num_nodes"] * trainer["accumulate_grad_batches"]
+    assert global_batch == 4096, "peak lr 1e-3 belongs to a global batch of 4096"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_only_touch_trainer_keys(preset):
+    assert set(yaml.safe_load((CONFIG_DIR / preset).read_text())) == {"trainer"}
+
+
+def test_cifar_recipe_runs_on_an_image_folder_copy():
+    assert set(yaml.safe_load((CONFIG_DIR / "cifar10_folder.yaml").read_text())) == {"data"}
+    cli = _cli("cifar10.yaml", "cifar10_folder.yaml", extra=("--trainer.accelerator=cpu", "--trainer.precision=32-true"))
+    data = cli.datamodule
+    recipe_data = yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["data"]["init_args"]
+    assert type(data).__name__ == "CIFARDataModule" and data.hparams.source == "folder"
+    assert (data.hparams.val_split, data.hparams.holdout_per_class) == ("holdout", 500)
+    for key in ("randaugment_layers", "randaugment_magnitude", "batch_size", "augment_on_device"):
+        assert data.hparams[key] == recipe_data[key], f"the folder preset must keep the recipe's {key}"
+    assert tuple(cli.model.hparams.image_size) == (32, 32) and cli.model.hparams.num_classes == 10
+    assert cli.model.hparams.model_name == yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["model"]["model_name"]
+    # The recipe compiles: equal evaluation batches on the holdout and on the official test split mean one eval graph.
+    assert 500 * 10 % data.eval_batch_size == 0 and 10_000 % data.eval_batch_size == 0
+
+
+def test_imagenet_recipe_reads_tar_shards_with_the_shard_preset(tmp_path):
+    from data_helpers import write_image_folder
+
+    from datamodules.sampling.shard_sampler import ShardOrderSampler
+    from datamodules.sources.shard_writer import write_shards
+
+    assert set(yaml.safe_load((CONFIG_DIR / "imagenet_shards.yaml").read_text())) == {"data"}
+    cli = _cli("coatnet0.yaml", "imagenet_shards.yaml", extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
+    data, recipe = cli.datamodule, yaml.safe_load((CONFIG_DIR / "coatnet0.yaml").read_text())["data"]["init_args"]
+    assert (data.train_dir, data.val_dir) == ("imagenet1k-train-*.tar", "imagenet1k-validation-*.tar")
+    for key in ("randaugment_magnitude", "batch_size", "num_workers", "color_jitter"):
+        assert data.hparams[key] == recipe[key], f"the shard preset must keep the recipe's {key}"
+    # the names the preset expects, on a 2-class stand-in with 32-pixel crops
+    classes = ["n01440764", "n01443537"]
+    write_image_folder(tmp_path / "images", "train", classes, per_class=3, size=(48, 64))
+    write_image_folder(tmp_path / "images", "val", classes, per_class=1, size=(48, 64))
+    write_shards(tmp_path / "images" / "train", tmp_path / "wds", "imagenet1k-train", samples_per_shard=4, workers=1)
+    write_shards(tmp_path / "images" / "val", tmp_path / "wds", "imagenet1k-validation", samples_per_shard=4, workers=1)
+    cli = _cli("coatnet0.yaml", "imagenet_shards.yaml", extra=(
+        "--trainer.accelerator=cpu", "--trainer.devices=1", f"--data.root={tmp_path / 'wds'}", "--data.num_classes=2",
+        "--data.image_size=32", "--data.batch_size=2", "--data.num_workers=0",
+    ))
+    cli.datamodule.prepare_data()
+    cli.datamodule.setup("fit")
+    assert cli.datamodule.class_names == classes and len(cli.datamodule.train_set) == 6
+    loader = cli.datamodule.train_dataloader()
+    assert isinstance(loader.sampler, ShardOrderSampler) and next(iter(loader))[0].shape == (2, 3, 32, 32)
+
+
+def test_ddp_bf16_and_ema_presets_compose_with_a_recipe():
+    cli = _cli("smoke.yaml", "ddp.yaml", "bf16.yaml", "ema.yaml")
+    assert isinstance(cli.trainer.strategy, DDPStrategy)
+    assert cli.trainer.precision == "bf16-mixed"
+    assert any(isinstance(cb, EMAWeightAveraging) for cb in cli.trainer.callbacks)
+    assert any(isinstance(cb, ModelCheckpoint) for cb in cli.trainer.callbacks), "EMA must not drop checkpoints"
+
+
+def test_fsdp_preset_wraps_each_coatnet_block():
+    # The Trainer refuses FSDP without a GPU, so only the strategy object is built from the config.
+    cli = _cli("smoke.yaml")
+    cfg = cli.parser.parse_args(["--config", str(CONFIG_DIR / "smoke.yaml"), "--config", str(CONFIG_DIR / "fsdp.yaml")])
+    strategy = cli.parser.instantiate_classes(cfg).trainer.strategy
+    assert isinstance(strategy, FSDPStrategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, ModuleWrapPolicy)
+    assert set(policy._module_classes) == {MBConvBlock, TransformerBlock}
+    assert strategy.kwargs["use_orig_params"], "weight-decay groups need the original parameter names"
+
+
+# ablation preset -> (recipe it is added to, what the built model must show)
+ABLATIONS = {
+    "layout_cccc.yaml": ("cifar10.yaml", lambda config: config.layout == "CCCC"),
+    "layout_ccct.yaml": ("cifar10.yaml", lambda config: config.layout == "CCCT"),
+    "layout_cttt.yaml": ("cifar10.yaml", lambda config: config.layout == "CTTT"),
+    "post_softmax.yaml": ("cifar10.yaml", lambda config: config.transformer.attention == "post_softmax"),
+    "stride_1x1.yaml": ("coatnet0.yaml", lambda config: config.conv.stride_at == "1x1"),
+    "vit_rel.yaml": ("coatnet0.yaml", lambda config: config.layout == "T" and config.stem.patch_size == 16),
+}
+
+
+def test_every_ablation_preset_is_tested():
+    assert {p.name for p in (CONFIG_DIR / "ablations").glob("*.yaml")} == set(ABLATIONS)
+
+
+@pytest.mark.parametrize("preset", sorted(ABLATIONS))
+def test_ablation_preset_changes_one_thing_and_keeps_the_recipe(preset):
+    recipe, changed = ABLATIONS[preset]
+    cli = _cli(recipe, f"ablations/{preset}", extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
+    config = cli.model.model.config
+    assert changed(config)
+    recipe_model = yaml.safe_load((CONFIG_DIR / recipe).read_text())["model"]
+    assert config.drop_path_rate == recipe_model["model_overrides"]["drop_path_rate"], "the recipe's drop path was lost"
+    if recipe == "cifar10.yaml":
+        assert config.stem.stride == 1, "the recipe's stride-1 stem was lost"
+        assert cli.model.model(torch.empty(2, 3, 32, 32, device="meta")).shape == (2, 10)
+
+
+def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
+    files = {
+        "recipe.yaml": {"model": {"model_overrides": {"drop_path_rate": 0.1, "transformer": {"norm": "batchnorm"}}}},
+        "data.yaml": {"data": {"init_args": {"batch_size": 8}}},
+        "ablation.yaml": {"model": {"model_overrides": {"layout": "CCCT", "transformer": {"attention": "post_softmax"}}}},
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_text(yaml.safe_dump(content))
+    argv = ["fit", "--config", str(tmp_path / "recipe.yaml"), f"--config={tmp_path / 'data.yaml'}",
+            "-c", str(tmp_path / "ablation.yaml"), "--model.model_overrides.drop_path_rate", "0.3"]
+    merged = merge_model_overrides(argv)
+    assert merged[:-1] == argv  # one argument added, after the last file or item that sets overrides
+    expected = {"drop_path_rate": 0.3, "transformer": {"norm": "batchnorm", "attention": "post_softmax"}, "layout": "CCCT"}
+    assert merged[-1].startswith("--model.model_overrides=") and json.loads(merged[-1].split("=", 1)[1]) == expected
+    assert merge_model_overrides(argv[:3]) == argv[:3]  # one file alone: nothing to merge
+
+    cli = _cli("smoke.yaml", extra=tuple(merged[1:]))
+    assert cli.model.hparams.model_overrides == expected
+    assert cli.model.model.config.transformer.norm == "batchnorm" and cli.model.model.config.layout == "CCCT"
+
+    # Items and files apply in command-line order: an item before a later file is kept unless that file sets it.
+    between = ["fit", "--config", str(tmp_path / "recipe.yaml"), "--model.model_overrides.drop_path_rate=0.3",
+               "--model.model_overrides.layout", "CCTT", "--config", str(tmp_path / "ablation.yaml")]
+    overrides = json.loads(merge_model_overrides(between)[-1].split("=", 1)[1])
+    assert overrides == expected, "the item between the files must survive; the later file's layout wins"
+    whole = ["fit", "--config", str(tmp_path / "recipe.yaml"), "--model.model_overrides", "{layout: CCCC}",
+             "--config", str(tmp_path / "ablation.yaml")]
+    assert json.loads(merge_model_overrides(whole)[-1].split("=", 1)[1]) == {
+        "layout": "CCCT", "transformer": {"attention": "post_softmax"}}, "a whole dict replaces what came before it"
+    two_items = ["fit", "--model.model_overrides.transformer.head_dim", "64",
+                 "--model.model_overrides.transformer.layer_scale=1e-6"]
+    assert json.loads(merge_model_overrides(two_items)[-1].split("=", 1)[1]) == {
+        "transformer": {"head_dim": 64, "layer_scale": 1e-6}}, "two keys of one section both stay"
+    with pytest.raises(ValueError, match=r"--model.model_overrides.drop_path_rate '\[' is not valid YAML"):
+        merge_model_overrides([*two_items, "--model.model_overrides.drop_path_rate", "["])
+
+
+def test_ema_preset_trains_on_an_image_folder(tmp_path, monkeypatch):
+    # EMA deep-copies the LightningModule; the copy must not drag in the CLI, Trainer and DataModule (whose
+    # process-shared corrupt-file counter refuses to be copied) through the optimizer factory.
+    from data_helpers import write_image_folder
+
+    import cli
+
+    write_image_folder(tmp_path, "train", ["a", "b"], per_class=4, size=(32, 32))
+    write_image_folder(tmp_path, "val", ["a", "b"], per_class=2, size=(32, 32))
+    monkeypatch.chdir(tmp_path)
+    argv = prepare_argv(["fit", "--config", "smoke.yaml", "--config", "ema.yaml", "--data=datamodules.ImageFolderDataModule",
+                         f"--data.init_args.root={tmp_path}", "--data.init_args.num_classes=2", "--data.init_args.image_size=32",
+                         "--data.init_args.preset=cifar", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+                         "--trainer.fast_dev_run=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+    monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
+    run = cli.CoAtNetCLI()
+    ema = next(cb for cb in run.trainer.callbacks if isinstance(cb, EMAWeightAveraging))
+    assert run.trainer.global_step == 2
+    assert ema._average_model.module.optimizer_factory is run.model.optimizer_factory, "the copy shares the factory"
