@@ -29,12 +29,9 @@ from torch import nn
 from bench.throughput import alternating_medians
 from coatnet import CoAtNet, create_model, fold_batchnorm
 from coatnet.checkpoint import FORMAT, load_weights
-from coatnet.convert import (
-    CheckpointError,
-    load_mapped,
-    read_safetensors_metadata,
-    read_torch_file,
-)
+from coatnet.errors import CheckpointError
+from coatnet.loading import load_mapped
+from coatnet.weights_io import read_safetensors_metadata, read_torch_file
 from lightning_modules.resilience.network_match import network_config
 from lightning_modules.user_errors import exit_readably
 

@@ -29,13 +29,13 @@ from .checkpoint import (
 from .config import config_to_dict
 from .convert import (
     TIMM_TO_VARIANT,
-    CheckpointError,
     convert_timm_state_dict,
     detect_variant,
     matching_variant,
     timm_preprocessing,
     variant_for_timm_name,
 )
+from .errors import CheckpointError
 from .model import CoAtNet
 from .registry import create_model, list_models
 from .summary import activation_bytes, format_summary, summarize

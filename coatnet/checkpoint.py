@@ -24,19 +24,11 @@ from torch import Tensor
 
 from .attention import resize_table
 from .config import CoAtNetConfig, config_from_dict, config_to_dict
-from .convert import (
-    CheckpointError,
-    build_uninitialised,
-    load_mapped,
-    map_timm_state_dict,
-    matching_variant,
-    read_safetensors,
-    read_safetensors_metadata,
-    read_torch_file,
-    state_dict_mismatch,
-    unwrap_state_dict,
-)
+from .convert import map_timm_state_dict, matching_variant
+from .errors import CheckpointError
+from .loading import build_uninitialised, load_mapped, state_dict_mismatch
 from .model import CoAtNet
+from .weights_io import read_safetensors, read_safetensors_metadata, read_torch_file, unwrap_state_dict
 
 FORMAT = "coatnet-weights/1"
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct")

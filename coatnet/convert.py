@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from .attention import RelativeAttention
 from .config import CoAtNetConfig
+from .errors import CheckpointError
+from .loading import build_uninitialised, load_mapped, state_dict_mismatch
 from .model import CoAtNet
 from .registry import get_config, list_models
 
@@ -39,14 +39,8 @@ TIMM_TO_VARIANT: dict[str, str] = {
     "coatnet_rmlp_2_rw_384": "coatnet_rmlp_2_rw",
 }
 
-# Variants whose converted model does not yet compute what timm's does, and why.
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-# Non-persistent buffers that build_uninitialised knows how to recompute.
-_DERIVED_BUFFERS = (".attn.index", ".attn.rel_pos.coords")
 
 # Renames inside one block, applied to the key after ``stages.i.j.``; first match wins.
 _MBCONV_RENAMES = (
@@ -67,15 +61,6 @@ _TOP_RENAMES = (
     ("head.pre_logits.fc.", "head.pre_logits.0."),
 )
 _BLOCK_KEY = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
-T = TypeVar("T")
-
-
-class CheckpointError(ValueError):
-    """A weights or checkpoint file that is missing, unreadable, or does not fit the requested model."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """A weights file that is not there: a user error (ValueError) that callers may still catch as FileNotFoundError."""
 
 
 # ----------------------------------------------------------------------------- names
@@ -121,95 +106,6 @@ def timm_preprocessing(timm_name: str) -> dict[str, Any]:
         "interpolation": "bicubic",
         "crop_pct": crop_pct,
     }
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def existing_file(path: str | Path) -> Path:
-    """``path``, or an error saying what is there instead of a weights file and what to pass."""
-    path = Path(path)
-    if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", *_TORCH_SUFFIXES))[:3]
-        example = f", e.g. {path / inside[0]}" if inside else ""
-        raise CheckpointError(f"{path} is a folder, not a weights file: pass a file inside it{example}")
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"weights file not found: {path}; check the path (and the working directory)")
-    return path
-
-
-def first_line(err: BaseException) -> str:
-    """An error's type and first line, for a one-line message about a file that could not be read."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
-
-
-def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
-    """``torch.load`` with ``weights_only=True`` and an error that names the file (``mmap``: read tensors lazily)."""
-    path = existing_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({first_line(err)}): it may be truncated (an "
-            "interrupted copy or download) or another kind of file; copy it again or pass another file"
-        ) from None
-
-
-def _from_safetensors(path: str | Path, read: Callable[[Any], T]) -> T:
-    """``read(handle)`` of an open ``.safetensors`` file, with an error that names the file and the fix."""
-    from safetensors import SafetensorError, safe_open
-
-    path = existing_file(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return read(handle)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({first_line(err)}): it may be truncated (an "
-            "interrupted copy or download) or another kind of file; copy or convert it again"
-        ) from None
-
-
-def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and string metadata of a ``.safetensors`` file."""
-    return _from_safetensors(path, lambda handle: ({k: handle.get_tensor(k) for k in handle.keys()}, _metadata(handle)))
-
-
-def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """String metadata of a ``.safetensors`` file, without reading its tensors."""
-    return _from_safetensors(path, _metadata)
-
-
-def _metadata(handle: Any) -> dict[str, str]:
-    return dict(handle.metadata() or {})
-
-
-def unwrap_state_dict(obj: Any, path: str | Path) -> dict[str, Tensor]:
-    """The tensor dict inside a loaded checkpoint: itself, or under ``state_dict`` / ``model``."""
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        found = f"keys {sorted(map(str, obj))[:6]}" if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"{path} holds no state dict of tensors (found {found})")
-    state_dict = dict(obj)
-    if all(k.startswith("module.") for k in state_dict):  # saved from a DDP-wrapped model
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
-    return state_dict
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from ``.pth/.pt/.bin/.ckpt`` (weights only, no pickled code) or ``.safetensors``."""
-    path = existing_file(path)
-    if path.suffix == ".safetensors":
-        return unwrap_state_dict(read_safetensors(path)[0], path)
-    if path.suffix not in _TORCH_SUFFIXES:
-        raise CheckpointError(
-            f"{path}: unsupported file type {path.suffix!r}; expected .safetensors or {', '.join(_TORCH_SUFFIXES)}"
-        )
-    return unwrap_state_dict(read_torch_file(path), path)
 
 
 # ----------------------------------------------------------------------------- mapping
@@ -283,59 +179,7 @@ def infer_num_classes(state_dict: Mapping[str, Tensor]) -> int:
     return int(weight.shape[0]) if weight is not None else 0
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-def _short_list(keys: list[str], limit: int = 3) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def state_dict_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> list[str]:
-    """A few lines describing missing, unexpected and reshaped keys; empty when they fit."""
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    reshaped = [
-        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected
-        if k in given and given[k].shape != expected[k].shape
-    ]
-    lines = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", reshaped)):
-        if keys:
-            lines.append(f"  {len(keys)} {label}: {_short_list(keys)}")
-    return lines
-
-
-def load_mapped(model: CoAtNet, mapped: Mapping[str, Tensor], what: str) -> None:
-    """``load_state_dict(strict=True)`` with a short, counted report instead of torch's full dump.
-
-    ``what`` names source and target for the message, e.g. "timm state dict for coatnet_0_rw".
-    """
-    problems = state_dict_mismatch(model.state_dict(), mapped)
-    if problems:
-        cfg = model.config
-        header = f"{what} does not fit (img {cfg.img_size[0]}x{cfg.img_size[1]}, {cfg.num_classes} classes):"
-        raise CheckpointError("\n".join([header, *problems]))
-    model.load_state_dict(mapped, strict=True)
-
-
-def build_uninitialised(config: CoAtNetConfig) -> CoAtNet:
-    """A model whose weights are about to be loaded: skips the random init (seconds for CoAtNet-3/4).
-
-    Parameters are left uninitialised; the derived buffers (relative-position indices and
-    coordinates) are recomputed. A model with other non-persistent buffers is built normally.
-    """
-    with torch.device("meta"):
-        model = CoAtNet(config)
-    derived = {name for name, _ in model.named_buffers()} - set(model.state_dict())
-    if not all(name.endswith(_DERIVED_BUFFERS) for name in derived):
-        return CoAtNet(config)
-    model.to_empty(device="cpu")
-    for module in model.modules():
-        if isinstance(module, RelativeAttention):
-            module.set_grid(module.rel_pos.grid)
-    return model
+# ----------------------------------------------------------------------------- converting
 
 
 def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **overrides: Any) -> CoAtNet:

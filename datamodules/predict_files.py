@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from coatnet.convert import read_torch_file
+from coatnet.weights_io import read_torch_file
 from datamodules.augmentation.transforms import EvalTransform, ResizeTo
 from datamodules.base import ImageClassificationDataModule
 from datamodules.decoding.encoded_images import DECODE_ERRORS

@@ -30,7 +30,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from coatnet import CoAtNet, fold_batchnorm
 from coatnet.checkpoint import load_for_finetune
-from coatnet.convert import CheckpointError
+from coatnet.errors import CheckpointError
 from lightning_modules.mixing import MixupCutmix
 from lightning_modules.optim import (
     WarmupCosine,

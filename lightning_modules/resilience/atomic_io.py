@@ -20,7 +20,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 
-from coatnet.convert import CheckpointError, first_line
+from coatnet.errors import CheckpointError, first_line
 
 PARTIAL_SUFFIX = ".partial"
 

@@ -9,7 +9,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from coatnet.convert import CheckpointError
+from coatnet.errors import CheckpointError
 from lightning_modules.resilience.atomic_io import PARTIAL_SUFFIX
 
 

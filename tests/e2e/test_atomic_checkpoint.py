@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, subprocess_env
 
-from coatnet.convert import CheckpointError
+from coatnet.errors import CheckpointError
 from lightning_modules.resilience.atomic_io import (
     AtomicCheckpointIO,
     atomic_torch_save,

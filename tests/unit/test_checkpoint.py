@@ -15,7 +15,7 @@ from coatnet.checkpoint import (
     preprocessing_of,
     save_weights,
 )
-from coatnet.convert import CheckpointError
+from coatnet.errors import CheckpointError
 
 PRE = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear", "crop_pct": 0.9}
 CLASSES = [f"class{i}" for i in range(10)]

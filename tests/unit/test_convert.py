@@ -26,17 +26,17 @@ from coatnet.checkpoint import load_weights, save_weights
 from coatnet.convert import (
     IMAGENET_MEAN,
     TIMM_TO_VARIANT,
-    CheckpointError,
     convert_timm_state_dict,
     detect_variant,
     from_timm_model,
-    load_state_dict_file,
     map_timm_state_dict,
     timm_img_size,
     timm_preprocessing,
     variant_for_timm_name,
 )
+from coatnet.errors import CheckpointError
 from coatnet.registry import get_config
+from coatnet.weights_io import load_state_dict_file
 
 IMG = 64
 CLASSES = 10

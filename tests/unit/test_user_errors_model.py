@@ -37,12 +37,9 @@ from coatnet.checkpoint import (
     save_weights,
 )
 from coatnet.config import Activation
-from coatnet.convert import (
-    CheckpointError,
-    convert_timm_state_dict,
-    load_state_dict_file,
-    read_safetensors,
-)
+from coatnet.convert import convert_timm_state_dict
+from coatnet.errors import CheckpointError
+from coatnet.weights_io import load_state_dict_file, read_safetensors
 
 PRE = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear", "crop_pct": 0.9}
 CLASS_NAMES = ["c0", "c1", "c2", "c3"]
