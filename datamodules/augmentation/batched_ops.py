@@ -1,9 +1,9 @@
 """Batched RandAugment (plus optional colour jitter) on image tensors, for augmenting on the GPU.
 
-Mirrors ``datamodules.augmentation.albumentations_ops.rand_augment`` op for op: the same op list and
-strengths, and each op repeats the arithmetic of the albumentations/OpenCV op it
-stands for (rounding, truncation, histogram quirks), so the CPU and device paths
-draw from the same augmentation distribution. Between ops images are float32
+Executes the policy of ``datamodules.augmentation.policy`` (its op list and settings), as
+``albumentations_ops`` does per image on the CPU. Each op repeats the arithmetic of the
+albumentations/OpenCV op it stands for (rounding, truncation, histogram quirks), so the CPU and
+device paths draw from the same augmentation distribution. Between ops images are float32
 holding integers 0..255: exactly the uint8 values the CPU pipeline would hold.
 """
 
@@ -15,19 +15,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from datamodules.augmentation.albumentations_ops import (
-    GREY,
-    MAX_ENHANCE,
-    MAX_MAGNITUDE,
-    MAX_ROTATE_DEG,
-    MAX_SHEAR_DEG,
-    MAX_TRANSLATE,
-    MIN_ENHANCE_FACTOR,
-    check_magnitude,
-    posterize_bits,
-    sharpen_alpha,
-    solarize_threshold,
-)
+from datamodules.augmentation import policy
+from datamodules.augmentation.policy import GREY, OP_NAMES
 from datamodules.augmentation.tensor_ops import host_to_device
 
 # (images [N,3,H,W] float32 0..255, sign [N] of +-1, strength = magnitude / 10) -> images
@@ -107,13 +96,13 @@ def equalize(images: torch.Tensor, sign: torch.Tensor, strength: float) -> torch
 
 def solarize(images: torch.Tensor, sign: torch.Tensor, strength: float) -> torch.Tensor:
     """Invert values >= threshold * 255 (albumentations' comparison; at s=0 only 255 flips, to 0)."""
-    cut = math.ceil(solarize_threshold(strength) * 255)  # integer pixels: v >= t  <=>  v >= ceil(t)
+    cut = math.ceil(policy.setting("solarize", strength) * 255)  # integer pixels: v >= t  <=>  v >= ceil(t)
     return torch.where(images >= cut, 255 - images, images)
 
 
 def posterize(images: torch.Tensor, sign: torch.Tensor, strength: float) -> torch.Tensor:
-    """Keep the ``posterize_bits(s)`` high bits, as the CPU policy."""
-    step = 2 ** (8 - posterize_bits(strength))
+    """Keep the policy's number of high bits."""
+    step = 2 ** (8 - int(policy.setting("posterize", strength)))
     return torch.floor(images / step) * step
 
 
@@ -122,7 +111,7 @@ def sharpen(images: torch.Tensor, sign: torch.Tensor, strength: float) -> torch.
 
     filter2D's default border is BORDER_REFLECT_101, torch's "reflect" padding.
     """
-    alpha = sharpen_alpha(strength)
+    alpha = policy.setting("sharpen", strength)
     identity = torch.zeros(3, 3, device=images.device)
     identity[1, 1] = 1.0
     effect = torch.full((3, 3), -1.0, device=images.device)
@@ -156,21 +145,23 @@ def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
     return _saturate((images.double() * alpha + grey(images) * beta).float())
 
 
-def _signed_factor(sign: torch.Tensor, strength: float) -> torch.Tensor:
-    """``albumentations_ops.enhance_factor`` per image, in float64 like the Python float albumentations gets."""
-    return (1.0 + sign.double() * (MAX_ENHANCE * strength)).clamp_min(MIN_ENHANCE_FACTOR)
+def per_sign(sign: torch.Tensor, value: Callable[[float], float]) -> torch.Tensor:
+    """``value(sign[i])`` per image as float64: ``value`` runs once per sign, in Python floats, so every image
+    gets exactly the number the albumentations op is built with."""
+    table = torch.tensor([value(-1.0), value(1.0)], dtype=torch.float64, device=sign.device)
+    return table[(sign > 0).long()]
 
 
 def _brightness(images: torch.Tensor, sign: torch.Tensor, strength: float) -> torch.Tensor:
-    return adjust_brightness(images, _signed_factor(sign, strength))
+    return adjust_brightness(images, per_sign(sign, lambda sg: policy.setting("brightness", strength, sg)))
 
 
 def _contrast(images: torch.Tensor, sign: torch.Tensor, strength: float) -> torch.Tensor:
-    return adjust_contrast(images, _signed_factor(sign, strength))
+    return adjust_contrast(images, per_sign(sign, lambda sg: policy.setting("contrast", strength, sg)))
 
 
 def _saturation(images: torch.Tensor, sign: torch.Tensor, strength: float) -> torch.Tensor:
-    return adjust_saturation(images, _signed_factor(sign, strength))
+    return adjust_saturation(images, per_sign(sign, lambda sg: policy.setting("saturation", strength, sg)))
 
 
 def _about_centre(linear: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -188,45 +179,46 @@ def _linear(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) 
 
 
 def rotate_matrix(sign: torch.Tensor, strength: float, height: int, width: int) -> torch.Tensor:
-    """Albumentations' rotation by sign * angle: [[cos, sin], [-sin, cos]]."""
-    angle = math.radians(MAX_ROTATE_DEG * strength)
-    s = sign.double()
-    cos = torch.full_like(s, math.cos(angle))
-    return _about_centre(_linear(cos, s * math.sin(angle), -s * math.sin(angle), cos), height, width)
+    """Albumentations' rotation by the policy's signed angle: [[cos, sin], [-sin, cos]]."""
+
+    def angle(sg: float) -> float:
+        return math.radians(policy.setting("rotate", strength, sg))
+
+    cos = per_sign(sign, lambda sg: math.cos(angle(sg)))
+    sin = per_sign(sign, lambda sg: math.sin(angle(sg)))
+    return _about_centre(_linear(cos, sin, -sin, cos), height, width)
 
 
-def _shear_tan(strength: float) -> float:
-    return math.tan(math.radians(MAX_SHEAR_DEG * strength))
+def _negated_shear_tan(name: str, sign: torch.Tensor, strength: float) -> torch.Tensor:
+    """Albumentations negates the sampled shear angle."""
+    return per_sign(sign, lambda sg: -math.tan(math.radians(policy.setting(name, strength, sg))))
 
 
 def shear_x_matrix(sign: torch.Tensor, strength: float, height: int, width: int) -> torch.Tensor:
-    """Albumentations negates the sampled shear: x' = x - sign * tan(angle) * y."""
-    s = sign.double()
-    one, zero = torch.ones_like(s), torch.zeros_like(s)
-    return _about_centre(_linear(one, -s * _shear_tan(strength), zero, one), height, width)
+    """x' = x - tan(angle) * y."""
+    one, zero = torch.ones_like(sign.double()), torch.zeros_like(sign.double())
+    return _about_centre(_linear(one, _negated_shear_tan("shear_x", sign, strength), zero, one), height, width)
 
 
 def shear_y_matrix(sign: torch.Tensor, strength: float, height: int, width: int) -> torch.Tensor:
-    """Albumentations negates the sampled shear: y' = y - sign * tan(angle) * x."""
-    s = sign.double()
-    one, zero = torch.ones_like(s), torch.zeros_like(s)
-    return _about_centre(_linear(one, zero, -s * _shear_tan(strength), one), height, width)
+    """y' = y - tan(angle) * x."""
+    one, zero = torch.ones_like(sign.double()), torch.zeros_like(sign.double())
+    return _about_centre(_linear(one, zero, _negated_shear_tan("shear_y", sign, strength), one), height, width)
 
 
-def _translate(sign: torch.Tensor, pixels: int, axis: int) -> torch.Tensor:
+def _translate(name: str, sign: torch.Tensor, strength: float, side: int, axis: int) -> torch.Tensor:
+    """Shift by int(fraction * side) pixels: albumentations truncates to whole pixels."""
     matrix = torch.eye(3, dtype=torch.float64, device=sign.device).repeat(sign.shape[0], 1, 1)
-    matrix[:, axis, 2] = sign.double() * pixels
+    matrix[:, axis, 2] = per_sign(sign, lambda sg: int(policy.setting(name, strength, sg) * side))
     return matrix
 
 
 def translate_x_matrix(sign: torch.Tensor, strength: float, height: int, width: int) -> torch.Tensor:
-    """Shift by int(sign * fraction * width) pixels: albumentations truncates to whole pixels."""
-    return _translate(sign, int(MAX_TRANSLATE * strength * width), 0)
+    return _translate("translate_x", sign, strength, width, 0)
 
 
 def translate_y_matrix(sign: torch.Tensor, strength: float, height: int, width: int) -> torch.Tensor:
-    """Shift by int(sign * fraction * height) pixels."""
-    return _translate(sign, int(MAX_TRANSLATE * strength * height), 1)
+    return _translate("translate_y", sign, strength, height, 1)
 
 
 def warp(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -266,8 +258,7 @@ def _geometric(matrix: MatrixOp) -> Op:
     return apply
 
 
-# Same order as rand_augment's list: albumentations applies an image's draws in list order.
-OPS: dict[str, Op] = {
+EXECUTORS: dict[str, Op] = {
     "identity": _identity,
     "auto_contrast": auto_contrast,
     "equalize": equalize,
@@ -279,8 +270,8 @@ OPS: dict[str, Op] = {
     "contrast": _contrast,
     "saturation": _saturation,
 }
-OP_NAMES = tuple(OPS)
-SIGNED_OPS = frozenset({*GEOMETRIC_OPS, "brightness", "contrast", "saturation"})
+# In the policy's order (op indices drawn by ``BatchRandAugment.sample`` index it).
+OPS: dict[str, Op] = {name: EXECUTORS[name] for name in OP_NAMES}
 # Ops that change values, not positions, each run on its own subset (identity needs no run).
 _VALUE_OPS = tuple(
     (index, OPS[name]) for index, name in enumerate(OP_NAMES) if name not in GEOMETRIC_OPS and name != "identity"
@@ -320,10 +311,10 @@ def apply_layer(images: torch.Tensor, ops: torch.Tensor, signs: torch.Tensor, st
 
 
 class BatchRandAugment:
-    """RandAugment policy of ``datamodules.augmentation.albumentations_ops`` for whole [B,3,H,W] batches on any device.
+    """The RandAugment policy of ``datamodules.augmentation.policy`` for whole [B,3,H,W] batches on any device.
 
     Each image gets ``layers`` ops drawn uniformly with replacement from OP_NAMES at
-    strength ``magnitude`` (0..10), signed ops with a random sign. Then, with
+    strength ``magnitude`` (0..30, see ``policy``), signed ops with a random sign. Then, with
     ``color_jitter`` j > 0, brightness, contrast and saturation factors drawn
     uniformly from [max(0, 1 - j), 1 + j] per image, applied in that fixed order
     (albumentations' ColorJitter shuffles the order). Ops and signs come from torch's
@@ -334,11 +325,11 @@ class BatchRandAugment:
     def __init__(self, layers: int, magnitude: float, color_jitter: float = 0.0) -> None:
         if layers < 0:
             raise ValueError(f"layers must be >= 0, got {layers}")
-        check_magnitude(magnitude)
+        strength = policy.strength(magnitude)
         if color_jitter < 0:
             raise ValueError(f"color_jitter must be >= 0, got {color_jitter}")
         self.layers = layers
-        self.strength = magnitude / MAX_MAGNITUDE
+        self.strength = strength
         self.color_jitter = color_jitter
 
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

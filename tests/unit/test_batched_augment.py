@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.augmentation.albumentations_ops import rand_augment
+from datamodules.augmentation.albumentations_ops import TRANSFORMS, rand_augment
 from datamodules.augmentation.batched_ops import (
+    EXECUTORS,
     GEOMETRIC_OPS,
-    OP_NAMES,
     OPS,
-    SIGNED_OPS,
     BatchRandAugment,
     apply_layer,
 )
+from datamodules.augmentation.policy import OP_NAMES, POLICY, SIGNED_OPS, setting
 
 SIZES = [(32, 32), (24, 40)]
 PARAMETRIC = [name for name in OP_NAMES if name not in ("identity", "auto_contrast", "equalize")]
@@ -65,6 +65,19 @@ def _per_image(augment: BatchRandAugment, images: torch.Tensor, ops: torch.Tenso
             image = OPS[OP_NAMES[ops[layer, i]]](image, signs[layer, i : i + 1], augment.strength)
         out.append(image)
     return torch.cat(out)
+
+
+def test_both_executors_implement_exactly_the_policy_ops() -> None:
+    assert set(TRANSFORMS) == set(EXECUTORS) == set(OP_NAMES)
+    assert list(OPS) == list(OP_NAMES) == [op.name for op in POLICY]
+
+
+def test_signed_ops_build_both_signs_from_the_policy_setting() -> None:
+    for name in SIGNED_OPS:
+        plus, minus = (_albumentations_op(name, 7.0, sign) for sign in (1.0, -1.0))
+        assert repr(plus) == repr(TRANSFORMS[name](setting(name, 0.7, 1.0)))
+        assert repr(minus) == repr(TRANSFORMS[name](setting(name, 0.7, -1.0)))
+        assert setting(name, 0.7, 1.0) != setting(name, 0.7, -1.0)
 
 
 def test_op_list_is_the_cpu_policy_list() -> None:
