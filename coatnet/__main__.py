@@ -2,6 +2,7 @@
 
     python -m coatnet convert --timm-name coatnet_0_rw_224.sw_in1k --input coatnet_0_rw_224.pth \\
         --output coatnet_0_rw_224.safetensors
+    python -m coatnet convert --input nano_192x256.pth --output nano_192x256.safetensors --img-size 192 256
     python -m coatnet summary --variant coatnet_0 --img-size 224
     python -m coatnet summary --variant coatnet_0 --set layout=CCCT --set conv.stride_at=1x1
     python -m coatnet summary --variant coatnet_0 --activations --grad-checkpointing 0 1
@@ -19,6 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .arguments import USER_ERROR_EXIT, ImageSize, OneLineErrorParser
 from .checkpoint import (
     FORMAT,
     check_output_path,
@@ -42,7 +44,6 @@ from .summary import activation_bytes, format_summary, summarize
 
 # As in lightning_modules/errors.py, which this package cannot import (it never imports Lightning).
 TRACEBACK_ENV = "COATNET_TRACEBACK"
-USER_ERROR_EXIT = 2
 
 
 def _timm_names(variant: str) -> list[str]:
@@ -60,7 +61,7 @@ def _convert(args: argparse.Namespace) -> None:
             f"{args.input} is already converted (a {FORMAT} file{holding}): use it directly, "
             f"e.g. {name}--model.init_from {args.input}"
         )
-    timm_name = args.timm_name or _timm_names(detect_variant(state_dict))[0]
+    timm_name = args.timm_name or _timm_names(detect_variant(state_dict, args.img_size))[0]
     variant = variant_for_timm_name(timm_name)
     model = _convert_named(state_dict, timm_name, args.img_size)
     preprocessing = timm_preprocessing(timm_name)
@@ -72,12 +73,12 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"  {weights_summary(meta)}")
 
 
-def _convert_named(state_dict: dict[str, Tensor], timm_name: str, img_size: int | None) -> CoAtNet:
+def _convert_named(state_dict: dict[str, Tensor], timm_name: str, img_size: tuple[int, int] | None) -> CoAtNet:
     """Convert as ``timm_name``; when the weights do not fit it, say which variant they match."""
     try:
         return convert_timm_state_dict(state_dict, timm_name, img_size=img_size)
     except CheckpointError as err:
-        detected = matching_variant(state_dict)
+        detected = matching_variant(state_dict, img_size)
         if detected is None:
             raise
         raise CheckpointError(
@@ -128,17 +129,22 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m coatnet", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="python -m coatnet", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="timm CoAtNet weights -> this project's weights file")
     convert.add_argument("--timm-name", help="e.g. coatnet_0_rw_224.sw_in1k (detected from the weights if left out)")
     convert.add_argument("--input", required=True, help="timm state dict: .pth/.pt/.bin or .safetensors")
     convert.add_argument("--output", required=True, help="weights file to write: .safetensors or .pth")
-    convert.add_argument("--img-size", type=int, help="input side to convert for (default: the weights')")
+    convert.add_argument(
+        "--img-size", type=int, nargs="+", action=ImageSize, metavar="SIDE",
+        help="input size to convert for, H W or one side (default: the weights'; "
+        "weights made for a non-square input need it)",
+    )
     convert.set_defaults(run=_convert)
     summary = commands.add_parser("summary", help="per-stage parameters and multiply-adds")
     summary.add_argument("--variant", required=True, choices=list_models())
-    summary.add_argument("--img-size", type=int, default=224)
+    summary.add_argument("--img-size", type=int, nargs="+", action=ImageSize, default=(224, 224), metavar="SIDE",
+                         help="input size, H W or one side (default 224)")
     summary.add_argument("--num-classes", type=int, default=1000)
     summary.add_argument(
         "--set", type=config_setting, action="append", default=[], metavar="KEY=VALUE",

@@ -157,19 +157,40 @@ def _stage_stride(config: CoAtNetConfig, stage: int) -> int:
     return config.stem_stride * math.prod(config.stage_strides[: stage + 1])
 
 
-def infer_img_size(state_dict: Mapping[str, Tensor], config: CoAtNetConfig) -> tuple[int, int] | None:
-    """Square input size implied by the first relative-position table; None when there is none."""
+def _as_pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
+def _table_rows(size: tuple[int, int], stride: int) -> int:
+    """Rows of a relative-position table on the grid an input of ``size`` gives at ``stride``."""
+    height, width = (side // stride for side in size)
+    return (2 * height - 1) * (2 * width - 1)
+
+
+def infer_img_size(
+    state_dict: Mapping[str, Tensor], config: CoAtNetConfig, img_size: int | tuple[int, int] | None = None
+) -> tuple[int, int] | None:
+    """Input size the first relative-position table was made for; None when there is none.
+
+    A table's row count fixes a square grid, but not a non-square one (H x W and W x H give the same
+    count): ``img_size`` (H, W), when its grid fits the table, is taken as the weights' size.
+    """
+    given = None if img_size is None else _as_pair(img_size)
     for key, tensor in state_dict.items():
         match = _BLOCK_KEY.match(key)
         if not (match and key.endswith("relative_position_bias_table")):
             continue
-        side = (math.isqrt(tensor.shape[0]) + 1) // 2
-        if (2 * side - 1) ** 2 != tensor.shape[0]:
+        rows, stride = tensor.shape[0], _stage_stride(config, int(match.group(1)))
+        if given and _table_rows(given, stride) == rows:
+            return given
+        side = (math.isqrt(rows) + 1) // 2
+        if (2 * side - 1) ** 2 != rows:
+            tried = f"; {given[0]}x{given[1]} gives {_table_rows(given, stride)}" if given else ""
             raise CheckpointError(
-                f"{key} has {tensor.shape[0]} rows, not a square grid's (2H-1)^2: pass img_size=(H, W)"
+                f"{key} has {rows} rows, a non-square grid's{tried}: pass the input size the weights were "
+                "made for, img_size=(H, W) (`--img-size H W`)"
             )
-        size = side * _stage_stride(config, int(match.group(1)))
-        return (size, size)
+        return (side * stride, side * stride)
     return None
 
 
@@ -196,7 +217,7 @@ def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **ov
     img_size = overrides.pop("img_size", None)
     num_classes = overrides.pop("num_classes", None)
     base = get_config(variant, **overrides)
-    native = infer_img_size(state_dict, base) or img_size or name_size or base.img_size
+    native = infer_img_size(state_dict, base, img_size) or img_size or name_size or base.img_size
     model = build_uninitialised(
         get_config(variant, img_size=native, num_classes=infer_num_classes(state_dict), **overrides)
     )
@@ -208,9 +229,12 @@ def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **ov
     return model
 
 
-def detect_variant(state_dict: Mapping[str, Tensor]) -> str:
-    """The registered variant whose parameter names and shapes a timm state dict matches exactly."""
-    variant = matching_variant(state_dict)
+def detect_variant(state_dict: Mapping[str, Tensor], img_size: int | tuple[int, int] | None = None) -> str:
+    """The registered variant whose parameter names and shapes a timm state dict matches exactly.
+
+    ``img_size``: the input size of weights with non-square tables (see :func:`infer_img_size`).
+    """
+    variant = matching_variant(state_dict, img_size)
     if variant is None:
         raise CheckpointError(
             f"no registered CoAtNet variant matches this state dict (stage depths {_stage_depths(state_dict)})"
@@ -218,14 +242,15 @@ def detect_variant(state_dict: Mapping[str, Tensor]) -> str:
     return variant
 
 
-def matching_variant(state_dict: Mapping[str, Tensor]) -> str | None:
+def matching_variant(state_dict: Mapping[str, Tensor], img_size: int | tuple[int, int] | None = None) -> str | None:
     """:func:`detect_variant`, or None when no variant matches (for hints in other errors)."""
     num_classes = infer_num_classes(state_dict)
     for variant in list_models():
         config = get_config(variant)
         if _signature(config) != _state_dict_signature(state_dict):
             continue  # cheap filter before building the candidate on the meta device
-        config = get_config(variant, num_classes=num_classes, img_size=infer_img_size(state_dict, config) or 224)
+        size = infer_img_size(state_dict, config, img_size) or 224
+        config = get_config(variant, num_classes=num_classes, img_size=size)
         with torch.device("meta"):
             expected = CoAtNet(config).state_dict()
         if not state_dict_mismatch(expected, map_timm_state_dict(state_dict, config)):

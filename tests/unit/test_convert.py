@@ -41,6 +41,7 @@ from coatnet.weights_io import load_state_dict_file
 IMG = 64
 CLASSES = 10
 CUT_DEPTHS = (1, 1, 2, 1)
+NON_SQUARE = (64, 96)  # grids 4x6 and 2x3 in the Transformer stages
 SAME_WHEN_CUT = {"coatnet_1_224", "coatnet_4_224", "coatnet_rmlp_2_rw_384"}
 CUT = sorted(set(TIMM_TO_VARIANT) - SAME_WHEN_CUT - {"coatnet_nano_rw_224"})
 
@@ -77,11 +78,12 @@ def _meta_state_dict(name: str) -> dict[str, torch.Tensor]:
         return timm.create_model(name, pretrained=False, num_classes=CLASSES, img_size=IMG).state_dict()
 
 
-def _images(size: int = IMG) -> torch.Tensor:
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+def _images(size: int | tuple[int, int] = IMG) -> torch.Tensor:
+    height, width = (size, size) if isinstance(size, int) else size
+    return torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(1))
 
 
-def _assert_same_logits(theirs: torch.nn.Module, ours: CoAtNet, size: int = IMG) -> None:
+def _assert_same_logits(theirs: torch.nn.Module, ours: CoAtNet, size: int | tuple[int, int] = IMG) -> None:
     x = _images(size)
     with torch.no_grad():
         expected, got = theirs(x), ours.eval()(x)
@@ -140,6 +142,49 @@ def test_other_resolution_mlp_model_through_our_resize():
     theirs.set_input_size(img_size=(96, 96))
     assert ours.img_size == (96, 96)
     _assert_same_logits(theirs, ours, size=96)
+
+
+@functools.cache
+def _non_square_timm() -> torch.nn.Module:
+    """Full-depth timm coatnet_nano_rw built for NON_SQUARE inputs: its tables' row counts do not say H from W."""
+    torch.manual_seed(0)
+    return _randomise(timm.create_model("coatnet_nano_rw_224", pretrained=False, num_classes=CLASSES, img_size=NON_SQUARE))
+
+
+def test_non_square_timm_model_converts_at_its_input_size():
+    theirs = _non_square_timm()
+    ours = from_timm_model(theirs)
+    assert ours.img_size == NON_SQUARE
+    _assert_same_logits(theirs, ours, size=NON_SQUARE)
+    with pytest.raises(CheckpointError, match=r"non-square grid's.*--img-size H W"):
+        convert_timm_state_dict(theirs.state_dict(), "coatnet_nano_rw_224")
+
+
+def test_cli_converts_non_square_weights_given_img_size_h_w(tmp_path, capsys):
+    from coatnet.__main__ import main
+
+    theirs = _non_square_timm()
+    source, output = tmp_path / "nano.pth", tmp_path / "nano.safetensors"
+    torch.save(theirs.state_dict(), source)
+    assert main(["convert", "--input", str(source), "--output", str(output)]) == 2
+    assert "--img-size H W" in capsys.readouterr().err
+    assert main(["convert", "--input", str(source), "--output", str(output), "--img-size", *map(str, NON_SQUARE)]) == 0
+    loaded, meta = load_weights(output)
+    assert meta["variant"] == "coatnet_nano_rw" and loaded.img_size == NON_SQUARE
+    _assert_same_logits(theirs, loaded, size=NON_SQUARE)
+
+
+def test_img_size_takes_h_w_or_one_side(capsys):
+    from coatnet.__main__ import build_parser
+
+    def img_size(*sides: str) -> tuple[int, int]:
+        return build_parser().parse_args(["convert", "--input", "a", "--output", "b", "--img-size", *sides]).img_size
+
+    assert img_size("64") == (64, 64) and img_size("64", "96") == (64, 96)
+    with pytest.raises(SystemExit) as exit_info:
+        img_size("64", "96", "128")
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "--img-size takes H W" in error
 
 
 def test_overrides_resize_tables_and_reset_classes():
