@@ -5,6 +5,8 @@ Torch files are loaded with ``weights_only=True``: tensors and plain containers,
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -14,6 +16,8 @@ from torch import Tensor
 from .errors import CheckpointError, CheckpointNotFoundError, first_line
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# How torch's weights-only unpickler names a global it refuses to import (an allowlisted module or a blocked one).
+_REFUSED_GLOBAL = re.compile(r"\bGLOBAL ([\w.]+) (?:was not an allowed global|whose module)")
 T = TypeVar("T")
 
 
@@ -35,10 +39,23 @@ def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({first_line(err)}): it may be truncated (an "
-            "interrupted copy or download) or another kind of file; copy it again or pass another file"
-        ) from None
+        raise _load_error(path, err) from None
+
+
+def _load_error(path: Path, err: Exception) -> CheckpointError:
+    """Pickled objects the weights-only unpickler refused (never imported or run), else an unreadable file."""
+    refused = _REFUSED_GLOBAL.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
+    if refused is not None:
+        return CheckpointError(
+            f"{path} holds pickled Python objects ({refused.group(1)}) that weights_only loading refuses, so "
+            "nothing in it was run: pass a file of tensors (a state dict, a checkpoint of this project, or the "
+            "output of `python -m coatnet convert`). Only if you trust its source: load it yourself with "
+            "torch.load(..., weights_only=False), torch.save its state dict, and convert or pass that file"
+        )
+    return CheckpointError(
+        f"{path} is not a readable PyTorch checkpoint ({first_line(err)}): it may be truncated (an "
+        "interrupted copy or download) or another kind of file; copy it again or pass another file"
+    )
 
 
 def _from_safetensors(path: str | Path, read: Callable[[Any], T]) -> T:

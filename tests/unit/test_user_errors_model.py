@@ -43,6 +43,14 @@ from coatnet.weights_io import load_state_dict_file, read_safetensors
 
 PRE = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear", "crop_pct": 0.9}
 CLASS_NAMES = ["c0", "c1", "c2", "c3"]
+UNPICKLED = "this file's pickle was run"
+
+
+class _RunsPrintWhenUnpickled:
+    """A harmless stand-in for a malicious pickle: unpickling it calls print, where an attack would call os.system."""
+
+    def __reduce__(self) -> tuple:
+        return (print, (UNPICKLED,))
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +68,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
         paths[f"truncated{suffix}"].write_bytes(data[: len(data) // 2])
     paths["text"] = folder / "notes.pth"
     paths["text"].write_text("not a checkpoint\n")
+    paths["pickled_objects.pth"] = folder / "pickled_objects.pth"
+    torch.save({"state_dict": nano.state_dict(), "hook": _RunsPrintWhenUnpickled()}, paths["pickled_objects.pth"])
     timm_state = _random_like(_meta_state_dict("coatnet_nano_rw_224"))
     paths["timm"] = folder / "coatnet_nano_rw_224.pth"
     torch.save(timm_state, paths["timm"])
@@ -215,6 +225,11 @@ def _loaders(path: Path) -> list:
         ("truncated.safetensors", ["not a readable safetensors file", "truncated"]),
         ("truncated.pth", ["not a readable PyTorch checkpoint", "truncated"]),
         ("text", ["not a readable PyTorch checkpoint", "another kind of file"]),
+        (
+            "pickled_objects.pth",
+            ["holds pickled Python objects (print) that weights_only loading refuses", "nothing in it was run",
+             "python -m coatnet convert", "Only if you trust its source"],
+        ),
     ],
 )
 def test_unusable_weights_files_are_checkpoint_errors_naming_file_and_fix(files, case, words):
@@ -226,6 +241,13 @@ def test_unusable_weights_files_are_checkpoint_errors_naming_file_and_fix(files,
         assert str(path) in str(err.value) and all(word in str(err.value) for word in words), str(err.value)
         if case.startswith("missing"):
             assert isinstance(err.value, FileNotFoundError)  # what callers that catch a missing file expect
+
+
+def test_pickled_objects_are_refused_without_being_run(files, capsys):
+    for load in _loaders(files["pickled_objects.pth"]):
+        with pytest.raises(CheckpointError, match="pickled Python objects"):
+            load()
+    assert UNPICKLED not in capsys.readouterr().out
 
 
 def test_read_safetensors_of_a_truncated_file_names_it(files):
