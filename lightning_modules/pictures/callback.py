@@ -9,7 +9,9 @@ stage S*i* looks, per head, for the first validation images), scalars ``val_clas
 (up to ``max_matrix_classes`` classes), and the HParams tab (hyper-parameters with the best/final
 validation metrics) at the end of a fit.
 
-Validation logits are caught with a forward hook on the LightningModule, so nothing runs twice.
+Validation logits are caught with a forward hook on the LightningModule, so nothing runs twice. They
+feed a torchmetrics ``MulticlassConfusionMatrix`` (``confusion``) that stays on the device during the
+epoch and is summed over DDP ranks once, at its end.
 Attention maps come from forward pre-hooks on the attention layers that live for the first
 validation batch only; on a network compiled before they were added they do not fire, and the
 attention pictures are skipped.
@@ -26,6 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
+from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
 from coatnet.attention import RelativeAttention
@@ -112,7 +115,7 @@ class TensorBoardPictures(Callback):
         self._hook: RemovableHandle | None = None
         self._collecting = False
         self._logits: Tensor | None = None
-        self._matrix: Tensor | None = None
+        self.confusion: MulticlassConfusionMatrix | None = None  # rows: true class, columns: predicted
         self._samples: tuple[Tensor, Tensor, Tensor] | None = None
         self._best: dict[str, float] = {}
         self._attention_hooks: list[RemovableHandle] = []
@@ -168,8 +171,9 @@ class TensorBoardPictures(Callback):
             self._add_attention_hooks(pl_module)
         self._collecting = self._hook is not None and not trainer.sanity_checking
         if self._collecting:
+            # validate_args=False: the argument checks read values back on the host, once per batch.
             classes = pl_module.hparams.num_classes
-            self._matrix = torch.zeros(classes * classes, dtype=torch.long, device=pl_module.device)
+            self.confusion = MulticlassConfusionMatrix(classes, validate_args=False).to(pl_module.device)
             self._samples, self._logits = None, None
 
     def _catch_logits(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
@@ -190,8 +194,7 @@ class TensorBoardPictures(Callback):
         images, labels = split_batch(batch)
         logits, self._logits = self._logits.float(), None
         preds = logits.argmax(dim=1)
-        classes = logits.shape[1]
-        self._matrix += torch.bincount(labels * classes + preds, minlength=classes * classes)
+        self.confusion.update(preds, labels)
         if self._samples is None and self.val_predictions:
             keep = slice(0, self.max_images)
             probs = logits[keep].softmax(dim=1).amax(dim=1)
@@ -202,7 +205,7 @@ class TensorBoardPictures(Callback):
             return
         self._collecting = False
         classes = pl_module.hparams.num_classes
-        matrix = trainer.strategy.reduce(self._matrix, reduce_op="sum").view(classes, classes).cpu()
+        matrix = self.confusion.compute().cpu()  # summed over DDP ranks: a collective that every rank joins
         names = class_names(trainer, classes)
         if self._samples is not None:
             self._add_image(trainer, "pictures/val_predictions", prediction_grid(*self._samples, names))

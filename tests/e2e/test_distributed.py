@@ -4,8 +4,8 @@ started by torchrun (on synthetic data).
 Each process runs ``cli.py fit`` with ``WeightFingerprint`` (below) added as a callback; it writes
 a hash of its parameters per rank and the samples its loader drew per epoch. After training every
 replica must hold identical weights, they must differ from the initial ones, and the ranks must
-have read disjoint samples. The children import this file by name, so ``tests/`` goes on their
-PYTHONPATH.
+have read disjoint samples. The children import this file by name, so its folder goes on their
+PYTHONPATH next to ``tests/``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from step_marker import wait_for_step
 
 from datamodules.sources.shard_writer import write_shards
+from lightning_modules.pictures.callback import TensorBoardPictures
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +45,9 @@ def parameter_hash(module: LightningModule) -> str:
 class WeightFingerprint(Callback):
     """Writes ``rank<N>.json`` with the parameter hash at the start and end of fit, one draw of
     each global random stream (torch, numpy, Python) as training starts, the training sampler's
-    class and sample indices in every epoch, and the number of ``torch.distributed.broadcast``
-    calls during training (Lightning's per-step SIGTERM check makes one each step)."""
+    class and sample indices in every epoch, the number of ``torch.distributed.broadcast``
+    calls during training (Lightning's per-step SIGTERM check makes one each step), and how many
+    validation images the pictures' confusion matrix of the last epoch counted."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
@@ -76,7 +78,9 @@ class WeightFingerprint(Callback):
         self.epochs.append([int(i) for i in sampler])
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pictures = next(c for c in trainer.callbacks if isinstance(c, TensorBoardPictures))
         record = {
+            "confusion_total": int(pictures.confusion.compute().sum()),  # the epoch's result, cached
             "initial": self.initial,
             "final": parameter_hash(pl_module),
             "world_size": trainer.world_size,
@@ -112,8 +116,9 @@ def _fit_args(out_dir: Path, logs: Path, data: list[str]) -> list[str]:
 SYNTHETIC = ["--data.init_args.train_size=256", "--data.init_args.val_size=64"]  # 2 batches of 64 per rank and epoch
 
 
-def _check_replicas(out_dir: Path, world_size: int, sampler: str, samples: int) -> list[dict]:
+def _check_replicas(out_dir: Path, world_size: int, sampler: str, samples: int, val_samples: int) -> list[dict]:
     records = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world_size)]
+    assert all(r["confusion_total"] == val_samples for r in records), "the confusion matrix sums over every rank"
     assert all(r["world_size"] == world_size for r in records)
     assert all(r["global_step"] == 4 for r in records), records
     assert len({r["final"] for r in records}) == 1, "replicas diverged"
@@ -131,7 +136,7 @@ def _check_replicas(out_dir: Path, world_size: int, sampler: str, samples: int) 
 
 
 def _env() -> dict[str, str]:
-    return subprocess_env(threads=1, PYTHONPATH=f"{REPO_ROOT}:{TESTS_DIR}")
+    return subprocess_env(threads=1, PYTHONPATH=os.pathsep.join(map(str, [REPO_ROOT, TESTS_DIR, Path(__file__).parent])))
 
 
 def test_ddp_two_processes_on_one_node_stay_in_sync_reading_whole_shards(tmp_path):
@@ -153,7 +158,7 @@ def test_ddp_two_processes_on_one_node_stay_in_sync_reading_whole_shards(tmp_pat
     ]
     out_dir = tmp_path / "hashes"
     run_cli([*_fit_args(out_dir, tmp_path / "logs", data), "--trainer.devices=2"], cwd=tmp_path, env=_env())
-    records = _check_replicas(out_dir, world_size=2, sampler="ShardOrderSampler", samples=260)
+    records = _check_replicas(out_dir, world_size=2, sampler="ShardOrderSampler", samples=260, val_samples=20)
     shard_of = np.arange(260) // 32
     for record in records:  # a contiguous run of the shard order: 128 samples span at most 6 of the 9 shards
         assert all(len(set(shard_of[epoch])) <= 6 for epoch in record["epochs"])
@@ -190,7 +195,7 @@ def test_two_nodes_under_torchrun_stay_in_sync(tmp_path):
             log.close()
     logs = "\n".join((tmp_path / f"node{r}.log").read_text()[-3000:] for r in range(2))
     assert codes == [0, 0], logs
-    _check_replicas(out_dir, world_size=2, sampler="EpochShuffleSampler", samples=256)
+    _check_replicas(out_dir, world_size=2, sampler="EpochShuffleSampler", samples=256, val_samples=64)
 
 
 @pytest.mark.slow

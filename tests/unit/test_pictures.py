@@ -165,13 +165,13 @@ def test_attention_rows_give_each_head_a_map_beside_the_image():
     assert first_map[:, 32, 40].tolist() == list(QUERY) and first_map[:, 63, 63].tolist() == list(QUERY)
 
 
-def _validate(tmp_path, layout: str) -> tuple[set[str], ImageClassifier]:
+def _validate(tmp_path, layout: str, *callbacks: Callback) -> tuple[set[str], ImageClassifier]:
     """Image tags of a two-batch ``validate`` of CoAtNet-nano with ``layout``, and the module."""
     model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"layout": layout})
     data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=16, test_size=8, batch_size=8)
     logger = TensorBoardLogger(tmp_path, name="run")
     trainer = Trainer(
-        accelerator="cpu", logger=logger, callbacks=[TensorBoardPictures()], limit_val_batches=2,
+        accelerator="cpu", logger=logger, callbacks=[*callbacks] or [TensorBoardPictures()], limit_val_batches=2,
         enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.validate(model, datamodule=data, verbose=False)
@@ -189,6 +189,27 @@ def test_attention_maps_hooks_last_only_one_batch(tmp_path):
 def test_convolution_only_layout_logs_no_attention_maps(tmp_path):
     tags, _ = _validate(tmp_path, "CCCC")
     assert "pictures/val_predictions" in tags and not [t for t in tags if "attention" in t or "rel_pos" in t]
+
+
+class _Confusions(Callback):
+    """The validation confusion matrix counted image by image, apart from the pictures callback."""
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.matrix = torch.zeros(4, 4, dtype=torch.long)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        images, labels = batch
+        with torch.no_grad():
+            predicted = pl_module(images).argmax(dim=1)
+        for true, guess in zip(labels.tolist(), predicted.tolist()):
+            self.matrix[true, guess] += 1
+
+
+def test_confusion_matrix_counts_validation_images_by_true_row_and_predicted_column(tmp_path):
+    pictures, counted = TensorBoardPictures(), _Confusions()
+    _validate(tmp_path, "CCTT", pictures, counted)
+    assert counted.matrix.sum() == 16
+    assert torch.equal(pictures.confusion.compute().cpu(), counted.matrix)
 
 
 def test_best_values_survive_a_resume():
