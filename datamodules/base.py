@@ -55,6 +55,27 @@ def check_image_size(image_size: ImageSize) -> tuple[int, int]:
     return height, width
 
 
+def _on_unit_scale(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v / 255:.4g}" for v in values) + "]"
+
+
+def check_normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """Images are scaled to 0..1 before normalising, so mean must lie in [0, 1] and std in (0, 1]: values on
+    the 0..255 scale (e.g. mean 123.675) would silently push every input to about -2."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (one per RGB channel), got mean={list(mean)}, std={list(std)}")
+    if not all(0.0 <= m <= 1.0 for m in mean):
+        raise ValueError(
+            f"mean={list(mean)} is not on the 0..1 scale images are normalised on; "
+            f"values in [0, 1] are needed (divided by 255: mean={_on_unit_scale(mean)})."
+        )
+    if not all(0.0 < s <= 1.0 for s in std):
+        raise ValueError(
+            f"std={list(std)} is not on the 0..1 scale images are normalised on; "
+            f"values in (0, 1] are needed (divided by 255: std={_on_unit_scale(std)})."
+        )
+
+
 class EpochShuffleSampler(SkipsTrainedSamples, DistributedSampler):
     """A shuffle order that depends only on (seed, epoch), split across ranks like ``DistributedSampler``.
 
@@ -156,8 +177,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             raise ValueError(f"eval_batch_size must be >= 1 (or null for batch_size), got {eval_batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values and std > 0, got mean={mean}, std={std}")
+        check_normalisation(mean, std)
         self.num_classes = int(num_classes)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size

@@ -154,8 +154,8 @@ class CIFARDataModule(ImageClassificationDataModule):
     def _load_pickles(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         folder = ensure_release(self.root, self.release, self.download, self.download_url, self.download_md5)
         self.class_names = load_class_names(folder, self.release)
-        train = load_batches(folder, self.release.train_files, self.release.label_key)
-        return train, load_batches(folder, (self.release.test_file,), self.release.label_key)
+        train = load_batches(folder, self.release.train_files, self.release)
+        return train, load_batches(folder, (self.release.test_file,), self.release)
 
     def _load_folder(self) -> tuple[tuple[torch.Tensor, torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]:
         classes = list_classes(self.root / "train")

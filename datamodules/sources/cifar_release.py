@@ -132,17 +132,33 @@ def ensure_release(root: Path, release: CifarRelease, allow_download: bool, url:
     return root / release.folder
 
 
-def load_batches(folder: Path, names: tuple[str, ...], label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+def check_batch_labels(path: Path, labels: np.ndarray, num_images: int, num_classes: int) -> None:
+    """One label per image, each a class id: a bad label would otherwise surface as a CUDA assert or a silent
+    misalignment far from the file that holds it."""
+    if len(labels) != num_images:
+        raise DatasetError(f"{path} holds {num_images} images but {len(labels)} labels; delete the folder and download again.")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise DatasetError(
+            f"{path}: image {int(bad[0])} has label {int(labels[bad[0]])}, outside 0..{num_classes - 1}"
+            + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "")
+            + "; the file is damaged or from another dataset. Delete the folder and download again."
+        )
+
+
+def load_batches(folder: Path, names: tuple[str, ...], release: CifarRelease) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate batch files into uint8 images [N,3,32,32] and int64 labels [N]."""
     images, labels = [], []
     for name in names:
         entry = read_pickle(folder / name)
         try:
-            data = np.asarray(entry[b"data"], dtype=np.uint8)
-            images.append(data.reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(entry[label_key], dtype=np.int64))
+            data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            label = np.asarray(entry[release.label_key], dtype=np.int64).reshape(-1)
         except (KeyError, ValueError) as exc:
             raise DatasetError(f"{folder / name} lacks CIFAR fields ({exc}); delete the folder and download again.") from None
+        check_batch_labels(folder / name, label, len(data), release.num_classes)
+        images.append(data)
+        labels.append(label)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,24 +76,94 @@ def check_same_classes(reference: list[str], other: list[str], reference_dir: Pa
     )
 
 
+class SkippedFiles:
+    """Image files a scan leaves out, counted per reason and reported in one warning per split."""
+
+    REASONS = {
+        "outside": "image links that point outside {root} are skipped (only links within the dataset root are "
+        "followed, so a scan never reads files elsewhere); copy the files in, or set root to the folder that holds them",
+        "broken": "image links whose target is missing are skipped; fix or delete them",
+        "nested": "images in sub-folders of class folders are skipped (a class is <split>/<class>/<image>, one level); "
+        "move them up into their class folder",
+    }
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.counts: dict[str, int] = {}
+        self.examples: dict[str, str] = {}
+
+    def add(self, reason: str, path: str, count: int = 1) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + count
+        self.examples.setdefault(reason, path)
+
+    def warn(self, split_dir: Path) -> None:
+        for reason, count in self.counts.items():
+            what = self.REASONS[reason].format(root=self.root)
+            warnings.warn(f"{split_dir}: {count} {what} (e.g. {self.examples[reason]}).", stacklevel=3)
+        self.counts.clear()
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _is_within(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def _nested_images(folder: str) -> tuple[int, str]:
+    """(number of image files anywhere below ``folder``, the first one); links to folders are not followed."""
+    count, first = 0, ""
+    for parent, _, names in os.walk(folder):
+        images = sorted(name for name in names if is_image_name(name))
+        count += len(images)
+        first = first or (os.path.join(parent, images[0]) if images else "")
+    return count, first
+
+
+def class_images(class_dir: Path, skipped: SkippedFiles) -> list[str]:
+    """Sorted image file names directly in ``class_dir`` whose real path lies within ``skipped.root``."""
+    root = skipped.root
+    inside = _is_within(os.path.realpath(class_dir), root)  # a linked class folder may lie elsewhere
+    files = []
+    for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):  # sorted: reproducible order and examples
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            count, first = _nested_images(entry.path)
+            if count:
+                skipped.add("nested", first, count)
+        elif is_image_name(entry.name):
+            if not entry.is_file():
+                skipped.add("broken", entry.path)
+            elif not inside or (entry.is_symlink() and not _is_within(os.path.realpath(entry.path), root)):
+                skipped.add("outside", f"{entry.path} -> {os.path.realpath(entry.path)}")
+            else:
+                files.append(entry.name)
+    return files
+
+
 def scan_split(split_dir: Path, classes: list[str]) -> FileList:
-    """All image files of ``classes`` under ``split_dir``, sorted by name within each class."""
+    """All image files of ``classes`` under ``split_dir``, sorted by name within each class.
+
+    The dataset root is ``split_dir``'s parent: files (or linked class folders) whose real path lies outside
+    it are skipped, as are images in sub-folders of a class folder; each kind is reported in one warning.
+    """
+    skipped = SkippedFiles(os.path.realpath(split_dir.parent))
     relpaths: list[bytes] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
         class_dir = split_dir / name
-        files = sorted(
-            e.name
-            for e in os.scandir(class_dir)
-            if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-        )
+        files = class_images(class_dir, skipped)
         if not files:
+            skipped.warn(split_dir)
             raise DatasetError(
                 f"class folder {class_dir} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
                 "add images or remove the folder."
             )
         relpaths.extend(f"{name}/{f}".encode() for f in files)
         labels.extend([label] * len(files))
+    skipped.warn(split_dir)
     return FileList(str(split_dir), np.array(relpaths, dtype=bytes), np.array(labels, dtype=np.int64))
 
 

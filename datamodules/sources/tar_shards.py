@@ -84,6 +84,16 @@ def _parse_label(raw: bytes, shard: Path, key: str) -> int:
         ) from None
 
 
+def _refuse_duplicate(seen: dict, shard: Path, key: str, kind: str, member: str) -> None:
+    """A sample is all members of one key, so a second image or label under a key would silently replace the
+    first (or pair an image with another sample's label)."""
+    if key in seen:
+        raise DatasetError(
+            f"{shard}: sample {key!r} has a second {kind} member ({member}); each key needs exactly one image and one "
+            f".{LABEL_SUFFIX}. Rename or remove the duplicate and write the shard again."
+        )
+
+
 def scan_shard(shard: Path) -> ShardIndex:
     """Read the tar headers (and the small label members) of one shard."""
     images: dict[str, tuple[int, int]] = {}
@@ -95,8 +105,10 @@ def scan_shard(shard: Path) -> ShardIndex:
                     continue
                 key, suffix = split_member_name(member.name)
                 if suffix in IMAGE_SUFFIXES:
+                    _refuse_duplicate(images, shard, key, "image", member.name)
                     images[key] = (member.offset_data, member.size)
                 elif suffix == LABEL_SUFFIX:
+                    _refuse_duplicate(labels, shard, key, "label", member.name)
                     labels[key] = _parse_label(tar.extractfile(member).read(), shard, key)
     except (tarfile.TarError, OSError) as exc:
         raise DatasetError(f"{shard} is not a readable tar file ({exc}); download or write it again.") from None

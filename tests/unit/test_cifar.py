@@ -218,6 +218,26 @@ def test_malicious_pickle_is_not_executed(tmp_path):
     assert (tmp_path / "cifar-10-batches-py" / "data_batch_1").exists()
 
 
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (lambda y: [*y[:-1], 10], r"data_batch_3: image 1 has label 10, outside 0\.\.9; the file is damaged"),
+        (lambda y: [-1, *y[1:]], r"data_batch_3: image 0 has label -1, outside 0\.\.9"),
+        (lambda y: y[:-1], r"data_batch_3 holds 2 images but 1 labels"),
+    ],
+)
+def test_bad_labels_in_a_batch_file_are_named_with_the_file(tmp_path, labels, message):
+    import pickle
+
+    write_fake_cifar(tmp_path, "cifar10", train_per_class=1, test_per_class=1)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    entry = pickle.loads(path.read_bytes(), encoding="bytes")
+    entry[b"labels"] = labels(entry[b"labels"])
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(DatasetError, match=message):
+        CIFARDataModule(variant="cifar10", root=str(tmp_path)).setup()
+
+
 # ----------------------------------------------------------------------------- image-folder copy
 
 

@@ -155,3 +155,20 @@ def test_script_exits_while_persistent_loader_workers_are_alive(tmp_path):
     )
     assert proc.returncode == 0 and "fetched" in proc.stdout, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument", "hint"),
+    [
+        ({"mean": (123.675, 116.28, 103.53)}, "mean=", "mean=[0.485, 0.456, 0.406]"),
+        ({"std": (58.395, 57.12, 57.375)}, "std=", "std=[0.229, 0.224, 0.225]"),
+        ({"mean": (-0.1, 0.5, 0.5)}, "mean=", "[0, 1]"),
+        ({"std": (0.0, 0.2, 0.2)}, "std=", "(0, 1]"),
+        ({"std": (0.2, 0.2)}, "3 values", "std=[0.2, 0.2]"),
+    ],
+)
+def test_mean_and_std_off_the_unit_scale_are_refused_with_the_values_to_use(kwargs, argument, hint):
+    with pytest.raises(ValueError) as caught:
+        SyntheticDataModule(**kwargs)
+    message = str(caught.value)
+    assert argument in message and hint in message, message

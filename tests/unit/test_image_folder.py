@@ -137,3 +137,40 @@ def test_real_cifar10_jpegs_with_holdout(tmp_path):
     images, labels = next(iter(dm.val_dataloader()))
     assert images.shape == (50, 3, 32, 32) and sorted(set(labels.tolist())) == list(range(10))
     assert 40 < images.float().mean().item() < 220 and dm.num_corrupt_skipped == 0
+
+
+def _scan_warnings(dm) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup()
+    return [str(w.message) for w in caught]
+
+
+def test_links_outside_the_root_are_skipped_with_one_warning(folder, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    for i in range(3):
+        (elsewhere / f"{i}.jpg").write_bytes((folder / "train" / "cat" / "0000.jpg").read_bytes())
+        (folder / "train" / "dog" / f"link{i}.jpg").symlink_to(elsewhere / f"{i}.jpg")
+    (folder / "train" / "fox" / "inside.jpg").symlink_to(folder / "val" / "fox" / "0000.png")  # within the root: kept
+    (folder / "train" / "fox" / "gone.jpg").symlink_to(folder / "missing.jpg")
+    dm = _dm(folder)
+    messages = _scan_warnings(dm)
+    outside = [m for m in messages if "point outside" in m]
+    assert len(outside) == 1 and "3 image links that point outside" in outside[0] and "are skipped" in outside[0]
+    assert "link0.jpg -> " in outside[0] and str(elsewhere) in outside[0]
+    assert any("1 image links whose target is missing" in m and "gone.jpg" in m for m in messages)
+    names = [dm.train_set.source.path(i).rsplit("/", 1)[1] for i in range(len(dm.train_set))]
+    assert len(names) == 13 and not any(n.startswith("link") for n in names) and "inside.jpg" in names
+
+
+def test_images_in_sub_folders_of_a_class_are_reported_as_skipped(folder):
+    nested = folder / "train" / "cat" / "more" / "deeper"
+    nested.mkdir(parents=True)
+    for i in range(2):
+        (nested / f"{i}.jpg").write_bytes((folder / "train" / "cat" / "0000.jpg").read_bytes())
+    (nested.parent / "notes.txt").write_text("not an image")
+    dm = _dm(folder)
+    messages = [m for m in _scan_warnings(dm) if "sub-folders" in m]
+    assert len(messages) == 1 and "2 images in sub-folders of class folders are skipped" in messages[0]
+    assert str(nested / "0.jpg") in messages[0]
+    assert len(dm.train_set) == 12
