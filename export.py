@@ -28,6 +28,7 @@ from torch import nn
 
 from bench.throughput import alternating_medians
 from coatnet import CoAtNet, create_model, fold_batchnorm
+from coatnet.arguments import OneLineErrorParser, non_negative_float, positive_int
 from coatnet.checkpoint import FORMAT, load_weights
 from coatnet.errors import CheckpointError
 from coatnet.loading import load_mapped
@@ -235,7 +236,7 @@ def benchmark(model: nn.Module, onnx_path: Path, info: dict[str, Any], runs: int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Export a CoAtNet checkpoint (see the module docstring).")
+    parser = OneLineErrorParser(description="Export a CoAtNet checkpoint (see the module docstring).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--ckpt", help="Lightning checkpoint of ImageClassifier, or a weights file of `python -m coatnet convert`"
@@ -251,9 +252,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fold BatchNorm into the adjacent convolutions before export (default: on)",
     )
     parser.add_argument("--check", action="store_true", help="compare outputs with PyTorch on random inputs")
-    parser.add_argument("--atol", type=float, default=1e-4, help="allowed absolute logit difference for --check")
+    parser.add_argument(
+        "--atol", type=non_negative_float, default=1e-4, help="allowed absolute logit difference for --check"
+    )
     parser.add_argument("--benchmark", action="store_true", help="CPU latency at batch 1 vs eager (ONNX only)")
-    parser.add_argument("--runs", type=int, default=30, help="timed runs for --benchmark")
+    parser.add_argument("--runs", type=positive_int, default=30, help="timed runs for --benchmark")
     args = parser.parse_args(argv)
     if args.benchmark and args.format != "onnx":
         parser.error("--benchmark times onnxruntime: use --format onnx")

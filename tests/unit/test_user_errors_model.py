@@ -297,6 +297,23 @@ def test_export_user_errors_are_one_error_line_and_status_2(files, checkpoint, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--runs", "0", "must be >= 1, got 0"),
+        ("--runs", "-3", "must be >= 1, got -3"),
+        ("--runs", "many", "expected a whole number >= 1"),
+        ("--atol", "nan", "must be a finite number >= 0, got nan"),
+        ("--atol", "inf", "must be a finite number >= 0, got inf"),
+        ("--atol", "-0.001", "must be a finite number >= 0, got -0.001"),
+    ],
+)
+def test_export_refuses_bad_numbers_when_parsing(flag, value, words, tmp_path, capsys):
+    code, err = _export(["--model", "coatnet_nano", "--output", str(tmp_path / "m.onnx"), flag, value], capsys)
+    assert code == 2 and err.startswith(f"error: argument {flag}: {words}") and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())
+
+
 def test_export_traceback_env_raises_the_error(monkeypatch, tmp_path):
     monkeypatch.setenv("COATNET_TRACEBACK", "1")
     with pytest.raises(ValueError, match="coatnet_nanoo"):
