@@ -1,13 +1,14 @@
-"""TensorBoard pictures of a run: what the model sees, what it gets wrong, and what attention learned.
+"""Pictures of a run: what the model sees, what it gets wrong, and what attention learned.
 
-Tags (all images are uint8 CHW):
-``pictures/train_batch`` (first training batch of a fit, after augmentation, before Mixup/CutMix),
-``pictures/val_predictions``, ``pictures/confusion_matrix`` (a top-confusions table beyond
-``max_matrix_classes``), ``pictures/rel_pos_bias/stage{i}`` (i = the paper's stage number, S3/S4 in
-C-C-T-T), ``pictures/attention/stage{i}`` (where the centre query of the last attention layer of
-stage S*i* looks, per head, for the first validation images), scalars ``val_class_acc/<class name>``
-(up to ``max_matrix_classes`` classes), and the HParams tab (hyper-parameters with the best/final
-validation metrics) at the end of a fit.
+Pictures (all images are uint8 CHW):
+``train_batch`` (first training batch of a fit, after augmentation, before Mixup/CutMix),
+``val_predictions``, ``confusion_matrix`` (a top-confusions table beyond ``max_matrix_classes``),
+``rel_pos_bias/stage{i}`` (i = the paper's stage number, S3/S4 in C-C-T-T), ``attention/stage{i}``
+(where the centre query of the last attention layer of stage S*i* looks, per head, for the first
+validation images). TensorBoard gets each as tag ``pictures/<name>``; every other logger with a local
+folder as ``<log_dir>/pictures/<name>/step_<global step>.png`` (see ``destinations``). Also scalars
+``val_class_acc/<class name>`` (up to ``max_matrix_classes`` classes, to every logger), and
+TensorBoard's HParams tab (hyper-parameters with the best/final validation metrics) at the end of a fit.
 
 Validation logits are caught with a forward hook on the LightningModule, so nothing runs twice. They
 feed a torchmetrics ``MulticlassConfusionMatrix`` (``confusion``) that stays on the device during the
@@ -34,6 +35,7 @@ from torchvision.utils import make_grid
 from coatnet.attention import RelativeAttention
 from lightning_modules.classifier import split_batch
 from lightning_modules.pictures.attention_maps import centre_query, query_attention
+from lightning_modules.pictures.destinations import keeps_pictures, log_picture
 from lightning_modules.pictures.drawing import (
     attention_rows,
     confusion_image,
@@ -74,8 +76,8 @@ def attention_stages(model: torch.nn.Module) -> dict[int, list[RelativeAttention
     return found
 
 
-class TensorBoardPictures(Callback):
-    """Logs the pictures listed in the module docstring; each kind can be switched off.
+class RunPictures(Callback):
+    """Logs the pictures listed in the module docstring to every logger; each kind can be switched off.
 
     Args:
         train_batch: grid of the first training batch of each fit.
@@ -87,7 +89,7 @@ class TensorBoardPictures(Callback):
             one map per head, for the first ``ATTENTION_IMAGES`` validation images. The stage's last
             attention layer is shown: it works on the most processed tokens, right before the next
             stage or the head.
-        hparams: hyper-parameters with final metrics for TensorBoard's HParams tab.
+        hparams: hyper-parameters with final metrics for TensorBoard's HParams tab (TensorBoard only).
         max_images: images in the training and validation grids.
         max_matrix_classes: above this many classes a top-confusions table replaces the matrix
             and per-class scalars are skipped.
@@ -126,22 +128,30 @@ class TensorBoardPictures(Callback):
     def _needs_logits(self) -> bool:
         return self.val_predictions or self.confusion_matrix or self.class_accuracy
 
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's checkpointed state under its former name, so older checkpoints keep their best values."""
+        return "TensorBoardPictures"
+
     @staticmethod
-    def _logger(trainer: Trainer) -> TensorBoardLogger | None:
+    def _tensorboard(trainer: Trainer) -> TensorBoardLogger | None:
         return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
-    def _add_image(self, trainer: Trainer, tag: str, image: Tensor) -> None:
-        logger = self._logger(trainer)
-        if logger is not None and trainer.is_global_zero:
-            logger.experiment.add_image(tag, image, trainer.global_step)
+    @staticmethod
+    def _drawing(trainer: Trainer) -> bool:
+        return trainer.is_global_zero and any(keeps_pictures(lg) for lg in trainer.loggers)
+
+    def _add_image(self, trainer: Trainer, name: str, image: Tensor) -> None:
+        if trainer.is_global_zero:
+            log_picture(trainer.loggers, name, image, trainer.global_step)
 
     # ------------------------------------------------------------------ training
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":  # before a resumed fit restores the best values (load_state_dict)
             self._train_logged, self._best = False, {}
-        logger = self._logger(trainer)
-        if stage == "fit" and logger is None:
-            rank_zero_warn("TensorBoardPictures: no TensorBoardLogger on the trainer, nothing will be drawn.")
+        logger = self._tensorboard(trainer)
+        if stage == "fit" and not any(keeps_pictures(lg) for lg in trainer.loggers):
+            rank_zero_warn("pictures: no logger keeps images (TensorBoard, or one with a log_dir), nothing will be drawn.")
         if self.hparams and logger is not None:
             # TensorBoard keeps the first HParams session of a run; the placeholder ``hp_metric = -1``
             # written at fit start would hide the real metrics logged in ``on_fit_end``.
@@ -162,12 +172,11 @@ class TensorBoardPictures(Callback):
         self._train_logged = True
         images = to_unit_range(trainer, split_batch(batch)[0][: self.max_images])
         tiles = upscale((images * 255).round().to(torch.uint8), MIN_TILE_SIDE)
-        self._add_image(trainer, "pictures/train_batch", make_grid(tiles, nrow=8, padding=2, pad_value=255))
+        self._add_image(trainer, "train_batch", make_grid(tiles, nrow=8, padding=2, pad_value=255))
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        drawing = not trainer.sanity_checking and trainer.is_global_zero and self._logger(trainer) is not None
-        if self.attention_maps and drawing:
+        if self.attention_maps and not trainer.sanity_checking and self._drawing(trainer):
             self._add_attention_hooks(pl_module)
         self._collecting = self._hook is not None and not trainer.sanity_checking
         if self._collecting:
@@ -208,11 +217,11 @@ class TensorBoardPictures(Callback):
         matrix = self.confusion.compute().cpu()  # summed over DDP ranks: a collective that every rank joins
         names = class_names(trainer, classes)
         if self._samples is not None:
-            self._add_image(trainer, "pictures/val_predictions", prediction_grid(*self._samples, names))
+            self._add_image(trainer, "val_predictions", prediction_grid(*self._samples, names))
         if self.confusion_matrix:
             small = classes <= self.max_matrix_classes
             image = confusion_image(matrix, names) if small else top_confusions_table(matrix, names)
-            self._add_image(trainer, "pictures/confusion_matrix", image)
+            self._add_image(trainer, "confusion_matrix", image)
         if self.class_accuracy and classes <= self.max_matrix_classes:
             # The matrix was summed across ranks, so the values are final on every rank. Lightning warns
             # under DDP about epoch-level values logged without sync_dist=True; with rank_zero_only=True
@@ -231,7 +240,7 @@ class TensorBoardPictures(Callback):
                 with torch.no_grad():
                     tables = [layer.rel_pos.bias_table() for layer in layers]
                 image = head_maps(tables, layers[0].rel_pos.grid)
-                self._add_image(trainer, f"pictures/rel_pos_bias/stage{stage}", image)
+                self._add_image(trainer, f"rel_pos_bias/stage{stage}", image)
         self._log_attention(trainer)
         self._track_best(trainer)
 
@@ -262,7 +271,7 @@ class TensorBoardPictures(Callback):
         if self._attention_images is not None:
             for stage, (weights, grid, query) in self._attention.items():
                 image = attention_rows(self._attention_images, weights, grid, query, MIN_TILE_SIDE)
-                self._add_image(trainer, f"pictures/attention/stage{stage}", image)
+                self._add_image(trainer, f"attention/stage{stage}", image)
         self._attention, self._attention_images = {}, None
 
     # ------------------------------------------------------------------- hparams
@@ -284,6 +293,9 @@ class TensorBoardPictures(Callback):
         self._best = dict(state_dict.get("best", {}))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        logger = self._logger(trainer)
+        logger = self._tensorboard(trainer)
         if self.hparams and logger is not None and self._best:
             logger.log_hyperparams(dict(pl_module.hparams), metrics=self._best)
+
+
+TensorBoardPictures = RunPictures  # the name cli.py imports until it registers RunPictures

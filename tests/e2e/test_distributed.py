@@ -28,7 +28,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from step_marker import wait_for_step
 
 from datamodules.sources.shard_writer import write_shards
-from lightning_modules.pictures.callback import TensorBoardPictures
+from lightning_modules.pictures.callback import RunPictures
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ class WeightFingerprint(Callback):
         self.epochs.append([int(i) for i in sampler])
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pictures = next(c for c in trainer.callbacks if isinstance(c, TensorBoardPictures))
+        pictures = next(c for c in trainer.callbacks if isinstance(c, RunPictures))
         record = {
             "confusion_total": int(pictures.confusion.compute().sum()),  # the epoch's result, cached
             "initial": self.initial,

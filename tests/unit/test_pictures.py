@@ -1,4 +1,5 @@
-"""TensorBoard pictures: every tag appears in a real (short) smoke fit with the expected image sizes.
+"""Run pictures: every tag appears in a real (short) smoke fit with the expected image sizes, in
+TensorBoard, and as PNG files for a logger without images (CSV).
 
 The sizes follow from the smoke setup: 32x32 images enlarged to 64 px tiles, 10 classes, and
 CoAtNet-nano at 32 px (S3: 2 blocks x 4 heads on a 2x2 grid, S4: 1 block x 8 heads on 1x1).
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer.connectors.accelerator_connector import (
     _AcceleratorConnector,
@@ -29,7 +31,7 @@ from datamodules import SyntheticDataModule
 from docs.render_pictures import MAX_BYTES, render_pictures
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.pictures.attention_maps import centre_query, query_attention
-from lightning_modules.pictures.callback import TensorBoardPictures
+from lightning_modules.pictures.callback import RunPictures
 from lightning_modules.pictures.drawing import (
     DIVERGING,
     QUERY,
@@ -165,13 +167,33 @@ def test_attention_rows_give_each_head_a_map_beside_the_image():
     assert first_map[:, 32, 40].tolist() == list(QUERY) and first_map[:, 63, 63].tolist() == list(QUERY)
 
 
+def test_a_logger_without_images_gets_every_picture_as_png_files_in_its_run_folder(tmp_path):
+    model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32))
+    data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=8, test_size=8, batch_size=8)
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = Trainer(
+        accelerator="cpu", logger=logger, callbacks=[RunPictures()], max_epochs=1, limit_train_batches=1,
+        limit_val_batches=1, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, datamodule=data)
+    folder = Path(logger.log_dir) / "pictures"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "attention/stage3/step_1.png", "attention/stage4/step_1.png", "confusion_matrix/step_1.png",
+        "rel_pos_bias/stage3/step_1.png", "rel_pos_bias/stage4/step_1.png", "train_batch/step_0.png",
+        "val_predictions/step_1.png",
+    ], "the training batch before step 0, the validation pictures after step 1, nothing half-written"
+    with Image.open(folder / "confusion_matrix" / "step_1.png") as png:
+        assert png.mode == "RGB" and png.size == (90 + 4 * 32, 90 + 4 * 32)
+
+
 def _validate(tmp_path, layout: str, *callbacks: Callback) -> tuple[set[str], ImageClassifier]:
     """Image tags of a two-batch ``validate`` of CoAtNet-nano with ``layout``, and the module."""
     model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"layout": layout})
     data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=16, test_size=8, batch_size=8)
     logger = TensorBoardLogger(tmp_path, name="run")
     trainer = Trainer(
-        accelerator="cpu", logger=logger, callbacks=[*callbacks] or [TensorBoardPictures()], limit_val_batches=2,
+        accelerator="cpu", logger=logger, callbacks=[*callbacks] or [RunPictures()], limit_val_batches=2,
         enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.validate(model, datamodule=data, verbose=False)
@@ -206,7 +228,7 @@ class _Confusions(Callback):
 
 
 def test_confusion_matrix_counts_validation_images_by_true_row_and_predicted_column(tmp_path):
-    pictures, counted = TensorBoardPictures(), _Confusions()
+    pictures, counted = RunPictures(), _Confusions()
     _validate(tmp_path, "CCTT", pictures, counted)
     assert counted.matrix.sum() == 16
     assert torch.equal(pictures.confusion.compute().cpu(), counted.matrix)
@@ -216,9 +238,7 @@ def test_best_values_survive_a_resume():
     # A resumed fit restores the best values after setup resets them, so hp/best_* covers the earlier epochs.
     from types import SimpleNamespace
 
-    from lightning_modules.pictures.callback import TensorBoardPictures
-
-    pictures = TensorBoardPictures(val_predictions=False, confusion_matrix=False, class_accuracy=False)
+    pictures = RunPictures(val_predictions=False, confusion_matrix=False, class_accuracy=False)
     trainer = SimpleNamespace(loggers=[], callback_metrics={"val/acc1": torch.tensor(0.3), "val/loss": torch.tensor(2.0)})
     pictures.setup(trainer, torch.nn.Linear(1, 1), "fit")
     pictures.load_state_dict({"best": {"hp/best_acc1": 0.8, "hp/final_acc1": 0.8, "hp/best_loss": 0.5}})
@@ -229,7 +249,7 @@ def test_best_values_survive_a_resume():
 
 
 class _ClassHits(Callback):
-    """Per-class accuracy of the last validation epoch, counted apart from TensorBoardPictures."""
+    """Per-class accuracy of the last validation epoch, counted apart from RunPictures."""
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.hits, self.totals = torch.zeros(4), torch.zeros(4)
@@ -254,7 +274,7 @@ def _fit_as_if_distributed(tmp_path, monkeypatch, class_accuracy: bool) -> tuple
     model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32))
     data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=16, test_size=8, batch_size=8)
     recorder, hits = MemoryLogger(), _ClassHits()
-    pictures = TensorBoardPictures(train_batch=False, rel_pos_bias=False, attention_maps=False, hparams=False,
+    pictures = RunPictures(train_batch=False, rel_pos_bias=False, attention_maps=False, hparams=False,
                                    class_accuracy=class_accuracy)
     trainer = Trainer(
         accelerator="cpu", devices=1, logger=[TensorBoardLogger(tmp_path, name="run"), recorder],
