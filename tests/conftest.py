@@ -17,6 +17,7 @@ import torch
 
 TESTS_DIR = Path(__file__).resolve().parent  # the shared helpers (data_helpers, step_marker, ...) live here
 REPO_ROOT = TESTS_DIR.parent
+TIER_DIRS = (TESTS_DIR / "unit", TESTS_DIR / "e2e", TESTS_DIR / "perf")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -28,9 +29,10 @@ if str(REPO_ROOT) not in sys.path:  # makes the top-level ``cli.py`` importable 
 
 
 def subprocess_env(threads: int = 1, **extra: str) -> dict[str, str]:
-    """Environment for child processes: repo importable, albumentations offline, bounded CPU threads."""
+    """Environment for child processes: repo and test modules importable, albumentations offline, bounded CPU threads."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    importable = [REPO_ROOT, TESTS_DIR, *TIER_DIRS]  # the project, the shared helpers, and test modules by name
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*map(str, importable), env.get("PYTHONPATH", "")]))
     env["NO_ALBUMENTATIONS_UPDATE"] = "1"
     env["OMP_NUM_THREADS"] = str(threads)
     env["MKL_NUM_THREADS"] = str(threads)

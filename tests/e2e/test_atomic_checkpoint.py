@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, subprocess_env
+from conftest import subprocess_env
 
 from coatnet.errors import CheckpointError
 from lightning_modules.resilience.atomic_io import (
@@ -106,7 +106,7 @@ def kill_rounds(folder: str, seed: int) -> None:
 @pytest.mark.slow
 def test_sigkill_during_checkpointing_never_leaves_a_broken_last_ckpt(tmp_path):
     code = f"import test_atomic_checkpoint as t; t.kill_rounds({str(tmp_path)!r}, seed=1234)"
-    env = subprocess_env(threads=1, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent), str(REPO_ROOT)]))
+    env = subprocess_env(threads=1)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -58,7 +58,7 @@ def test_recorder_flags_device_reads_and_copies_and_ignores_host_bookkeeping():
         "tensor built from host data on the device",
         "value read on the host",
     ], recorder.record.counts
-    assert all(site.startswith("tests/test_host_syncs.py:") for _, site in recorder.record.counts)
+    assert all(site.startswith("tests/perf/test_host_syncs.py:") for _, site in recorder.record.counts)
     assert device_tensors.any([moved]) and device_tensors.any([queued])  # copies count as device tensors
 
 
