@@ -1,5 +1,6 @@
 """SIGTERM (SLURM preemption, ``kill``) or a first Ctrl+C becomes a clean stop at the next step boundary with
-``last.ckpt`` written, so ``fit --ckpt_path last`` continues the run.
+``last.ckpt`` written, so ``fit --ckpt_path last`` continues the run. Signals named in ``requeue_on`` (SLURM's
+warning before the time limit, ``#SBATCH --signal=USR1@90``) do the same and then requeue the job.
 
 Lightning already stops on SIGTERM at a step boundary (and tells every DDP rank) but saves nothing; SIGINT it
 would deliver as a ``KeyboardInterrupt`` in the middle of a step."""
@@ -17,6 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_modules.resilience.announce import announce
+from lightning_modules.resilience.slurm_requeue import requeue, slurm_job_id, turn_off_lightning_requeue
 
 _LIGHTNING_STEP_CHECK = "_broadcast_sigterm_tensor"
 
@@ -42,11 +44,16 @@ class InterruptCheckpoint(Callback):
     Args:
         filename: checkpoint written next to ``ModelCheckpoint``'s files.
         check_every_n_steps: with several ranks, how often they compare notes on a pending signal.
+        requeue_on: signal names (``SIGUSR1``, ``SIGTERM``) after which rank 0 also runs ``scontrol requeue``
+            on the SLURM job (see ``configs/slurm.yaml``); Lightning's own SLURM requeue is then switched off.
     """
 
-    def __init__(self, filename: str = "last.ckpt", check_every_n_steps: int = 10) -> None:
+    def __init__(
+        self, filename: str = "last.ckpt", check_every_n_steps: int = 10, requeue_on: list[str] | None = None
+    ) -> None:
         self.filename = filename
         self.check_every_n_steps = check_every_n_steps
+        self.requeue_on = {signal_named(name) for name in requeue_on or ()}
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
         self._trainer: Trainer | None = None
@@ -65,11 +72,15 @@ class InterruptCheckpoint(Callback):
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.requeue_on:
+            turn_off_lightning_requeue(trainer)  # before Lightning installs its signal handlers
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Install the handlers now: Lightning registers its own SIGTERM handler just before this hook."""
         self.signal, self._trainer = None, trainer
         try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in {signal.SIGTERM, signal.SIGINT, *self.requeue_on}:
                 self._previous[signum] = signal.signal(signum, self._record)
         except ValueError:  # not in the main thread: leave signals to Lightning
             self._previous.clear()
@@ -111,13 +122,23 @@ class InterruptCheckpoint(Callback):
         signum, self.signal = self.signal, None
         self._restore()
         exception.code = 128 + signum  # the shell convention, so job scripts can tell the run did not finish
-        if trainer.state.fn != TrainerFn.FITTING or trainer.global_step == 0:
-            return
-        path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
-        announce(
-            f"{signal.Signals(signum).name} received: stopped after global step {trainer.global_step} and saved "
-            f"{path}. Resume with the same command plus --ckpt_path last"
-        )
+        if trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:
+            path = self.checkpoint_path(trainer)
+            trainer.save_checkpoint(path)
+            announce(
+                f"{signal.Signals(signum).name} received: stopped after global step {trainer.global_step} and saved "
+                f"{path}. Resume with the same command plus --ckpt_path last"
+            )
+        if signum in self.requeue_on and trainer.is_global_zero:
+            job = slurm_job_id()
+            announce(requeue(job) if job else "not in a SLURM job (no SLURM_JOB_ID): nothing to requeue")
+
+
+def signal_named(name: str) -> signal.Signals:
+    """``signal.SIGUSR1`` for "SIGUSR1" or "USR1"; a readable error for anything else."""
+    try:
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    except KeyError:
+        raise ValueError(f"interrupt_checkpoint.requeue_on: {name!r} is not a signal name; use e.g. SIGUSR1 or SIGTERM") from None
 
 
