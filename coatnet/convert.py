@@ -15,6 +15,7 @@ import re
 from typing import Any, Mapping
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from .config import CoAtNetConfig
@@ -120,11 +121,10 @@ def _rename(rest: str, renames: tuple[tuple[str, str], ...]) -> str:
 
 def _qkv_head_first_to_ours(tensor: Tensor, head_dim: int) -> Tensor:
     """Rows [head][q|k|v][dim] -> [q|k|v][head][dim] (qkv weight or bias)."""
-    heads, extra = divmod(tensor.shape[0], 3 * head_dim)
-    if extra:  # not this variant's attention: left for the shape check to report
+    if tensor.shape[0] % (3 * head_dim):  # not this variant's attention: left for the shape check to report
         return tensor
-    grouped = tensor.reshape(heads, 3, head_dim, *tensor.shape[1:])
-    return grouped.transpose(0, 1).reshape(tensor.shape)
+    # einops states both row layouts, which reshape-transpose-reshape would leave to be worked out.
+    return rearrange(tensor, "(heads qkv dim) ... -> (qkv heads dim) ...", qkv=3, dim=head_dim)
 
 
 def _map_block_tensor(rest: str, tensor: Tensor, layout: str, head_dim: int) -> tuple[str, Tensor]:
