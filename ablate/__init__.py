@@ -1,0 +1,1 @@
+"""Ablations and hyper-parameter searches over cli.py fits, run by Optuna: ``python -m ablate --help``."""

@@ -1,0 +1,120 @@
+"""Train one recipe over a grid (or a TPE search) of cli.py settings, then tabulate and plot the runs.
+
+    python -m ablate --config configs/ablations/layouts.yaml
+    python -m ablate --config attention_bias.yaml --storage sqlite:///logs/ablate/studies.db
+    python -m ablate --config lr_search.yaml --sampler tpe --n-trials 20
+    python -m ablate --config layouts.yaml -- --trainer.max_epochs 1     # extra cli.py arguments for every run
+
+Rerunning the same command (same grid file, storage and study name) resumes the study: finished runs
+are skipped, an interrupted run resumes from its last.ckpt, and machines sharing the storage (and the
+log folder) split the remaining runs. results.csv, results.md and results.png are written in
+<log-dir>/<grid>/ at the end of every invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import optuna  # noqa: E402
+
+from ablate.grid_file import GridFileError, load_grid_file  # noqa: E402
+from ablate.report import write_report  # noqa: E402
+from ablate.study import (  # noqa: E402
+    SAMPLERS,
+    USER_ERROR_EXIT,
+    Objective,
+    RunConfigError,
+    RunFailed,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    reclaim_dead_trials,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+GRID_DIR = CONFIG_DIR / "ablations"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one ``error:`` line naming the fix, exit 2 (argparse prints the usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USER_ERROR_EXIT, f"error: {message} (see python -m ablate --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="grid file (a bare name is also looked up in configs/ablations/)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="grid", help="grid: every point once; tpe: search the file's search: ranges")
+    parser.add_argument("--n-trials", type=int, help="trials this process runs (grid default: until the grid is done; needed for tpe)")
+    parser.add_argument("--storage", help="Optuna journal file or RDB URL (sqlite:///x.db); default <log-dir>/<grid>/optuna.journal")
+    parser.add_argument("--study-name", help="default <grid>-<sampler>; the same name resumes the study")
+    parser.add_argument("--log-dir", type=Path, default=Path("logs/ablate"), help="runs go to <log-dir>/<grid>/<run>/")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed")
+    parser.add_argument("--pruner-startup-trials", type=int, default=3, help="tpe: trials finished before any is pruned")
+    return parser
+
+
+def grid_path(value: str) -> Path:
+    path = Path(value)
+    return path if path.is_file() or not (GRID_DIR / value).is_file() else GRID_DIR / value
+
+
+def run(argv: list[str]) -> int:
+    own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = build_parser()
+    args = parser.parse_args(own)
+    if args.sampler == "tpe" and not args.n_trials:
+        parser.error("--sampler tpe needs --n-trials N, the number of trials this process runs")
+    if args.n_trials is not None and args.n_trials < 1:
+        parser.error(f"--n-trials must be >= 1, got {args.n_trials}")
+    spec = load_grid_file(grid_path(args.config), CONFIG_DIR)
+    grid_dir = args.log_dir / spec.name
+    storage = open_storage(args.storage or str(grid_dir / "optuna.journal"))
+    sampler = make_sampler(spec, args.sampler, args.seed)
+    study = optuna.create_study(
+        storage=storage, sampler=sampler, pruner=make_pruner(args.sampler, args.pruner_startup_trials),
+        study_name=args.study_name or f"{spec.name}-{args.sampler}", direction="maximize", load_if_exists=True,
+    )
+    for trial in reclaim_dead_trials(study, storage):
+        print(f"ablate: run {trial.user_attrs.get('run')} was interrupted; it resumes from its last.ckpt", flush=True)
+        if args.sampler == "tpe":  # a grid hands the point out again by itself
+            study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs["run"]})
+    failures: list[str] = []
+
+    def note_failure(_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL:
+            failures.append(str(trial.user_attrs.get("run", trial.number)))
+
+    if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+        print(f"ablate: every run of {spec.name} is finished", flush=True)
+    else:
+        objective = Objective(spec, args.sampler, args.log_dir, extra)
+        study.optimize(objective, n_trials=args.n_trials, catch=(RunFailed,), callbacks=[note_failure])
+    for path in write_report(study, grid_dir, f"{spec.name} ({study.study_name})"):
+        print(f"ablate: wrote {path}", flush=True)
+    if failures:
+        print(f"ablate: failed runs: {', '.join(failures)}; rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> int:
+    try:
+        return run(sys.argv[1:])
+    except (GridFileError, RunConfigError) as err:
+        if os.environ.get("COATNET_TRACEBACK", "") not in ("", "0"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The Optuna study behind an ablation: shared storage, the sampler, and one trial = one ``cli.py fit``.
+
+Optuna hands out the work, so several machines pointed at the same storage split a grid between them:
+GridSampler gives each trial a grid point no one has finished or started (a point whose trial died is
+handed out again once the rest are taken), TPE proposes values inside the file's ``search:`` ranges
+and MedianPruner stops TPE trials whose ``val/acc1`` after an epoch is below the median of earlier
+trials at that epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from ablate.grid_file import GridFileError, GridSpec, SearchRange
+from ablate.launch import RunOutcome, RunPlan, is_finished, launch, plan_run
+from ablate.metrics import best_accuracy
+
+USER_ERROR_EXIT = 2
+HEARTBEAT_SECONDS = 60  # RDB storages only: a trial without a beat for GRACE_SECONDS is failed by any worker
+GRACE_SECONDS = 600
+SAMPLERS = ("grid", "tpe")
+Launcher = Callable[[RunPlan, Callable[[int, float], bool]], RunOutcome]
+
+
+class RunFailed(RuntimeError):
+    """A fit crashed or was killed; the study goes on with the other runs."""
+
+
+class RunConfigError(RuntimeError):
+    """cli.py refused the run's settings (exit 2): every other run would be refused too."""
+
+
+def open_storage(storage: str) -> BaseStorage:
+    """An RDB URL (``sqlite:///...``, ``postgresql://...``) or else a journal file path, which machines
+    sharing a file system can all append to."""
+    if "://" in storage:
+        return RDBStorage(storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(storage))
+
+
+def make_sampler(spec: GridSpec, sampler: str, seed: int) -> optuna.samplers.BaseSampler:
+    if sampler == "grid":
+        if not spec.grid_space():
+            raise GridFileError(f"{spec.path} has no variants: or axes: for --sampler grid; add some, or use --sampler tpe")
+        return optuna.samplers.GridSampler(spec.grid_space(), seed=seed)
+    if not spec.search:
+        raise GridFileError(f"{spec.path} has no search: ranges for --sampler tpe; add e.g. model.optimizer.init_args.lr: "
+                         "{type: float, low: 1.0e-4, high: 1.0e-2, log: true}")
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, len(spec.search) * 2)))
+
+
+def make_pruner(sampler: str, startup_trials: int) -> optuna.pruners.BasePruner:
+    """Grids keep every run to the end (an ablation compares all of them); searches prune."""
+    if sampler == "grid":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0)
+
+
+def suggest(trial: Trial, spec: GridSpec) -> dict[str, Any]:
+    """The trial's values: the grid (variants and axes) as categoricals, then the search ranges."""
+    params = {key: trial.suggest_categorical(key, values) for key, values in spec.grid_space().items()}
+    for dimension in spec.search:
+        params[dimension.key] = _suggest_range(trial, dimension)
+    return params
+
+
+def _suggest_range(trial: Trial, dimension: SearchRange) -> Any:
+    if dimension.type == "float":
+        return trial.suggest_float(dimension.key, **dimension.options)
+    if dimension.type == "int":
+        return trial.suggest_int(dimension.key, **dimension.options)
+    return trial.suggest_categorical(dimension.key, dimension.options["choices"])
+
+
+def reclaim_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[FrozenTrial]:
+    """Fail the RUNNING trials that a process on this machine left behind when it was killed.
+
+    Returns them, so that a search can enqueue their values again and resume their run folders.
+    """
+    dead = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("host") == socket.gethostname() and not _alive(trial.user_attrs.get("pid")):
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            dead.append(trial)
+    return dead
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+class Objective:
+    """Trains one run per trial and returns its best ``val/acc1``; a finished run folder is not trained again."""
+
+    def __init__(self, spec: GridSpec, sampler: str, log_dir: Path, extra_args: list[str], launcher: Launcher = launch):
+        self.spec, self.sampler, self.log_dir = spec, sampler, log_dir
+        self.extra_args, self.launcher = extra_args, launcher
+
+    def run_name(self, trial: Trial, params: dict[str, Any]) -> str:
+        if "run" in trial.user_attrs:  # an interrupted search trial enqueued again
+            return trial.user_attrs["run"]
+        return self.spec.run_name(params) if self.sampler == "grid" else f"trial-{trial.number:04d}"
+
+    def __call__(self, trial: Trial) -> float:
+        params = suggest(trial, self.spec)
+        name = self.run_name(trial, params)
+        trial.set_user_attr("run", name)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        plan = plan_run(self.spec.base, self.spec.settings_of(params), self.log_dir, self.spec.name, name, self.extra_args)
+        if is_finished(plan.run_dir):
+            print(f"ablate: {name} is finished, not trained again", flush=True)
+        else:
+            print(f"ablate: training {name} in {plan.run_dir}", flush=True)
+            outcome = self.launcher(plan, lambda epoch, accuracy: self._report(trial, epoch, accuracy))
+            if outcome.stopped_early:
+                raise optuna.TrialPruned(f"{name}: val/acc1 below the median of earlier trials")
+            if outcome.exit_code == USER_ERROR_EXIT:
+                raise RunConfigError(f"cli.py refused the settings of run {name} (its error is above); fix the grid file")
+            if outcome.exit_code != 0:
+                raise RunFailed(f"{name}: cli.py fit exited {outcome.exit_code}")
+        accuracy = best_accuracy(plan.run_dir)
+        if accuracy is None:
+            raise RunFailed(f"{name}: no val/acc1 logged; does the recipe validate (trainer.limit_val_batches > 0)?")
+        return accuracy
+
+    @staticmethod
+    def _report(trial: Trial, epoch: int, accuracy: float) -> bool:
+        trial.report(accuracy, epoch)
+        return trial.should_prune()
