@@ -15,13 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from coatnet.weights_io import read_torch_file
 from datamodules.augmentation.transforms import EvalTransform, ResizeTo
 from datamodules.base import ImageClassificationDataModule
-from datamodules.decoding.encoded_images import DECODE_ERRORS
+from datamodules.decoding.encoded_images import DECODE_ERRORS, decode_bytes
 from datamodules.errors import DatasetError
 from datamodules.sources.folder_scan import IMAGE_EXTENSIONS
 from lightning_modules.prediction import DATA_INFO_KEY
@@ -49,9 +48,8 @@ def list_image_files(paths: list[str]) -> list[str]:
 
 
 def load_rgb(path: str) -> np.ndarray:
-    """Any PIL-readable file (any size, palette/grey/alpha, EXIF-rotated) -> upright HWC uint8 RGB."""
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    """Any image file -> upright HWC uint8 RGB, decoded exactly as training and validation decode it."""
+    return decode_bytes(np.fromfile(path, dtype=np.uint8))
 
 
 class ImageFiles(Dataset):
@@ -67,7 +65,7 @@ class ImageFiles(Dataset):
         path = self.files[index]
         try:
             return self.transform(load_rgb(path)), path, ""
-        except (*DECODE_ERRORS, Image.UnidentifiedImageError) as exc:
+        except DECODE_ERRORS as exc:
             return torch.zeros(3, *self.size, dtype=torch.uint8), path, f"{type(exc).__name__}: {exc}"
 
 

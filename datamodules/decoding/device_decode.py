@@ -1,22 +1,21 @@
 """Device-side decode + crop for the image-folder "gpu" path.
 
 Workers only read bytes; here JPEGs are decoded in one batched call on the
-batch's device (nvJPEG on CUDA, libjpeg on CPU), cropped per image with the
+batch's device (nvJPEG on CUDA, see ``decoders``), cropped per image with the
 same box sampler as the CPU path and augmented batched, in the CPU path's
-order. Non-JPEG files are decoded on the CPU. On CUDA this work can run on a
-second stream (``on_side_stream``), overlapping the previous training step.
+order. Non-JPEG files are decoded on the CPU, exactly as the CPU path decodes
+them. On CUDA this work can run on a second stream (``on_side_stream``),
+overlapping the previous training step.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from datamodules.augmentation.crops import CropBox, eval_crop_box, sample_resized_crop
 from datamodules.augmentation.tensor_ops import (
@@ -24,7 +23,8 @@ from datamodules.augmentation.tensor_ops import (
     crop_resize,
     pad_crop_flip,
 )
-from datamodules.decoding.encoded_images import CorruptFiles, EncodedImages
+from datamodules.decoding.decoders import decode_jpegs, decode_rgb
+from datamodules.decoding.encoded_images import DECODE_ERRORS, CorruptFiles, EncodedImages
 from datamodules.errors import DatasetError
 
 JPEG_MAGIC = (0xFF, 0xD8, 0xFF)
@@ -34,23 +34,21 @@ def is_jpeg(data: torch.Tensor) -> bool:
     return len(data) >= 3 and tuple(data[:3].tolist()) == JPEG_MAGIC
 
 
-def quiet(fn, *args, **kwargs):
-    """torchvision 0.29 flags its decoders as deprecated on every call; keep batch logs readable."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return fn(*args, **kwargs)
-
-
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A JPEG alone on ``device``, else (other formats, and JPEGs the device decoder refuses) on the CPU."""
     if is_jpeg(data):
-        return quiet(decode_jpeg, data, mode=ImageReadMode.RGB, device=device)
-    return quiet(decode_image, data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
+        try:
+            return decode_jpegs([data], device)[0]
+        except DECODE_ERRORS:
+            pass  # e.g. a JPEG nvJPEG cannot read: the CPU decoder reads or rejects it
+    return decode_rgb(data).to(device, non_blocking=True)
 
 
 def decode_batch(
     batch: EncodedImages, device: torch.device, corrupt: CorruptFiles
 ) -> tuple[list[torch.Tensor], list[int]]:
-    """Decode every file to CHW uint8 on ``device``; unreadable ones follow ``corrupt``'s policy.
+    """Decode every file to CHW uint8 on ``device`` as the CPU path does (``decoders``); unreadable ones follow
+    ``corrupt``'s policy.
 
     Returns the images and, per slot, the index of the file it came from: a
     skipped file's slot reuses a good image of the batch (so the batch keeps
@@ -60,16 +58,15 @@ def decode_batch(
     jpegs = [i for i, d in enumerate(batch.data) if is_jpeg(d)]
     if jpegs:
         try:
-            decoded = quiet(decode_jpeg, [batch.data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-            for i, image in zip(jpegs, decoded):
+            for i, image in zip(jpegs, decode_jpegs([batch.data[i] for i in jpegs], device)):
                 images[i] = image
-        except RuntimeError:
+        except DECODE_ERRORS:
             pass  # one bad file fails the whole call; retry one by one below to find it
     for i, image in enumerate(images):
         if image is None:
             try:
                 images[i] = _decode_one(batch.data[i], device)
-            except RuntimeError as exc:
+            except DECODE_ERRORS as exc:
                 corrupt.report(batch.paths[i], exc)
     good = [i for i, image in enumerate(images) if image is not None]
     if not good:

@@ -3,7 +3,6 @@ device decode paths."""
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import warnings
 from dataclasses import dataclass
@@ -11,9 +10,10 @@ from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
+from datamodules.decoding.decoders import decode_rgb
 from datamodules.errors import DatasetError
 
 OnCorrupt = Literal["skip", "error"]
@@ -22,13 +22,9 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.Decompres
 
 
 def decode_bytes(data: np.ndarray) -> np.ndarray:
-    """Decode an encoded image (1-D uint8 array) to HWC uint8 RGB; raises on corrupt or truncated data."""
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:  # its message names the BytesIO object, not the file
-        raise OSError("unknown image format or corrupt header") from None
-    with image:
-        return np.asarray(image.convert("RGB"))
+    """Decode an encoded image (1-D uint8 array) to HWC uint8 RGB, upright (see ``decoders``); raises on
+    corrupt or truncated data."""
+    return np.ascontiguousarray(decode_rgb(data).permute(1, 2, 0).numpy())
 
 
 def bytes_tensor(data: np.ndarray) -> torch.Tensor:

@@ -12,10 +12,9 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
 
-from datamodules.decoding.device_decode import quiet
-from datamodules.decoding.encoded_images import decode_bytes
+from datamodules.decoding.decoders import decode_rgb
+from datamodules.decoding.encoded_images import DECODE_ERRORS
 from datamodules.errors import DatasetError
 from datamodules.sources.folder_scan import scan_split
 
@@ -26,15 +25,10 @@ def find_split(root: Path, names: tuple[str, ...]) -> Optional[Path]:
 
 
 def decode_to_chw(path: str) -> torch.Tensor:
-    """CHW uint8 RGB. torchvision's decoders are ~2x faster than PIL on tiny JPEGs; PIL reads the rest."""
+    """CHW uint8 RGB, decoded as every other path decodes (``decoders.decode_rgb``)."""
     try:
-        return quiet(decode_image, read_file(path), mode=ImageReadMode.RGB)
-    except RuntimeError:
-        pass  # a format torchvision cannot read (BMP, TIFF), or a corrupt file: PIL decides which
-    try:
-        image = decode_bytes(np.fromfile(path, dtype=np.uint8))
-        return torch.from_numpy(image.copy()).permute(2, 0, 1)  # PIL arrays are read-only
-    except (OSError, ValueError) as exc:
+        return decode_rgb(np.fromfile(path, dtype=np.uint8))
+    except DECODE_ERRORS as exc:
         raise DatasetError(f"cannot decode {path} ({exc}); replace or delete the file.") from exc
 
 
