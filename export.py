@@ -15,6 +15,7 @@ mean/std, resize mode, crop_pct, interpolation) are embedded: ONNX ``metadata_pr
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -38,17 +39,29 @@ from lightning_modules.user_errors import exit_readably
 
 Format = Literal["onnx", "torchscript", "exported"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported")
-OPSET = 17
+OPSET = 18  # the oldest the dynamo exporter writes; it cannot convert this model down to 17
 MAX_BATCH = 1024
 DEFAULT_SIZE, DEFAULT_CLASSES = 224, 1000  # of a --model; a checkpoint has its own
 
 
-def _require(module: str) -> Any:
-    """Import an optional (dev) dependency, saying how to get it when missing."""
-    try:
-        return __import__(module)
-    except ImportError as exc:
-        raise SystemExit(f"{module} is needed for this; install it with: pip install -e '.[dev]'") from exc
+class MissingExtra(ImportError, ValueError):
+    """An optional dependency that is not installed: a user error (exit 2), still an ImportError to callers."""
+
+
+def require_export_extra(*modules: str, purpose: str) -> None:
+    """Fail early, naming the ``export`` extra, when a module it provides is missing."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtra(f"{purpose} needs {', '.join(missing)}, in the export extra: pip install -e \".[export]\"")
+
+
+def check_export_extra(args: argparse.Namespace) -> None:
+    """Before anything is loaded: ONNX export needs onnx and onnxscript, --check and --benchmark onnxruntime too."""
+    if args.format != "onnx":
+        return
+    runs = args.check or args.benchmark
+    purpose = "ONNX export with --check or --benchmark" if runs else "ONNX export"
+    require_export_extra("onnx", "onnxscript", *(["onnxruntime"] if runs else []), purpose=purpose)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -145,27 +158,25 @@ def example_input(info: dict[str, Any], batch: int = 2, seed: int = 0) -> torch.
 def export_onnx(model: nn.Module, example: torch.Tensor, output: Path, info: dict[str, Any], opset: int = OPSET) -> None:
     """ONNX with a dynamic batch axis, ``images`` -> ``logits``; ``data_info`` entries become metadata.
 
-    Uses the TorchScript-based exporter: the dynamo one needs ``onnxscript``, which is not a
-    dependency. The relative-position bias becomes a constant Gather of the learned table.
+    Uses the dynamo exporter (``torch.export``, then onnxscript's torchlib). The relative-position
+    bias becomes a constant Gather of the learned table.
     """
-    onnx = _require("onnx")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer notes about the input-shape checks and the exporter's deprecation
-        torch.onnx.export(
+    require_export_extra("onnx", "onnxscript", purpose="ONNX export")
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        program = torch.onnx.export(
             model,
             (example,),
-            str(output),
-            dynamo=False,
+            dynamo=True,
             opset_version=opset,
             input_names=["images"],
             output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_shapes=({0: batch},),
+            verbose=False,
         )
-    proto = onnx.load(str(output))
     for key, value in info.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(proto, str(output))
+        program.model.metadata_props[key] = json.dumps(value)
+    program.save(str(output))
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, output: Path, info: dict[str, Any]) -> None:
@@ -204,7 +215,9 @@ def load_exported(path: Path, fmt: Format) -> Callable[[torch.Tensor], torch.Ten
 
 def onnx_session(path: Path, threads: int | None = None) -> Any:
     """An onnxruntime CPU session with all graph optimisations (``threads`` intra-op threads)."""
-    ort = _require("onnxruntime")
+    require_export_extra("onnxruntime", purpose="running an ONNX file")
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -246,7 +259,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, help=f"classes with --model (default {DEFAULT_CLASSES})")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (>= 17)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (>= {OPSET})")
     parser.add_argument(
         "--fold-bn", action=argparse.BooleanOptionalAction, default=True,
         help="fold BatchNorm into the adjacent convolutions before export (default: on)",
@@ -260,14 +273,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.benchmark and args.format != "onnx":
         parser.error("--benchmark times onnxruntime: use --format onnx")
-    if args.opset < 17:
-        parser.error("--opset must be >= 17")
+    if args.opset < OPSET:
+        parser.error(f"--opset must be >= {OPSET}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Export, then optionally check and time; returns the exit status (1 when --check fails)."""
     args = parse_args(argv)
+    check_export_extra(args)
     check_output(args.output)
     if args.ckpt:
         model, info = load_checkpoint(args.ckpt)

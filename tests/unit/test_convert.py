@@ -148,7 +148,8 @@ def test_other_resolution_mlp_model_through_our_resize():
 def _non_square_timm() -> torch.nn.Module:
     """Full-depth timm coatnet_nano_rw built for NON_SQUARE inputs: its tables' row counts do not say H from W."""
     torch.manual_seed(0)
-    return _randomise(timm.create_model("coatnet_nano_rw_224", pretrained=False, num_classes=CLASSES, img_size=NON_SQUARE))
+    theirs = timm.create_model("coatnet_nano_rw_224", pretrained=False, num_classes=CLASSES, img_size=NON_SQUARE)
+    return _randomise(theirs)
 
 
 def test_non_square_timm_model_converts_at_its_input_size():

@@ -9,6 +9,7 @@ meta-device shapes (no weights are initialised).
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import get_args
@@ -311,6 +312,16 @@ def test_export_user_errors_are_one_error_line_and_status_2(files, checkpoint, t
 def test_export_refuses_bad_numbers_when_parsing(flag, value, words, tmp_path, capsys):
     code, err = _export(["--model", "coatnet_nano", "--output", str(tmp_path / "m.onnx"), flag, value], capsys)
     assert code == 2 and err.startswith(f"error: argument {flag}: {words}") and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxscript", "onnxruntime"])
+def test_onnx_export_without_the_export_extra_names_it(module, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # what an uninstalled module looks like to importlib
+    code, err = _export(["--model", "coatnet_nano", "--output", str(tmp_path / "m.onnx"), "--check"], capsys)
+    expected = f"error: ONNX export with --check or --benchmark needs {module}, in the export extra: "
+    expected += 'pip install -e ".[export]"'
+    assert code == 2 and err.splitlines()[0] == expected, err
     assert not any(tmp_path.iterdir())
 
 
