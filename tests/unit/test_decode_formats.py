@@ -211,3 +211,15 @@ def test_device_path_decodes_formats_the_cpu_path_reads():
     images, sources = decode_batch(batch, torch.device("cpu"), corrupt)
     assert sources == [0, 1] and corrupt.count == 0
     assert all(i.permute(1, 2, 0).numpy().tolist() == image.tolist() for i in images)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
+def test_cuda_batch_decode_matches_the_cpu_decode_and_orientation(decoder):
+    data = [torch.from_numpy(_bytes(_with_orientation(random_image(20, 40, k), k))) for k in (1, 3, 6, 8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the torchvision fallback's own notice
+        images = decoders.decode_jpegs(data, torch.device("cuda"))
+    for image, encoded in zip(images, data):
+        expected = decoders.decode_rgb(encoded)
+        assert image.is_cuda and image.shape == expected.shape
+        assert (image.cpu().int() - expected.int()).abs().float().mean() < 1.0  # nvJPEG's IDCT may differ from libjpeg's
