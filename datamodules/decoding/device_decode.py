@@ -24,7 +24,11 @@ from datamodules.augmentation.tensor_ops import (
     pad_crop_flip,
 )
 from datamodules.decoding.decoders import decode_jpegs, decode_rgb
-from datamodules.decoding.encoded_images import DECODE_ERRORS, CorruptFiles, EncodedImages
+from datamodules.decoding.encoded_images import (
+    DECODE_ERRORS,
+    CorruptFiles,
+    EncodedImages,
+)
 from datamodules.errors import DatasetError
 
 JPEG_MAGIC = (0xFF, 0xD8, 0xFF)

@@ -6,6 +6,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -79,7 +80,7 @@ def check_same_classes(reference: list[str], other: list[str], reference_dir: Pa
 class SkippedFiles:
     """Image files a scan leaves out, counted per reason and reported in one warning per split."""
 
-    REASONS = {
+    REASONS: ClassVar[dict[str, str]] = {
         "outside": "image links that point outside {root} are skipped (only links within the dataset root are "
         "followed, so a scan never reads files elsewhere); copy the files in, or set root to the folder that holds them",
         "broken": "image links whose target is missing are skipped; fix or delete them",

@@ -20,7 +20,11 @@ from PIL import Image, ImageOps
 from datamodules import ImageFolderDataModule
 from datamodules.decoding import decoders
 from datamodules.decoding.device_decode import decode_batch
-from datamodules.decoding.encoded_images import CorruptFiles, EncodedImages, decode_bytes
+from datamodules.decoding.encoded_images import (
+    CorruptFiles,
+    EncodedImages,
+    decode_bytes,
+)
 from datamodules.predict_files import load_rgb
 from datamodules.sources.cifar_folder import decode_to_chw
 
