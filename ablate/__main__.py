@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -34,7 +35,7 @@ from ablate.study import (  # noqa: E402
     make_pruner,
     make_sampler,
     open_storage,
-    reclaim_dead_trials,
+    resume_interrupted,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +84,8 @@ def run(argv: list[str]) -> int:
         storage=storage, sampler=sampler, pruner=make_pruner(args.sampler, args.pruner_startup_trials),
         study_name=args.study_name or f"{spec.name}-{args.sampler}", direction="maximize", load_if_exists=True,
     )
-    for trial in reclaim_dead_trials(study, storage):
-        print(f"ablate: run {trial.user_attrs.get('run')} was interrupted; it resumes from its last.ckpt", flush=True)
-        if args.sampler == "tpe":  # a grid hands the point out again by itself
-            study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs["run"]})
+    for name in resume_interrupted(study, storage, args.sampler):
+        print(f"ablate: run {name} was interrupted; it resumes from its last.ckpt", flush=True)
     failures: list[str] = []
 
     def note_failure(_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -107,6 +106,8 @@ def run(argv: list[str]) -> int:
 
 
 def main() -> int:
+    # SIGTERM (a scheduler's stop) unwinds like Ctrl-C, so the running fit is stopped with its last.ckpt saved.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return run(sys.argv[1:])
     except (GridFileError, RunConfigError) as err:

@@ -82,17 +82,20 @@ def _suggest_range(trial: Trial, dimension: SearchRange) -> Any:
     return trial.suggest_categorical(dimension.key, dimension.options["choices"])
 
 
-def reclaim_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[FrozenTrial]:
-    """Fail the RUNNING trials that a process on this machine left behind when it was killed.
+def resume_interrupted(study: optuna.Study, storage: BaseStorage, sampler: str) -> list[str]:
+    """Fail the RUNNING trials that a killed process on this machine left behind; returns their run names.
 
-    Returns them, so that a search can enqueue their values again and resume their run folders.
+    A grid hands such a point out again by itself; a search gets the same values enqueued with the same
+    run name, so either way the run folder's last.ckpt is resumed.
     """
-    dead = []
+    names = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get("host") == socket.gethostname() and not _alive(trial.user_attrs.get("pid")):
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            dead.append(trial)
-    return dead
+            if sampler != "grid" and "run" in trial.user_attrs:
+                study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs["run"]})
+            names.append(str(trial.user_attrs.get("run", trial.number)))
+    return names
 
 
 def _alive(pid: Any) -> bool:
