@@ -18,6 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_modules.resilience.announce import announce
+from lightning_modules.resilience.interrupted_validation import restart_validation
 from lightning_modules.resilience.slurm_requeue import requeue, slurm_job_id, turn_off_lightning_requeue
 
 _LIGHTNING_STEP_CHECK = "_broadcast_sigterm_tensor"
@@ -41,6 +42,9 @@ class InterruptCheckpoint(Callback):
     after the same step. Lightning's own check, a broadcast of rank 0's flag read back on the host before
     every step, then only repeats this one, so it is switched off: a host sync per step less under DDP.
 
+    A signal during a validation run of ``fit`` stops it after the current batch; the checkpoint then records that
+    validation as not done, and the resumed fit runs it again in full (see ``interrupted_validation``).
+
     Args:
         filename: checkpoint written next to ``ModelCheckpoint``'s files.
         check_every_n_steps: with several ranks, how often they compare notes on a pending signal.
@@ -57,6 +61,7 @@ class InterruptCheckpoint(Callback):
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
         self._trainer: Trainer | None = None
+        self._validating = False
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if self.signal == signal.SIGINT and signum == signal.SIGINT:
@@ -109,6 +114,16 @@ class InterruptCheckpoint(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore()
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validating = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validating = False  # before ModelCheckpoint's save there: Lightning runs it after the other callbacks
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._validating:  # only the save in on_exception happens while a validation run is unfinished
+            restart_validation(checkpoint)
 
     def checkpoint_path(self, trainer: Trainer) -> Path:
         """``last.ckpt`` next to ``ModelCheckpoint``'s files (or under ``default_root_dir`` without one)."""

@@ -84,6 +84,35 @@ class SigtermAfterStep(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SigtermInValidation(Callback):
+    """Sends this process SIGTERM after the first batch of the validation run at the end of ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 0 and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class ValidationRecorder(Callback):
+    """(epoch, validation batches, val/loss) of every finished validation run of a fit."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, int, float]] = []
+        self.batches = 0
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module) -> None:
+        self.batches = 0
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.batches += 1
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.runs.append((trainer.current_epoch, self.batches, float(trainer.callback_metrics["val/loss"])))
+
+
 class BatchRecorder(Callback):
     """(epoch, batch index, a fingerprint of the images) of every training batch."""
 
@@ -95,13 +124,14 @@ class BatchRecorder(Callback):
 
 
 def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers: int = 0,
-          jpegs: Path | None = None, max_steps: int = -1) -> tuple[ImageClassifier, dict]:
-    """3 epochs of 3 batches, on synthetic images or (``jpegs``) a JPEG folder decoded and cropped on the device."""
+          jpegs: Path | None = None, max_steps: int = -1, val_size: int = 16) -> tuple[ImageClassifier, dict]:
+    """3 epochs of 3 batches, on synthetic images or (``jpegs``) a JPEG folder decoded and cropped on the device;
+    ``val_size`` / 16 validation batches."""
     seed_everything(0, workers=True)
     model = ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32),
                             model_overrides={"depths": (1, 1, 1, 1)}, warmup_steps=2, mixup_alpha=0.2)
     if jpegs is None:
-        data = SyntheticDataModule(num_classes=4, image_size=32, train_size=48, val_size=16, test_size=8,
+        data = SyntheticDataModule(num_classes=4, image_size=32, train_size=48, val_size=val_size, test_size=8,
                                    batch_size=16, num_workers=num_workers)
     else:
         data = ImageFolderDataModule(root=str(jpegs), num_classes=4, image_size=32, val_holdout_per_class=1,
@@ -172,6 +202,20 @@ def test_resume_in_mid_epoch_trains_the_rest_of_the_epoch_and_matches_uninterrup
     assert not [w for w in caught if "not resumable" in str(w.message)], "the training loader is resumable"
     assert seen_first.seen[-1][:2] == (1, 0), "the interruption must fall inside epoch 1"
     assert seen_first.seen + seen_resumed.seen == seen_full.seen, "every batch exactly once, in the same order"
+    assert_same(full, resumed)
+
+
+def test_a_validation_stopped_by_sigterm_runs_again_in_full_after_resume(tmp_path):
+    # Lightning took the checkpoint written after a validation batch for a finished validation and skipped it.
+    seen_full, seen_first, seen_resumed = ValidationRecorder(), ValidationRecorder(), ValidationRecorder()
+    full = train(tmp_path / "full", callbacks=[seen_full], val_size=32)
+    with pytest.raises(SystemExit):
+        train(tmp_path / "first", callbacks=[SigtermInValidation(1), seen_first], val_size=32)
+    resumed = train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"), callbacks=[seen_resumed],
+                    val_size=32)
+    assert [run[:2] for run in seen_full.runs] == [(0, 2), (1, 2), (2, 2)]
+    assert seen_first.runs == seen_full.runs[:1], "the interrupted validation of epoch 1 did not finish"
+    assert seen_resumed.runs == seen_full.runs[1:], "epoch 1 is validated on resume, on all its batches"
     assert_same(full, resumed)
 
 
