@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from coatnet.errors import CheckpointError
+from lightning_modules.resilience.announce import announce
 from lightning_modules.resilience.atomic_io import PARTIAL_SUFFIX
 
 
@@ -28,9 +30,24 @@ def last_checkpoint_under(run_dir: Path, version: str | None = None) -> str | No
     return newest_file(run_dir.glob(f"{version or '*'}/checkpoints/last*.ckpt"))
 
 
+def newest_checkpoint_under(run_dir: Path, version: str | None = None) -> str | None:
+    """The newest complete ``*.ckpt`` of any name there: what a run has left when its ``last.ckpt`` is gone."""
+    return newest_file(run_dir.glob(f"{version or '*'}/checkpoints/*.ckpt"))
+
+
+def resume_checkpoint_under(run_dir: Path, version: str | None = None) -> str | None:
+    """What ``--ckpt_path last`` resumes from: the newest ``last*.ckpt``, else the newest other checkpoint, else None."""
+    return last_checkpoint_under(run_dir, version) or newest_checkpoint_under(run_dir, version)
+
+
+def is_complete(path: Path) -> bool:
+    """A whole file, not one still (or never fully) written: torch.save writes zip archives, whose index is at the end."""
+    return path.is_file() and not path.name.endswith(PARTIAL_SUFFIX) and zipfile.is_zipfile(path)
+
+
 def newest_file(paths: Iterable[Path]) -> str | None:
-    """The most recently written of ``paths`` that is a complete file (no write in progress), or None."""
-    found = [p for p in paths if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX)]
+    """The most recently written of ``paths`` that is a complete checkpoint file, or None."""
+    found = [p for p in paths if is_complete(p)]
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
@@ -47,21 +64,26 @@ def logger_run(trainer: Trainer) -> tuple[Path, str | None] | None:
 
 def resolve_ckpt_path(trainer: Trainer, ckpt_path: str | None, fresh_start: bool) -> str | None:
     """``ckpt_path`` with ``"last"`` replaced by the newest ``last.ckpt`` of the run (of its version when the
-    config fixes one). Without one, ``fit`` (``fresh_start``) starts from scratch; evaluation refuses."""
+    config fixes one), or where that is gone (deleted, lost with a disk) by the run's newest other complete
+    checkpoint, named on stderr. Without any, ``fit`` (``fresh_start``) starts from scratch; evaluation refuses."""
     if ckpt_path != "last" or (run := logger_run(trainer)) is None:
         return ckpt_path
     run_dir, version = run
-    found = last_checkpoint_under(run_dir, version)
     where = run_dir / version if version else run_dir
-    if found is None and not fresh_start:
+    if (found := last_checkpoint_under(run_dir, version)) is not None:
+        return found
+    if (found := newest_checkpoint_under(run_dir, version)) is not None:
+        announce(f"--ckpt_path last: no complete last.ckpt under {where}; resuming from the newest checkpoint, {found}")
+        return found
+    if not fresh_start:
         raise CheckpointError(f"--ckpt_path last: no last.ckpt under {where}; pass a checkpoint file")
-    if found is None:
-        rank_zero_info(f"--ckpt_path last: no last.ckpt under {where} yet, starting fresh")
-    return found
+    rank_zero_info(f"--ckpt_path last: no last.ckpt under {where} yet, starting fresh")
+    return None
 
 
 def continue_run_folder(trainer: Trainer, ckpt_path: str | None) -> None:
-    """Resume a fit from a version folder's ``last*.ckpt`` in that folder, not in a new ``version_N``.
+    """Resume a fit from a version folder's ``last*.ckpt`` (or, where none is left, its newest checkpoint) in that
+    folder, not in a new ``version_N``.
 
     The run then keeps one TensorBoard history and one checkpoint folder across SLURM requeues, and
     ``ModelCheckpoint`` keeps its best score and top-k files (it drops them when its folder changes).
@@ -73,11 +95,12 @@ def continue_run_folder(trainer: Trainer, ckpt_path: str | None) -> None:
     if not ckpt_path or not isinstance(logger, TensorBoardLogger | CSVLogger) or logger._version is not None:
         return
     checkpoint = Path(ckpt_path).resolve()
+    version_dir = checkpoint.parent.parent
     run_dir = (Path(logger.save_dir) / str(logger.name)).resolve()
-    if not checkpoint.name.startswith("last") or checkpoint.parent.name != "checkpoints":
+    if checkpoint.parent.name != "checkpoints" or version_dir.parent != run_dir:
         return
-    if checkpoint.parent.parent.parent != run_dir:
-        return
-    version = checkpoint.parent.parent.name
+    if not checkpoint.name.startswith("last") and last_checkpoint_under(run_dir, version_dir.name):
+        return  # a branch off an earlier epoch of a run that still has its last.ckpt
+    version = version_dir.name
     number = version.removeprefix("version_")
     logger._version = int(number) if number.isdigit() and version != number else version

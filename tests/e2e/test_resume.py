@@ -42,6 +42,7 @@ from lightning_modules.resilience.random_state import (
 from lightning_modules.resilience.resume_paths import (
     continue_run_folder,
     last_checkpoint_under,
+    resolve_ckpt_path,
 )
 from lightning_modules.resilience.stop_checkpoint import StopCheckpoint
 
@@ -292,12 +293,20 @@ def test_resume_restores_rank_zero_state_and_splits_it_again_per_rank():
     assert expected[0] != expected[1]
 
 
+def _write_checkpoint(path: Path, mtime: float | None = None) -> Path:
+    """A complete (zip) file standing in for a checkpoint, optionally dated ``mtime``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({}, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
 def test_a_fit_continues_the_version_folder_only_from_its_last_checkpoint(tmp_path):
     run = tmp_path / "x"
     for version in ("version_3", "a", "b"):
-        (run / version / "checkpoints").mkdir(parents=True)
-        (run / version / "checkpoints" / "last.ckpt").write_bytes(b"")
-    (run / "version_3" / "checkpoints" / "epoch001-acc1_0.5000.ckpt").write_bytes(b"")
+        _write_checkpoint(run / version / "checkpoints" / "last.ckpt")
+    _write_checkpoint(run / "version_3" / "checkpoints" / "epoch001-acc1_0.5000.ckpt")
 
     def version_after(checkpoint: Path, version=None):
         logger = TensorBoardLogger(save_dir=tmp_path, name="x", version=version)
@@ -314,3 +323,21 @@ def test_a_fit_continues_the_version_folder_only_from_its_last_checkpoint(tmp_pa
     os.utime(run / "b" / "checkpoints" / "last.ckpt", (time.time() + 60, time.time() + 60))
     assert last_checkpoint_under(run) == str(run / "b" / "checkpoints" / "last.ckpt")
     assert last_checkpoint_under(run, "a") == str(run / "a" / "checkpoints" / "last.ckpt")
+
+
+def test_last_without_last_ckpt_resumes_from_the_newest_complete_checkpoint_of_the_run_and_says_which(tmp_path, capsys):
+    run, now = tmp_path / "x", time.time()
+    checkpoints = run / "version_0" / "checkpoints"
+    older = _write_checkpoint(checkpoints / "epoch000-acc1_0.2000.ckpt", now - 60)
+    newest = _write_checkpoint(checkpoints / "epoch001-acc1_0.4000.ckpt", now - 30)
+    (checkpoints / "epoch002-acc1_0.5000.ckpt").write_bytes(newest.read_bytes()[:-100])  # truncated: a copy cut short
+    (checkpoints / ".last.ckpt.partial").write_bytes(b"half")  # a kill mid-write
+    logger = TensorBoardLogger(save_dir=tmp_path, name="x")
+    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(dirpath=None), loggers=[logger],
+                              default_root_dir=str(tmp_path))
+    assert older.stat().st_mtime < newest.stat().st_mtime
+    found = resolve_ckpt_path(trainer, "last", fresh_start=True)
+    assert found == str(newest)
+    assert f"no complete last.ckpt under {run}; resuming from the newest checkpoint, {newest}" in capsys.readouterr().err
+    continue_run_folder(trainer, found)
+    assert logger._version == 0, "the run goes on in its own folder, as from last.ckpt"
