@@ -1,0 +1,55 @@
+"""Two fits in one run folder: the second refuses while the first lives, and a SIGKILLed holder leaves no stale lock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, subprocess_env
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_modules.resilience.run_lock import RunFolderInUse, RunFolderLock, lock_run_folder
+
+HOLDER = "import sys; from pathlib import Path; from lightning_modules.resilience.run_lock import lock_run_folder; " \
+         "lock_run_folder(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()"
+
+
+class Line(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.weight - batch[0]).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit_into(save_dir) -> Trainer:
+    """A one-step fit whose logger writes into ``save_dir/run/version_0``, as a resumed run does."""
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=CSVLogger(save_dir, name="run", version=0),
+                      callbacks=[RunFolderLock()], enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    trainer.fit(Line(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4)), batch_size=2))
+    return trainer
+
+
+def test_a_second_fit_into_a_locked_run_folder_refuses_until_the_holder_is_killed(tmp_path):
+    folder = tmp_path / "run" / "version_0"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], cwd=REPO_ROOT, env=subprocess_env(),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(RunFolderInUse, match=rf"fit.lock: another fit \(pid {holder.pid}\) is writing into"):
+            fit_into(tmp_path)
+        holder.kill()  # SIGKILL: no exit handler runs, the kernel drops the lock
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    assert fit_into(tmp_path).global_step == 1
+    os.close(lock_run_folder(folder))  # the finished fit released the lock
