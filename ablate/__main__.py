@@ -31,11 +31,14 @@ from ablate.study import (  # noqa: E402
     USER_ERROR_EXIT,
     Objective,
     RunConfigError,
-    RunFailed,
+    fail_dead_trials,
     make_pruner,
     make_sampler,
+    nothing_left,
     open_storage,
-    resume_interrupted,
+    quiet_run_errors,
+    retry_failed_runs,
+    run_trials,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +80,7 @@ def run(argv: list[str]) -> int:
     if args.n_trials is not None and args.n_trials < 1:
         parser.error(f"--n-trials must be >= 1, got {args.n_trials}")
     spec = load_grid_file(grid_path(args.config), CONFIG_DIR)
+    quiet_run_errors()
     grid_dir = args.log_dir / spec.name
     storage = open_storage(args.storage or str(grid_dir / "optuna.journal"))
     sampler = make_sampler(spec, args.sampler, args.seed)
@@ -84,19 +88,15 @@ def run(argv: list[str]) -> int:
         storage=storage, sampler=sampler, pruner=make_pruner(args.sampler, args.pruner_startup_trials),
         study_name=args.study_name or f"{spec.name}-{args.sampler}", direction="maximize", load_if_exists=True,
     )
-    for name in resume_interrupted(study, storage, args.sampler):
-        print(f"ablate: run {name} was interrupted; it resumes from its last.ckpt", flush=True)
-    failures: list[str] = []
-
-    def note_failure(_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == optuna.trial.TrialState.FAIL:
-            failures.append(str(trial.user_attrs.get("run", trial.number)))
-
-    if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+    for name in fail_dead_trials(study, storage):
+        print(f"ablate: run {name} was interrupted", flush=True)
+    for name in retry_failed_runs(study):
+        print(f"ablate: run {name} is tried again; it resumes from its last.ckpt if it has one", flush=True)
+    if nothing_left(study):
         print(f"ablate: every run of {spec.name} is finished", flush=True)
+        failures: list[str] = []
     else:
-        objective = Objective(spec, args.sampler, args.log_dir, extra)
-        study.optimize(objective, n_trials=args.n_trials, catch=(RunFailed,), callbacks=[note_failure])
+        failures = run_trials(study, Objective(spec, args.sampler, args.log_dir, extra), args.n_trials)
     for path in write_report(study, grid_dir, f"{spec.name} ({study.study_name})"):
         print(f"ablate: wrote {path}", flush=True)
     if failures:

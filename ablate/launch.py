@@ -88,8 +88,7 @@ def launch(plan: RunPlan, on_epoch: Callable[[int, float], bool], env: dict[str,
     reported: set[int] = set()
     stopped = False
     try:
-        while process.poll() is None:
-            time.sleep(POLL_SECONDS)
+        while not _exited_within(process, POLL_SECONDS):
             if not stopped and _report_new_epochs(plan.run_dir, reported, on_epoch):
                 stopped = True
                 process.send_signal(signal.SIGTERM)
@@ -104,6 +103,15 @@ def launch(plan: RunPlan, on_epoch: Callable[[int, float], bool], env: dict[str,
     if process.returncode == 0 and not stopped:
         (plan.run_dir / FINISHED_MARKER).write_text(json.dumps({"wall_time_s": seconds}))
     return RunOutcome(process.returncode, stopped, seconds)
+
+
+def _exited_within(process: subprocess.Popen, seconds: float) -> bool:
+    """Wait up to ``seconds``; returns as soon as the fit exits, so no poll interval is added to its run time."""
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _report_new_epochs(run_dir: Path, reported: set[int], on_epoch: Callable[[int, float], bool]) -> bool:

@@ -9,6 +9,7 @@ trials at that epoch.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -37,6 +38,20 @@ class RunFailed(RuntimeError):
 
 class RunConfigError(RuntimeError):
     """cli.py refused the run's settings (exit 2): every other run would be refused too."""
+
+
+class _RunErrorsWithoutTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; for a failed or refused run the message says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (RunFailed, RunConfigError)):
+            record.exc_info = None
+        return True
+
+
+def quiet_run_errors() -> None:
+    for handler in logging.getLogger("optuna").handlers:
+        handler.addFilter(_RunErrorsWithoutTraceback())
 
 
 def open_storage(storage: str) -> BaseStorage:
@@ -82,20 +97,55 @@ def _suggest_range(trial: Trial, dimension: SearchRange) -> Any:
     return trial.suggest_categorical(dimension.key, dimension.options["choices"])
 
 
-def resume_interrupted(study: optuna.Study, storage: BaseStorage, sampler: str) -> list[str]:
-    """Fail the RUNNING trials that a killed process on this machine left behind; returns their run names.
-
-    A grid hands such a point out again by itself; a search gets the same values enqueued with the same
-    run name, so either way the run folder's last.ckpt is resumed.
-    """
+def fail_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[str]:
+    """Fail the RUNNING trials that a killed process on this machine left behind; returns their run names."""
     names = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get("host") == socket.gethostname() and not _alive(trial.user_attrs.get("pid")):
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            if sampler != "grid" and "run" in trial.user_attrs:
-                study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs["run"]})
             names.append(str(trial.user_attrs.get("run", trial.number)))
     return names
+
+
+def retry_failed_runs(study: optuna.Study) -> list[str]:
+    """Enqueue again every run whose latest trial failed (crashed, or killed with its process), with the same
+    values and run name, so its folder's last.ckpt is resumed. GridSampler counts a failed point as done,
+    so without this a grid would never finish it."""
+    latest: dict[str, FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if "run" in trial.user_attrs:
+            latest[trial.user_attrs["run"]] = trial
+    retried = [name for name, trial in latest.items() if trial.state == TrialState.FAIL]
+    for name in retried:
+        study.enqueue_trial(latest[name].params, user_attrs={"run": name})
+    return retried
+
+
+def run_trials(study: optuna.Study, objective: Objective, n_trials: int | None) -> list[str]:
+    """Run up to ``n_trials`` trials (None: until nothing is left); returns the runs that failed.
+
+    GridSampler stops an ``optimize`` call once every point has been handed out, which can be before the
+    enqueued retries have run, hence the loop.
+    """
+    done: list[FrozenTrial] = []
+
+    def remaining() -> int | None:
+        return None if n_trials is None else n_trials - len(done)
+
+    while remaining() != 0 and not nothing_left(study):
+        before = len(done)
+        study.optimize(objective, n_trials=remaining(), catch=(RunFailed,),
+                       callbacks=[lambda _, trial: done.append(trial)])
+        if len(done) == before:
+            break
+    return [str(t.user_attrs.get("run", t.number)) for t in done if t.state == TrialState.FAIL]
+
+
+def nothing_left(study: optuna.Study) -> bool:
+    """No retry waits and the grid is handed out (a search always has more to try)."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    sampler = study.sampler
+    return not waiting and isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
 def _alive(pid: Any) -> bool:

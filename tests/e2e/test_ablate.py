@@ -1,0 +1,72 @@
+"""``python -m ablate`` end to end on a two-variant grid of tiny synthetic fits.
+
+The first invocation may train one run (``--n-trials 1``); the rerun trains only the missing one and
+writes the table and the plot for both, with the numbers read from the runs' own folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, subprocess_env
+
+GRID = """
+name: tiny
+base: [smoke.yaml]
+fixed:
+  trainer.max_epochs: 1
+  trainer.limit_train_batches: 4
+  trainer.limit_val_batches: 1
+  trainer.log_every_n_steps: 1
+  trainer.enable_progress_bar: false
+  trainer.enable_model_summary: false
+  data.init_args.train_size: 128
+  data.init_args.val_size: 32
+  data.init_args.batch_size: 32
+  throughput.window: 1
+  pictures.train_batch: false
+  pictures.val_predictions: false
+  pictures.attention_maps: false
+  pictures.rel_pos_bias: false
+variants:
+  C-C-T-T: {model.model_overrides.layout: CCTT}
+  C-C-C-C: {model.model_overrides.layout: CCCC}
+"""
+
+
+def ablate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "ablate", "--config", str(tmp_path / "tiny.yaml"), "--log-dir", str(tmp_path / "logs"), *args]
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.mark.slow
+def test_a_stopped_grid_trains_only_the_missing_run_then_writes_table_and_plot(tmp_path: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(GRID)
+    first = ablate(tmp_path, "--n-trials", "1")
+    trained_first = [line.split()[2] for line in first.stdout.splitlines() if line.startswith("ablate: training")]
+    assert len(trained_first) == 1
+    grid_dir = tmp_path / "logs" / "tiny"
+    assert (grid_dir / trained_first[0] / "checkpoints" / "last.ckpt").is_file()
+
+    second = ablate(tmp_path)
+    trained_second = [line.split()[2] for line in second.stdout.splitlines() if line.startswith("ablate: training")]
+    assert trained_second == list({"C-C-T-T", "C-C-C-C"} - set(trained_first))
+
+    rows = {row["run"]: row for row in csv.DictReader((grid_dir / "results.csv").open())}
+    assert set(rows) == {"C-C-T-T", "C-C-C-C"}
+    assert int(rows["C-C-C-C"]["params"]) < int(rows["C-C-T-T"]["params"])  # MBConv S3/S4 are smaller than Transformer ones
+    for row in rows.values():
+        assert row["status"] == "complete" and int(row["flops"]) > 0
+        assert float(row["images_per_sec"]) > 0 and 0.0 <= float(row["best_val_acc1"]) <= 1.0
+        assert float(row["wall_time_s"]) > 0
+    markdown = (grid_dir / "results.md").read_text()
+    assert "| C-C-C-C | complete |" in markdown and "best val top-1" in markdown
+    assert (grid_dir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
