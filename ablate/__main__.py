@@ -22,11 +22,11 @@ from typing import NoReturn
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import optuna  # noqa: E402
+import optuna
 
-from ablate.grid_file import GridFileError, load_grid_file  # noqa: E402
-from ablate.report import write_report  # noqa: E402
-from ablate.study import (  # noqa: E402
+from ablate.grid_file import GridFileError, load_grid_file
+from ablate.report import write_report
+from ablate.study import (
     SAMPLERS,
     USER_ERROR_EXIT,
     Objective,

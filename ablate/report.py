@@ -9,12 +9,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
+from optuna.trial import TrialState
 
-from ablate.launch import wall_time_so_far  # noqa: E402
-from ablate.metrics import best_accuracy, median_throughput, network_size  # noqa: E402
+from ablate.launch import wall_time_so_far
+from ablate.metrics import best_accuracy, median_throughput, network_size
 
 REPORTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -59,7 +59,7 @@ def write_csv(rows: list[ResultRow], path: Path) -> None:
         writer.writerows(asdict(row) for row in rows)
 
 
-def _cell(value: float | int | None, style: str) -> str:
+def _cell(value: float | None, style: str) -> str:
     return "-" if value is None else format(value, style)
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from bench.scalars import read_scalars
 from conftest import REPO_ROOT, run_cli
 from data_helpers import CIFAR10_CLASSES, write_image_folder
+
+from bench.scalars import read_scalars
 
 PRESET = REPO_ROOT / "configs" / "cifar10_quick.yaml"
 

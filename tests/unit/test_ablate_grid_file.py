@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 from ablate.__main__ import main
 from ablate.grid_file import GridFileError, load_grid_file
-from conftest import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import REPO_ROOT
 from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
 
@@ -28,7 +29,6 @@ from ablate.study import (
     retry_failed_runs,
     run_trials,
 )
-from conftest import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs"
 SEARCH = """
@@ -98,7 +98,7 @@ def test_tpe_trials_take_values_from_the_ranges_and_a_worse_curve_is_pruned(tmp_
 
 def test_a_killed_search_trial_is_enqueued_again_under_its_run_name(tmp_path: Path) -> None:
     study, storage, objective, fake = search_study(tmp_path)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True)
     trial = study.ask()
     trial.suggest_float("model.optimizer.init_args.lr", 1e-4, 1e-2, log=True)
     trial.suggest_categorical("data.init_args.batch_size", [32, 64])
