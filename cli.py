@@ -52,6 +52,8 @@ from lightning_modules.resilience.stop_checkpoint import StopCheckpoint  # noqa:
 from lightning_modules.user_errors import ConciseArgumentParser, exit_readably  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# The logger, checkpoint settings and checkpoint IO every run starts from; shown by --print_config.
+DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 
 
 def config_values(argv: list[str]) -> list[tuple[int, str]]:
@@ -213,27 +215,6 @@ def constructor_defaults(class_path: str | None) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-DEFAULT_LOGGER = {
-    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-    "init_args": {"save_dir": "logs", "name": "coatnet"},
-}
-
-# Checkpoints are written to a temporary file and renamed, so a kill mid-write never truncates one.
-ATOMIC_CHECKPOINT_IO = {"class_path": "lightning_modules.resilience.atomic_io.AtomicCheckpointIO"}
-
-CHECKPOINT_DEFAULTS = {
-    "checkpoint.monitor": "val/acc1",
-    "checkpoint.mode": "max",
-    "checkpoint.save_last": True,
-    "checkpoint.save_top_k": 1,
-    "checkpoint.auto_insert_metric_name": False,
-    "checkpoint.filename": "epoch{epoch:03d}-acc1_{val/acc1:.4f}",
-    # A resumed run writes into the same folder; last.ckpt (also saved by InterruptCheckpoint) is replaced, not
-    # joined by last-v1.ckpt, and the names of the best checkpoints already differ by epoch.
-    "checkpoint.enable_version_counter": False,
-}
-
-
 class RunConfigSaver(SaveConfigCallback):
     """Saves the resolved config as ``config.yaml`` in the logger's version folder, next to the run's checkpoints.
 
@@ -260,8 +241,9 @@ class CoAtNetCLI(LightningCLI):
     ``throughput:`` (``train/images_per_sec`` and, on GPUs, ``train/mfu``), ``pictures:``
     (TensorBoard images, per-class accuracy and HParams; see ``lightning_modules.pictures.callback``) and
     ``progress_bar:`` (shows the loss without a per-step device read). ``trainer.callbacks`` is
-    left for optional ones such as EMA. TensorBoard under ``logs/`` is the default logger; the
-    resolved config is saved as ``config.yaml`` in the same version folder.
+    left for optional ones such as EMA. Their settings, the logger (TensorBoard under ``logs/``) and the
+    atomic checkpoint IO come from ``configs/defaults.yaml``; the resolved config is saved as ``config.yaml``
+    in the logger's version folder.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -269,13 +251,15 @@ class CoAtNetCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER, "plugins": [ATOMIC_CHECKPOINT_IO]})
+        defaults = {"default_config_files": [str(DEFAULTS_FILE)]}
+        # With subcommands the trainer's keys live in each subcommand's parser, not in the main one.
+        per_parser = {name: defaults for name in self.subcommands()} if kwargs.get("run", True) else defaults
+        kwargs.setdefault("parser_kwargs", per_parser)
         kwargs.setdefault("parser_class", ConciseArgumentParser)
         super().__init__(ImageClassifier, LightningDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(StopCheckpoint, "checkpoint")
-        parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
         parser.add_lightning_class_args(TensorBoardPictures, "pictures")
         parser.add_lightning_class_args(LoggedLossProgressBar, "progress_bar")

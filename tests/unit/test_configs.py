@@ -30,7 +30,8 @@ from lightning_modules.classifier import ImageClassifier
 CONFIG_DIR = REPO_ROOT / "configs"
 PRESETS = ["bf16.yaml", "ddp.yaml", "ema.yaml", "fsdp.yaml"]
 DATA_PRESETS = ["cifar10_folder.yaml", "imagenet_shards.yaml"]
-RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in PRESETS + DATA_PRESETS)
+DEFAULTS = "defaults.yaml"  # what every run starts from: no model or data of its own
+RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in [*PRESETS, *DATA_PRESETS, DEFAULTS])
 IMAGENET_DROP_PATH = {"coatnet0.yaml": 0.2, "coatnet1.yaml": 0.3, "coatnet2.yaml": 0.5, "coatnet3.yaml": 0.7}
 
 
@@ -249,3 +250,19 @@ def test_ema_preset_trains_on_an_image_folder(tmp_path, monkeypatch):
     ema = next(cb for cb in run.trainer.callbacks if isinstance(cb, EMAWeightAveraging))
     assert run.trainer.global_step == 2
     assert ema._average_model.module.optimizer_factory is run.model.optimizer_factory, "the copy shares the factory"
+
+
+def test_defaults_file_gives_logger_checkpointing_and_atomic_io_and_print_config_shows_them():
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_modules.resilience.atomic_io import AtomicCheckpointIO
+
+    cli = _cli(extra=("--data=datamodules.SyntheticDataModule", "--model.model_name=coatnet_nano"))
+    logger = cli.trainer.logger
+    assert isinstance(logger, TensorBoardLogger) and (logger.save_dir, logger.name) == ("logs", "coatnet")
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    checkpoint = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint))
+    assert (checkpoint.monitor, checkpoint.save_last, checkpoint._enable_version_counter) == ("val/acc1", True, False)
+    printed = yaml.safe_load(cli.parser.dump(cli.config))  # what --print_config writes
+    assert printed["trainer"]["plugins"] == [{"class_path": "lightning_modules.resilience.atomic_io.AtomicCheckpointIO"}]
+    assert printed["checkpoint"]["filename"] == "epoch{epoch:03d}-acc1_{val/acc1:.4f}"
