@@ -25,7 +25,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
-from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar  # noqa: E402
 from lightning.pytorch.cli import (  # noqa: E402
     LightningArgumentParser,
     LightningCLI,
@@ -240,7 +240,8 @@ class CoAtNetCLI(LightningCLI):
     training stops inside an epoch),
     ``throughput:`` (``train/images_per_sec`` and, on GPUs, ``train/mfu``), ``pictures:``
     (TensorBoard images, per-class accuracy and HParams; see ``lightning_modules.pictures.callback``) and
-    ``progress_bar:`` (shows the loss without a per-step device read). ``trainer.callbacks`` is
+    ``progress_bar:`` (shows the loss without a per-step device read), ``lr_monitor:`` (the learning rate of
+    every parameter group, as ``lr/<group>``). ``trainer.callbacks`` is
     left for optional ones such as EMA. Their settings, the logger (TensorBoard under ``logs/``) and the
     atomic checkpoint IO come from ``configs/defaults.yaml``; the resolved config is saved as ``config.yaml``
     in the logger's version folder.
@@ -266,6 +267,7 @@ class CoAtNetCLI(LightningCLI):
         parser.add_lightning_class_args(FiniteLossGuard, "nan_guard")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         parser.add_argument(
@@ -308,10 +310,13 @@ class CoAtNetCLI(LightningCLI):
             super().instantiate_classes()
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
-        """Leave out ``progress_bar:`` when the bar is off or ``trainer.callbacks`` brings its own (Lightning allows one)."""
+        """Leave out ``progress_bar:`` when the bar is off or ``trainer.callbacks`` brings its own (Lightning allows
+        one), and ``lr_monitor:`` when the logger is off (it refuses to run without one)."""
         own_bar = any(isinstance(c, ProgressBar) for c in config.get("callbacks") or [])
         if own_bar or config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LoggedLossProgressBar)]
+        if config.get("logger") in (False, []):
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         return super()._instantiate_trainer(config, callbacks)
 
     def _resolve_last(self, fresh_start: bool) -> str | None:

@@ -2,11 +2,13 @@
 
 Logged metric names (stable; configs and tests rely on them):
 ``train/loss``, ``train/acc1`` (of the step, accuracy against the *hard* labels even when the
-batch is mixed), ``lr`` (first parameter group), all three on the steps where the loggers write
-(``trainer.log_every_n_steps``), ``val/loss``, ``val/acc1``,
+batch is mixed), both on the steps where the loggers write (``trainer.log_every_n_steps``),
+``val/loss``, ``val/acc1``,
 ``val/acc5``, ``test/loss``, ``test/acc1``, ``test/acc5`` (epoch averages). ``*/acc5`` is only
 logged when there are more than 5 classes (otherwise it is always 1). Validation and test losses
-are plain cross-entropy, without label smoothing.
+are plain cross-entropy, without label smoothing. The learning rate of every parameter group is
+logged as ``lr/<group name>`` (``lr/decay``, ``lr/no_decay``; per layer with ``layer_decay``) by the
+``LearningRateMonitor`` that ``cli.py`` adds, on the same steps; the scheduler is named ``lr`` for it.
 """
 
 from __future__ import annotations
@@ -226,14 +228,11 @@ class ImageClassifier(LightningModule):
         return loss
 
     def _log_training_step(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
-        """Loss, hard-label accuracy and learning rate of this step, without reading the device on the host:
-        train/loss is no progress-bar metric (LoggedLossProgressBar shows it), and the learning rate becomes
-        a device tensor through a fill kernel, not through a blocking copy of a Python float."""
+        """Loss and hard-label accuracy of this step, without reading the device on the host: train/loss is no
+        progress-bar metric (LoggedLossProgressBar shows it)."""
         self.train_acc1(logits.detach(), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc1", self.train_acc1, on_step=True, on_epoch=False)
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log("lr", torch.full((), lr, device=loss.device), on_step=True, on_epoch=False)
 
     def _evaluate(self, batch: Any, stage: str, acc1: MulticlassAccuracy, acc5: MulticlassAccuracy) -> Tensor:
         images, labels = split_batch(batch)
@@ -314,7 +313,5 @@ class ImageClassifier(LightningModule):
         if not math.isfinite(total_steps):
             raise ValueError("The cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
         schedule = WarmupCosine(self.hparams.warmup_steps, int(total_steps), self.hparams.min_lr_ratio)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step", "frequency": 1},
-        }
+        scheduler = {"scheduler": LambdaLR(optimizer, schedule), "interval": "step", "frequency": 1, "name": "lr"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

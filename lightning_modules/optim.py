@@ -37,13 +37,21 @@ def weight_decay_groups(model: nn.Module, no_decay: set[str]) -> list[dict[str, 
 
     ``no_decay`` holds names from :func:`no_decay_names`; names are matched after removing
     wrapper prefixes, so this works on a model already wrapped by FSDP or checkpointing. The
-    optimizer's own ``weight_decay`` then applies to the first group only.
+    optimizer's own ``weight_decay`` then applies to the first group only. Each group's ``name`` is
+    its tag under ``lr/`` in the logs (``LearningRateMonitor``).
     """
     decay, skip = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (skip if canonical_name(name) in no_decay else decay).append(param)
-    return [{"params": decay}, {"params": skip, "weight_decay": 0.0}]
+    return [{"params": decay, "name": "decay"}, {"params": skip, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def layer_name(layer: int, depths: Sequence[int]) -> str:
+    """``stem``, ``block1`` ... ``blockN`` (in forward order over all stages) or ``head``, for a :func:`layer_index`."""
+    if layer == 0:
+        return "stem"
+    return "head" if layer == sum(depths) + 1 else f"block{layer}"
 
 
 def layer_index(name: str, depths: Sequence[int]) -> int:
@@ -64,7 +72,9 @@ def layer_decay_groups(
     """Like :func:`weight_decay_groups`, split further per layer, each with ``lr_scale = layer_decay ** k``
     for the layer k steps below the head (layer-wise learning-rate decay for fine-tuning, as in BEiT).
 
-    Groups come head first, so the first group carries the unscaled learning rate.
+    Groups come head first, so the first group carries the unscaled learning rate. They are named
+    after their layer (``head``, ``block12``, ..., ``stem``; ``_no_decay`` for the ``weight_decay=0`` part),
+    so the logs show each one's learning rate as ``lr/<name>``.
     """
     head = sum(depths) + 1
     buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
@@ -74,7 +84,8 @@ def layer_decay_groups(
             buckets.setdefault(key, []).append(param)
     groups = []
     for (layer, skip), params in sorted(buckets.items(), key=lambda item: (-item[0][0], item[0][1])):
-        group: dict[str, Any] = {"params": params, "lr_scale": layer_decay ** (head - layer)}
+        name = layer_name(layer, depths) + ("_no_decay" if skip else "")
+        group: dict[str, Any] = {"params": params, "lr_scale": layer_decay ** (head - layer), "name": name}
         if skip:
             group["weight_decay"] = 0.0
         groups.append(group)

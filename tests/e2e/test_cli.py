@@ -55,7 +55,8 @@ def test_smoke_fit_learns(smoke_run):
 
 def test_smoke_fit_logs_lr_schedule_and_throughput(smoke_run):
     scalars = smoke_run["scalars"]
-    lrs = [v for _, v in scalars["lr"]]
+    lrs = [v for _, v in scalars["lr/decay"]]
+    assert scalars["lr/no_decay"] == scalars["lr/decay"], "both groups follow one schedule"
     peak = max(lrs)
     assert peak == pytest.approx(2e-3, rel=0.05) and lrs[0] < peak, "warm-up must rise to the peak lr"
     assert lrs[-1] < 0.2 * peak, "cosine must decay towards min_lr_ratio * peak"

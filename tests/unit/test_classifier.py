@@ -269,9 +269,30 @@ def test_step_metrics_are_logged_only_on_the_steps_the_loggers_write(monkeypatch
     recorder, logger = StepRecorder(), MemoryLogger()
     trainer = _trainer(max_steps=7, log_every_n_steps=3, logger=logger, callbacks=[recorder])
     trainer.fit(module, _loader(n=64))
-    assert calls == ["train/loss", "train/acc1", "lr"] * 2  # steps 2 and 5 of 0..6
+    assert calls == ["train/loss", "train/acc1"] * 2  # steps 2 and 5 of 0..6
     written = {step: values for step, values in logger.written.items() if "train/loss" in values}
     assert sorted(written) == [2, 5]
     for step, values in written.items():
         assert values["train/loss"] == pytest.approx(recorder.losses[step])  # the value of that very step
-        assert 0.0 <= values["train/acc1"] <= 1.0 and values["lr"] > 0
+        assert 0.0 <= values["train/acc1"] <= 1.0
+
+
+@pytest.mark.parametrize("layer_decay", [None, 0.8])
+def test_learning_rate_monitor_logs_every_group_by_name_when_the_loggers_write(layer_decay):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    module, logger = ImageClassifier(**NANO, warmup_steps=4, layer_decay=layer_decay), MemoryLogger()
+    trainer = _trainer(max_steps=5, log_every_n_steps=2, logger=logger, callbacks=[LearningRateMonitor("step")])
+    trainer.fit(module, _loader(n=40))
+    lr_steps = {step: {k: v for k, v in values.items() if k.startswith("lr/")} for step, values in logger.written.items()}
+    lr_steps = {step: values for step, values in lr_steps.items() if values}
+    assert sorted(lr_steps) == [1, 3], "only on the steps the loggers write"
+    groups = trainer.optimizers[0].param_groups
+    assert set(lr_steps[3]) == {f"lr/{group['name']}" for group in groups}
+    if layer_decay is None:
+        assert set(lr_steps[3]) == {"lr/decay", "lr/no_decay"}
+        assert lr_steps[3]["lr/decay"] == lr_steps[3]["lr/no_decay"] > lr_steps[1]["lr/decay"], "warm-up rises"
+    else:
+        blocks = sum(module.model.config.depths)
+        assert lr_steps[3]["lr/stem"] == pytest.approx(lr_steps[3]["lr/head"] * layer_decay ** (blocks + 1))
+        assert lr_steps[3][f"lr/block{blocks}"] == pytest.approx(lr_steps[3]["lr/head_no_decay"] * layer_decay)
