@@ -5,24 +5,24 @@ The DataModule is picked by ``class_path`` in the YAML (``data:``); the model is
 off the instantiated DataModule and passed to the model, so they are set in one place only.
 A ``--config``/``-c`` value that is not a file in the working directory is also looked up in the
 ``configs/`` folder next to this script, so ``--config coatnet0.yaml`` works from anywhere.
-``model.model_overrides`` from several config files merge key by key (see ``merge_model_overrides``).
+``model.model_overrides`` from several config files and items merge key by key (it is a dataclass, see
+``lightning_modules.model_overrides``).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from jsonargparse import get_loader
+from jsonargparse import ActionConfigFile, get_loader
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import lightning  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar  # noqa: E402
@@ -67,15 +67,28 @@ def config_values(argv: list[str]) -> list[tuple[int, str]]:
     return found
 
 
+def find_config(value: str, config_dir: Path = CONFIG_DIR) -> str:
+    """``value``, or its copy in ``config_dir`` where ``value`` names no file in the working directory."""
+    candidate = config_dir / value
+    return str(candidate) if not Path(value).exists() and candidate.is_file() else value
+
+
 def resolve_config_paths(argv: list[str], config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Return ``argv`` with every ``--config``/``-c`` value that is missing in cwd replaced by its ``config_dir`` copy."""
+    """``argv`` with every ``--config``/``-c`` value passed through :func:`find_config`, for scripts (bench/) that
+    read the config files themselves; the CLI finds them on its own."""
     resolved = list(argv)
     for index, value in config_values(argv):
-        candidate = config_dir / value
-        if not Path(value).exists() and candidate.is_file():
-            prefix = "--config=" if resolved[index].startswith("--config=") else ""
-            resolved[index] = prefix + str(candidate)
+        prefix = "--config=" if resolved[index].startswith("--config=") else ""
+        resolved[index] = prefix + find_config(value, config_dir)
     return resolved
+
+
+class ConfigFileOrName(ActionConfigFile):
+    """``--config``/``-c`` that also takes the name of a file in ``configs/``: ``--config coatnet0.yaml`` works
+    from any directory (a file of that name in the working directory wins)."""
+
+    def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
+        super().__call__(parser, cfg, find_config(values) if isinstance(values, str) else values, option_string)
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -85,89 +98,6 @@ def read_config_file(path: str) -> dict[str, Any]:
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def model_overrides_in(path: str) -> dict[str, Any] | None:
-    """``model.model_overrides`` of a config file; None where it has none."""
-    model = read_config_file(path).get("model")
-    overrides = model.get("model_overrides") if isinstance(model, dict) else None
-    return overrides if isinstance(overrides, dict) else None
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` written over it; nested dicts merge instead of being replaced."""
-    merged = dict(base)
-    for key, value in update.items():
-        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = deep_merge(merged[key], value) if both_dicts else value
-    return merged
-
-
-OVERRIDES_KEY = "--model.model_overrides"
-
-
-def override_items(argv: list[str]) -> list[tuple[int, str, str]]:
-    """(index of the value, key path, value) of every ``--model.model_overrides[.KEY] VALUE`` item, in order.
-
-    The key path is "" for the whole dict, else the dotted part after ``model_overrides.``.
-    """
-    found = []
-    for i, arg in enumerate(argv):
-        name, eq, value = arg.partition("=")
-        if name != OVERRIDES_KEY and not name.startswith(OVERRIDES_KEY + "."):
-            continue
-        if eq:
-            found.append((i, name[len(OVERRIDES_KEY) + 1 :], value))
-        elif i + 1 < len(argv):
-            found.append((i + 1, name[len(OVERRIDES_KEY) + 1 :], argv[i + 1]))
-    return found
-
-
-def load_yaml(text: str, where: str) -> Any:
-    """YAML as jsonargparse reads it (``1e-6`` is a number, unlike in PyYAML), with an error naming ``where``."""
-    try:
-        return get_loader("yaml")(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
-
-
-def _set_path(tree: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """``tree`` with the dotted ``path`` set to ``value`` (intermediate dicts created or copied)."""
-    head, _, rest = path.partition(".")
-    branch = tree.get(head) if isinstance(tree.get(head), dict) else {}
-    return {**tree, head: _set_path(branch, rest, value) if rest else value}
-
-
-def merge_model_overrides(argv: list[str]) -> list[str]:
-    """Make ``model.model_overrides`` of later config files add to those of earlier ones.
-
-    jsonargparse replaces a dict-valued key as a whole, so ``--config cifar10.yaml --config
-    ablations/layout_ccct.yaml`` would silently drop the recipe's stride-1 stem and drop-path rate, a
-    ``--model.model_overrides.KEY VALUE`` item before the last such file would be lost, and of two items
-    under one section (``transformer.head_dim``, ``transformer.layer_scale``) only the last would stay. The files and
-    items are applied in command-line order (files merge key by key, a ``.KEY`` item sets one key, a whole
-    ``--model.model_overrides VALUE`` replaces all before it), and the result is passed after the last one.
-    """
-    files = [(index, None, found) for index, value in config_values(argv) if (found := model_overrides_in(value))]
-    events = sorted(files + override_items(argv), key=lambda event: event[0])  # (index, key path or None, value)
-    if len(events) < 2:
-        return list(argv)  # jsonargparse alone gets one setting right
-    merged: dict[str, Any] = {}
-    for _, path, value in events:
-        if path is None:  # a config file's overrides, read above
-            merged = deep_merge(merged, value)
-        elif path:
-            merged = _set_path(merged, path, load_yaml(value, f"{OVERRIDES_KEY}.{path} {value!r}"))
-        else:
-            whole = load_yaml(value, f"{OVERRIDES_KEY} {value!r}")
-            merged = whole if isinstance(whole, dict) else {}
-    last = events[-1][0] + 1
-    return [*argv[:last], f"{OVERRIDES_KEY}=" + json.dumps(merged), *argv[last:]]
-
-
-def prepare_argv(argv: list[str]) -> list[str]:
-    """What ``main`` does to the command line before parsing: config names resolved, model overrides merged."""
-    return merge_model_overrides(resolve_config_paths(argv))
 
 
 # Evaluation choices a config may make for itself (timm's 384-pixel weights evaluate at crop_pct 1.0);
@@ -258,6 +188,13 @@ class CoAtNetCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", per_parser)
         kwargs.setdefault("parser_class", ConciseArgumentParser)
         super().__init__(ImageClassifier, LightningDataModule, *args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's parser, with ``--config`` taking bare names of files in ``configs/``."""
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument("-c", "--config", action=ConfigFileOrName, help="A YAML config file, or a name in configs/.")
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(StopCheckpoint, "checkpoint")
@@ -351,8 +288,7 @@ def last_checkpoint_of_config(config: Any) -> str | None:
 
 
 def main() -> CoAtNetCLI:
-    """Run the CLI on ``sys.argv`` prepared by ``prepare_argv``; return it for inspection."""
-    sys.argv[1:] = prepare_argv(sys.argv[1:])
+    """Run the CLI on ``sys.argv``; return it for inspection."""
     return CoAtNetCLI()
 
 

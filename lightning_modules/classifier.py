@@ -34,6 +34,7 @@ from coatnet import CoAtNet, fold_batchnorm
 from coatnet.checkpoint import load_for_finetune
 from coatnet.errors import CheckpointError
 from lightning_modules.mixing import MixupCutmix
+from lightning_modules.model_overrides import CoAtNetOverrides, overrides_dict
 from lightning_modules.optim import (
     WarmupCosine,
     layer_decay_groups,
@@ -93,7 +94,8 @@ class ImageClassifier(LightningModule):
         model_name: a name from ``coatnet.list_models()``.
         num_classes: classifier width; linked from the DataModule by ``cli.py``.
         image_size: ``(height, width)`` the model is built for; linked from the DataModule.
-        model_overrides: extra keyword arguments for ``coatnet.create_model`` (e.g. ``drop_path_rate``).
+        model_overrides: ``CoAtNetConfig`` fields to change from the variant's (``drop_path_rate``,
+            ``transformer.head_dim``, ...); a plain dict of them is taken too. Stored as a dict of the set fields.
         optimizer: called with the parameter groups; its ``weight_decay`` applies to weights only.
         layer_decay: layer-wise learning-rate decay for fine-tuning: the head trains at the
             optimizer's lr, each block below at ``layer_decay`` times the one above (None: off).
@@ -120,7 +122,7 @@ class ImageClassifier(LightningModule):
         model_name: str = "coatnet_0",
         num_classes: int = 1000,
         image_size: tuple[int, int] = (224, 224),
-        model_overrides: dict[str, Any] | None = None,
+        model_overrides: CoAtNetOverrides | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         layer_decay: float | None = None,
         warmup_steps: int = 0,
@@ -142,6 +144,7 @@ class ImageClassifier(LightningModule):
         # The optimizer is left out so that checkpoints hold only plain values and load with
         # ``weights_only=True``; the config saved next to the logs records it.
         self.save_hyperparameters(ignore=["optimizer"])
+        self.hparams["model_overrides"] = overrides_dict(model_overrides)
         self.optimizer_factory = optimizer
         self.image_size = tuple(image_size)
         self.model = self.build_model()

@@ -162,12 +162,69 @@ _UNION_PROBLEM = re.compile(
 )
 
 
-def concise_parse_error(message: str) -> str:
-    """The one relevant branch of jsonargparse's report on a bad ``--data.init_args.*`` value.
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+_RESTRICTION = re.compile(r"(?:Not of type \w+: (?P<value>.*?) ?)?does not conform to restriction (?P<rule>v\S+(?: and v\S+)?)")
+_GIVEN_VALUE = re.compile(r"Given value: (.*)")
+_BOUND = re.compile(r"v(>=|>|<=|<)(-?[\d.e+-]+)")
 
-    ``data`` is typed "a LightningDataModule or None", so a wrong key or value is reported against both
+
+def allowed_range(rule: str) -> str:
+    """jsonargparse's ``v>=0 and v<1`` as ``[0, 1)``; a one-sided rule as ``>= 2``."""
+    bounds = dict((op[0], (op, bound)) for op, bound in _BOUND.findall(rule))
+    if set(bounds) != {">", "<"}:
+        return " and ".join(f"{op} {bound}" for op, bound in bounds.values())
+    (low_op, low), (high_op, high) = bounds[">"], bounds["<"]
+    return f"{'[' if low_op == '>=' else '('}{low}, {high}{']' if high_op == '<=' else ')'}"
+
+
+def range_parse_error(message: str) -> str | None:
+    """``model.min_lr_ratio=5 is out of range: allowed [0, 1]`` from jsonargparse's report on a value outside
+    the range its type allows (the key nested over as many lines as dataclasses and unions wrap it), or None."""
+    restriction = _RESTRICTION.search(message)
+    if restriction is None:
+        return None
+    key = ".".join(_PARSER_KEY.findall(message[: restriction.start()]))
+    given = restriction["value"] or next(iter(_GIVEN_VALUE.findall(message)), "?")
+    return f"{key}={given} is out of range: allowed {allowed_range(restriction['rule'])}"
+
+
+_LISTED_ERROR = re.compile(r"^\s*- (.+)$", re.MULTILINE)
+_NOT_THE_CAUSE = ("Problem with given class_path", "Does not validate", "Expected a path", "Expected a <class 'NoneType'>")
+
+
+def nested_key_error(message: str) -> str | None:
+    """``model.model_overrides.conv.stride_at: Expected a typing.Literal['dw', '1x1', 'pool']`` from jsonargparse's
+    report on a bad value inside a dataclass (each level a "Parser key" and a union of it and None), or None."""
+    keys = _PARSER_KEY.findall(message)
+    causes = [line for line in _LISTED_ERROR.findall(message) if not line.startswith(_NOT_THE_CAUSE)]
+    if len(keys) < 2 or keys[0] == "data" or not causes:
+        return None
+    return f"{'.'.join(keys)}: {causes[0]}"
+
+
+_WRAPPED = re.compile(r"Problem with given class_path '[^']+':\n\s*(?P<line>[^\n]+)\n\s*- Expected a <class 'NoneType'>")
+_INNER_LINE = re.compile(r"(?P<key>\w[\w.]*)(?P<rest>=.* is out of range: .*|: .*)")
+
+
+def wrapped_inner_error(message: str) -> str | None:
+    """The one line a dataclass's own parser reported (already made concise), under the outer key, or None."""
+    keys, wrapped = _PARSER_KEY.findall(message), _WRAPPED.search(message)
+    if not keys or keys[0] == "data" or wrapped is None:
+        return None
+    inner = _INNER_LINE.fullmatch(wrapped["line"])
+    return f"{keys[0]}.{inner['key']}{inner['rest']}" if inner else f"{keys[0]}: {wrapped['line']}"
+
+
+def concise_parse_error(message: str) -> str:
+    """The one relevant line or branch of jsonargparse's report on a bad value.
+
+    A value outside its range, or a bad one inside ``model.model_overrides``, becomes one line naming the key
+    (and the range). ``data`` is typed "a
+    LightningDataModule or None", so a wrong key or value under ``--data.init_args.*`` is reported against both
     alternatives, with the subtype list and the raw value: ten lines around the one that matters.
     """
+    if one_line := range_parse_error(message) or wrapped_inner_error(message) or nested_key_error(message):
+        return one_line
     match = _UNION_PROBLEM.match(message)
     if match is None:
         return message

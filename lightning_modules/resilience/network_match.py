@@ -14,6 +14,7 @@ from typing import Any
 from coatnet import CoAtNetConfig
 from coatnet.config import config_to_dict
 from coatnet.registry import get_config
+from lightning_modules.model_overrides import overrides_dict
 
 # Regularisation: they change how the network trains, not the function its weights compute.
 TRAINING_ONLY_FIELDS = frozenset({"drop_path_rate", "transformer.rel_pos_mlp_dropout", "head.dropout"})
@@ -32,12 +33,15 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def network_config(hparams: Mapping[str, Any]) -> CoAtNetConfig:
-    """The network ``ImageClassifier`` hyper-parameters describe; training, resuming and export all build this one."""
+    """The network ``ImageClassifier`` hyper-parameters describe; training, resuming and export all build this one.
+
+    ``model_overrides`` may be a dict of the set fields (checkpoints of every version) or a ``CoAtNetOverrides``.
+    """
     return get_config(
         hparams["model_name"],
         num_classes=hparams["num_classes"],
         img_size=tuple(hparams["image_size"]),
-        **(hparams.get("model_overrides") or {}),
+        **overrides_dict(hparams.get("model_overrides")),
     )
 
 

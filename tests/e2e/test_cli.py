@@ -18,7 +18,7 @@ from conftest import REPO_ROOT, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import cli
-from cli import resolve_config_paths
+from cli import find_config
 
 pytestmark = pytest.mark.slow
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -130,15 +130,14 @@ def test_validate_test_and_predict_on_best_checkpoint(smoke_run, monkeypatch):
 
 def test_bare_config_names_resolve_to_configs_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    smoke = str(REPO_ROOT / "configs" / "smoke.yaml")
-    assert resolve_config_paths(["fit", "--config", "smoke.yaml", "-c", "ddp.yaml"]) == [
-        "fit",
-        "--config",
-        smoke,
-        "-c",
-        str(REPO_ROOT / "configs" / "ddp.yaml"),
-    ]
-    assert resolve_config_paths(["--config=smoke.yaml"]) == [f"--config={smoke}"]
-    Path("smoke.yaml").write_text("# local file wins\n")
-    assert resolve_config_paths(["--config", "smoke.yaml"]) == ["--config", "smoke.yaml"]
-    assert resolve_config_paths(["--config", "missing.yaml"]) == ["--config", "missing.yaml"]
+    assert find_config("smoke.yaml") == str(REPO_ROOT / "configs" / "smoke.yaml")
+    assert find_config("ablations/post_softmax.yaml") == str(REPO_ROOT / "configs" / "ablations" / "post_softmax.yaml")
+    assert find_config("missing.yaml") == "missing.yaml"
+    Path("smoke.yaml").write_text("# local file wins\nseed_everything: 7\n")
+    assert find_config("smoke.yaml") == "smoke.yaml"
+    # The parser takes them as such (the local smoke.yaml, then ddp.yaml from configs/), in every spelling.
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    parser = cli.CoAtNetCLI(args=["--config", str(REPO_ROOT / "configs" / "smoke.yaml"), *QUIET], run=False).parser
+    config = parser.parse_args(["--config", str(REPO_ROOT / "configs" / "smoke.yaml"), "--config", "smoke.yaml",
+                                "-c", "ddp.yaml", "--config=bf16.yaml"])
+    assert config.seed_everything == 7 and config.trainer.strategy == "ddp" and config.trainer.precision == "bf16-mixed"

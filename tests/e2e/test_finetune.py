@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from cli import CoAtNetCLI, resolve_config_paths
+from cli import CoAtNetCLI
 from coatnet import create_model
 from coatnet.checkpoint import save_weights
 
@@ -20,7 +20,8 @@ def test_init_from_loads_weights_and_preprocessing(tmp_path, monkeypatch):
     weights = tmp_path / "nano.safetensors"
     save_weights(weights, source, preprocessing=PREPROCESSING, source="test")
 
-    args = resolve_config_paths(["--config", "smoke.yaml"]) + [
+    args = [
+        "--config", "smoke.yaml",
         f"--model.init_from={weights}",
         f"--trainer.default_root_dir={tmp_path}",
         "--trainer.logger=false",
@@ -41,7 +42,8 @@ def test_init_from_loads_weights_and_preprocessing(tmp_path, monkeypatch):
 
 
 def _image_folder_args(weights, crop_pct: float) -> list[str]:
-    return resolve_config_paths(["--config", "smoke.yaml"]) + [
+    return [
+        "--config", "smoke.yaml",
         "--data=datamodules.ImageFolderDataModule", "--data.init_args.root=unused", "--data.init_args.num_classes=10",
         "--data.init_args.image_size=32", f"--data.init_args.crop_pct={crop_pct}",
         "--data.init_args.interpolation=bilinear", f"--model.init_from={weights}", "--trainer.logger=false",
@@ -66,7 +68,7 @@ def test_checkpoint_replaces_init_from_which_may_be_gone(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cli.py"])
     weights = tmp_path / "nano.safetensors"
     save_weights(weights, create_model("coatnet_nano", img_size=32), preprocessing=PREPROCESSING, source="test")
-    base = resolve_config_paths(["--config", "smoke.yaml"]) + ["--trainer.logger=false", f"--model.init_from={weights}"]
+    base = ["--config", "smoke.yaml", "--trainer.logger=false", f"--model.init_from={weights}"]
     module = CoAtNetCLI(args=base, run=False).model
     checkpoint = tmp_path / "run.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
@@ -86,7 +88,7 @@ def test_requeued_fine_tune_resumes_with_last_after_the_weights_file_moved(tmp_p
     save_weights(weights, create_model("coatnet_nano", img_size=32), preprocessing=PREPROCESSING, source="test")
     short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
              "--trainer.enable_model_summary=false", f"--model.init_from={weights}"]
-    first = CoAtNetCLI(args=["fit", *resolve_config_paths(["--config", "smoke.yaml"]), *short, "--trainer.max_epochs=1"])
+    first = CoAtNetCLI(args=["fit", "--config", "smoke.yaml", *short, "--trainer.max_epochs=1"])
     assert first.trainer.global_step == 2
     weights.unlink()
     config = tmp_path / "logs" / "smoke" / "version_0" / "config.yaml"

@@ -151,7 +151,7 @@ def test_checkpoint_of_another_variant_is_summarised(in_tmp, monkeypatch, capsys
 def _checkpoint_of(path, *configs: str) -> None:
     """A checkpoint with the hyper-parameters and weights of the model these configs build."""
     args = [a for name in configs for a in ("--config", str(cli.CONFIG_DIR / name))]
-    module = cli.CoAtNetCLI(args=cli.prepare_argv(args) + QUICK, run=False).model
+    module = cli.CoAtNetCLI(args=args + QUICK, run=False).model
     state = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     torch.save({**state, "pytorch-lightning_version": "2.6.0"}, path)
 

@@ -296,3 +296,21 @@ def test_learning_rate_monitor_logs_every_group_by_name_when_the_loggers_write(l
         blocks = sum(module.model.config.depths)
         assert lr_steps[3]["lr/stem"] == pytest.approx(lr_steps[3]["lr/head"] * layer_decay ** (blocks + 1))
         assert lr_steps[3][f"lr/block{blocks}"] == pytest.approx(lr_steps[3]["lr/head_no_decay"] * layer_decay)
+
+
+def test_model_overrides_are_kept_as_a_plain_dict_of_the_set_fields(tmp_path):
+    """Checkpoints hold plain values (weights_only loading), and those of earlier versions held such dicts too."""
+    from lightning_modules.hparam_ranges import DropRate
+    from lightning_modules.model_overrides import CoAtNetOverrides
+
+    overrides = CoAtNetOverrides(drop_path_rate=DropRate(0.2), depths=(1, 1, 1, 1))
+    overrides.transformer.head_dim = 16
+    module = ImageClassifier(**NANO, model_overrides=overrides)
+    assert module.hparams.model_overrides == {"depths": [1, 1, 1, 1], "transformer": {"head_dim": 16}, "drop_path_rate": 0.2}
+    assert type(module.hparams.model_overrides["drop_path_rate"]) is float
+    torch.save(dict(module.hparams), tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["model_overrides"]["transformer"] == {"head_dim": 16}
+    config = module.model.config
+    assert (config.depths, config.transformer.head_dim, config.drop_path_rate) == ((1, 1, 1, 1), 16, 0.2)
+    as_before = ImageClassifier(**NANO, model_overrides={"depths": (1, 1, 1, 1), "stem": {"stride": None}})
+    assert as_before.model.config.depths == (1, 1, 1, 1) and as_before.model.config.stem.stride == 2

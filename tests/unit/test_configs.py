@@ -9,9 +9,10 @@ device counts are checked from the file.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
 from pathlib import Path
+from typing import get_type_hints
 from unittest import mock
 
 import pytest
@@ -22,10 +23,11 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from cli import CoAtNetCLI, merge_model_overrides, prepare_argv
+from cli import CoAtNetCLI
 from coatnet.blocks import MBConvBlock, TransformerBlock
 from lightning_modules.callbacks.throughput import ThroughputLogger
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.model_overrides import overrides_dict
 
 CONFIG_DIR = REPO_ROOT / "configs"
 PRESETS = ["bf16.yaml", "ddp.yaml", "ema.yaml", "fsdp.yaml"]
@@ -36,7 +38,7 @@ IMAGENET_DROP_PATH = {"coatnet0.yaml": 0.2, "coatnet1.yaml": 0.3, "coatnet2.yaml
 
 
 def _cli(*configs: str, extra: tuple[str, ...] = ()) -> CoAtNetCLI:
-    args = prepare_argv([a for name in configs for a in ("--config", str(CONFIG_DIR / name))] + list(extra))
+    args = [a for name in configs for a in ("--config", str(CONFIG_DIR / name))] + list(extra)
     with torch.device("meta"), mock.patch.object(sys, "argv", ["cli.py"]):  # pytest's own argv is not ours
         return CoAtNetCLI(run=False, args=args)
 
@@ -194,6 +196,12 @@ def test_ablation_preset_changes_one_thing_and_keeps_the_recipe(preset):
         assert cli.model.model(torch.empty(2, 3, 32, 32, device="meta")).shape == (2, 10)
 
 
+def _overrides(cli: CoAtNetCLI, *args: str) -> dict:
+    """The ``model_overrides`` that parsing ``args`` after smoke.yaml (its own cleared) sets."""
+    config = cli.parser.parse_args(["--config", str(CONFIG_DIR / "smoke.yaml"), "--model.model_overrides=null", *args])
+    return overrides_dict(config.model.model_overrides and config.model.model_overrides.as_dict())
+
+
 def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
     files = {
         "recipe.yaml": {"model": {"model_overrides": {"drop_path_rate": 0.1, "transformer": {"norm": "batchnorm"}}}},
@@ -202,33 +210,57 @@ def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
     }
     for name, content in files.items():
         (tmp_path / name).write_text(yaml.safe_dump(content))
-    argv = ["fit", "--config", str(tmp_path / "recipe.yaml"), f"--config={tmp_path / 'data.yaml'}",
-            "-c", str(tmp_path / "ablation.yaml"), "--model.model_overrides.drop_path_rate", "0.3"]
-    merged = merge_model_overrides(argv)
-    assert merged[:-1] == argv  # one argument added, after the last file or item that sets overrides
+    recipe, data, ablation = (str(tmp_path / name) for name in files)
     expected = {"drop_path_rate": 0.3, "transformer": {"norm": "batchnorm", "attention": "post_softmax"}, "layout": "CCCT"}
-    assert merged[-1].startswith("--model.model_overrides=") and json.loads(merged[-1].split("=", 1)[1]) == expected
-    assert merge_model_overrides(argv[:3]) == argv[:3]  # one file alone: nothing to merge
-
-    cli = _cli("smoke.yaml", extra=tuple(merged[1:]))
+    cli = _cli("smoke.yaml", extra=("--model.model_overrides=null", "--config", recipe, f"--config={data}",
+                                    "-c", ablation, "--model.model_overrides.drop_path_rate", "0.3"))
     assert cli.model.hparams.model_overrides == expected
     assert cli.model.model.config.transformer.norm == "batchnorm" and cli.model.model.config.layout == "CCCT"
+    assert cli.model.model.config.drop_path_rate == 0.3
 
     # Items and files apply in command-line order: an item before a later file is kept unless that file sets it.
-    between = ["fit", "--config", str(tmp_path / "recipe.yaml"), "--model.model_overrides.drop_path_rate=0.3",
-               "--model.model_overrides.layout", "CCTT", "--config", str(tmp_path / "ablation.yaml")]
-    overrides = json.loads(merge_model_overrides(between)[-1].split("=", 1)[1])
-    assert overrides == expected, "the item between the files must survive; the later file's layout wins"
-    whole = ["fit", "--config", str(tmp_path / "recipe.yaml"), "--model.model_overrides", "{layout: CCCC}",
-             "--config", str(tmp_path / "ablation.yaml")]
-    assert json.loads(merge_model_overrides(whole)[-1].split("=", 1)[1]) == {
-        "layout": "CCCT", "transformer": {"attention": "post_softmax"}}, "a whole dict replaces what came before it"
-    two_items = ["fit", "--model.model_overrides.transformer.head_dim", "64",
-                 "--model.model_overrides.transformer.layer_scale=1e-6"]
-    assert json.loads(merge_model_overrides(two_items)[-1].split("=", 1)[1]) == {
-        "transformer": {"head_dim": 64, "layer_scale": 1e-6}}, "two keys of one section both stay"
-    with pytest.raises(ValueError, match=r"--model.model_overrides.drop_path_rate '\[' is not valid YAML"):
-        merge_model_overrides([*two_items, "--model.model_overrides.drop_path_rate", "["])
+    between = _overrides(cli, "--config", recipe, "--model.model_overrides.drop_path_rate=0.3",
+                         "--model.model_overrides.layout", "CCTT", "--config", ablation)
+    assert between == expected, "the item between the files must survive; the later file's layout wins"
+    # A whole mapping merges like a file; null clears what came before it.
+    assert _overrides(cli, "--config", recipe, "--model.model_overrides", "{layout: CCCC}", "--config", ablation) == (
+        expected | {"drop_path_rate": 0.1})
+    assert _overrides(cli, "--config", recipe, "--model.model_overrides=null", "--config", ablation) == {
+        "layout": "CCCT", "transformer": {"attention": "post_softmax"}}
+    two_items = _overrides(cli, "--model.model_overrides.transformer.head_dim", "64",
+                           "--model.model_overrides.transformer.layer_scale=1e-6")
+    assert two_items == {"transformer": {"head_dim": 64, "layer_scale": 1e-6}}, "two keys of one section both stay"
+
+
+@pytest.mark.parametrize(("item", "named"), [
+    ("--model.model_overrides.drop_path_rate=[", "model.model_overrides.drop_path_rate: "),
+    ("--model.model_overrides.drop_path_rate=1.5", "model.model_overrides.drop_path_rate=1.5 is out of range: allowed [0, 1)"),
+    ("--model.model_overrides={head: {dropout: 1}}", "model.model_overrides.head.dropout=1 is out of range: allowed [0, 1)"),
+    ("--model.model_overrides.transformer.head_dims=64", "transformer.head_dims"),
+    ("--model.model_overrides.conv.stride_at=2x2", "model.model_overrides.conv.stride_at: Expected a typing.Literal"),
+    ("--model.model_overrides.num_classes=3", "model.model_overrides: Option 'num_classes' is not accepted"),
+])
+def test_bad_model_overrides_are_refused_while_parsing_naming_the_key(item, named, capsys):
+    with pytest.raises(SystemExit):
+        _cli("smoke.yaml", extra=(item,))
+    error = capsys.readouterr().err.split("error: ", 1)[1]
+    assert named in error and error.count("\n") <= 1, error
+
+
+def _field_paths(cls: type) -> set[str]:
+    hints = get_type_hints(cls)
+    paths: set[str] = set()
+    for item in dataclasses.fields(cls):
+        hint = hints[item.name]
+        paths |= {f"{item.name}.{path}" for path in _field_paths(hint)} if dataclasses.is_dataclass(hint) else {item.name}
+    return paths
+
+
+def test_model_overrides_mirror_every_network_field_but_the_linked_ones():
+    from coatnet.config import CoAtNetConfig
+    from lightning_modules.model_overrides import CoAtNetOverrides
+
+    assert _field_paths(CoAtNetOverrides) == _field_paths(CoAtNetConfig) - {"num_classes", "img_size"}
 
 
 def test_ema_preset_trains_on_an_image_folder(tmp_path, monkeypatch):
@@ -241,10 +273,10 @@ def test_ema_preset_trains_on_an_image_folder(tmp_path, monkeypatch):
     write_image_folder(tmp_path, "train", ["a", "b"], per_class=4, size=(32, 32))
     write_image_folder(tmp_path, "val", ["a", "b"], per_class=2, size=(32, 32))
     monkeypatch.chdir(tmp_path)
-    argv = prepare_argv(["fit", "--config", "smoke.yaml", "--config", "ema.yaml", "--data=datamodules.ImageFolderDataModule",
-                         f"--data.init_args.root={tmp_path}", "--data.init_args.num_classes=2", "--data.init_args.image_size=32",
-                         "--data.init_args.preset=cifar", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
-                         "--trainer.fast_dev_run=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+    argv = ["fit", "--config", "smoke.yaml", "--config", "ema.yaml", "--data=datamodules.ImageFolderDataModule",
+            f"--data.init_args.root={tmp_path}", "--data.init_args.num_classes=2", "--data.init_args.image_size=32",
+            "--data.init_args.preset=cifar", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+            "--trainer.fast_dev_run=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
     monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
     run = cli.CoAtNetCLI()
     ema = next(cb for cb in run.trainer.callbacks if isinstance(cb, EMAWeightAveraging))
