@@ -3,163 +3,53 @@
 The DataModule is picked by ``class_path`` in the YAML (``data:``); the model is always
 ``ImageClassifier`` (``model:`` holds its arguments). ``num_classes`` and ``image_size`` are read
 off the instantiated DataModule and passed to the model, so they are set in one place only.
-A ``--config``/``-c`` value that is not a file in the working directory is also looked up in the
-``configs/`` folder next to this script, so ``--config coatnet0.yaml`` works from anywhere.
+``configs/defaults.yaml`` is applied first; a ``--config``/``-c`` value that is not a file in the working
+directory is also looked up in ``configs/``, so ``--config coatnet0.yaml`` works from anywhere.
 ``model.model_overrides`` from several config files and items merge key by key (it is a dataclass, see
 ``lightning_modules.model_overrides``).
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 from pathlib import Path
 from typing import Any, Optional
-
-import yaml
-from jsonargparse import ActionConfigFile, get_loader
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning  # noqa: E402
 import torch  # noqa: E402
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
+from lightning.pytorch import Callback, LightningDataModule, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar  # noqa: E402
-from lightning.pytorch.cli import (  # noqa: E402
-    LightningArgumentParser,
-    LightningCLI,
-    SaveConfigCallback,
-)
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
 
-from coatnet.checkpoint import preprocessing_of as preprocessing_of_weights  # noqa: E402
 from lightning_modules.callbacks.progress import LoggedLossProgressBar  # noqa: E402
+from lightning_modules.callbacks.run_config import RunConfigSaver  # noqa: E402
 from lightning_modules.callbacks.throughput import ThroughputLogger  # noqa: E402
 from lightning_modules.classifier import ImageClassifier, weights_from_checkpoint  # noqa: E402
+from lightning_modules.config_files import (  # noqa: E402, F401 (bench/host_syncs.py imports the last three from here)
+    CONFIG_DIR,
+    ConfigFileOrName,
+    config_values,
+    read_config_file,
+    resolve_config_paths,
+)
 from lightning_modules.pictures.callback import TensorBoardPictures  # noqa: E402
 from lightning_modules.resilience.finite_loss import FiniteLossGuard  # noqa: E402
 from lightning_modules.resilience.interrupt import InterruptCheckpoint  # noqa: E402
+from lightning_modules.resilience.last_of_config import last_checkpoint_of_config  # noqa: E402
 from lightning_modules.resilience.random_state import RandomStateCheckpoint  # noqa: E402
 from lightning_modules.resilience.resume_paths import (  # noqa: E402
     continue_run_folder,
-    last_checkpoint_under,
-    newest_file,
     resolve_ckpt_path,
-    version_folder,
 )
 from lightning_modules.resilience.stop_checkpoint import StopCheckpoint  # noqa: E402
 from lightning_modules.user_errors import ConciseArgumentParser, exit_readably  # noqa: E402
+from lightning_modules.weights_preprocessing import apply_weights_preprocessing  # noqa: E402
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # The logger, checkpoint settings and checkpoint IO every run starts from; shown by --print_config.
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
-
-
-def config_values(argv: list[str]) -> list[tuple[int, str]]:
-    """(index in ``argv``, path) of every ``--config``/``-c`` value, in order; ``--config=PATH`` is one item."""
-    found = []
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            found.append((i + 1, argv[i + 1]))
-        elif arg.startswith("--config="):
-            found.append((i, arg.split("=", 1)[1]))
-    return found
-
-
-def find_config(value: str, config_dir: Path = CONFIG_DIR) -> str:
-    """``value``, or its copy in ``config_dir`` where ``value`` names no file in the working directory."""
-    candidate = config_dir / value
-    return str(candidate) if not Path(value).exists() and candidate.is_file() else value
-
-
-def resolve_config_paths(argv: list[str], config_dir: Path = CONFIG_DIR) -> list[str]:
-    """``argv`` with every ``--config``/``-c`` value passed through :func:`find_config`, for scripts (bench/) that
-    read the config files themselves; the CLI finds them on its own."""
-    resolved = list(argv)
-    for index, value in config_values(argv):
-        prefix = "--config=" if resolved[index].startswith("--config=") else ""
-        resolved[index] = prefix + find_config(value, config_dir)
-    return resolved
-
-
-class ConfigFileOrName(ActionConfigFile):
-    """``--config``/``-c`` that also takes the name of a file in ``configs/``: ``--config coatnet0.yaml`` works
-    from any directory (a file of that name in the working directory wins)."""
-
-    def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
-        super().__call__(parser, cfg, find_config(values) if isinstance(values, str) else values, option_string)
-
-
-def read_config_file(path: str) -> dict[str, Any]:
-    """A config file as a dict, read as jsonargparse reads it; {} where it cannot be read (the parser reports that)."""
-    try:
-        data = get_loader("yaml")(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-# Evaluation choices a config may make for itself (timm's 384-pixel weights evaluate at crop_pct 1.0);
-# mean, std and interpolation belong to the weights.
-EVAL_CHOICES = ("crop_pct",)
-
-
-def apply_weights_preprocessing(data_config: Any, weights: str) -> None:
-    """Write the preprocessing recorded in ``weights`` (``python -m coatnet convert``) into the DataModule's arguments.
-
-    mean, std and interpolation replace the config's values, each only where the DataModule takes that argument;
-    ``crop_pct`` only where the config leaves the DataModule's default. What changed is printed.
-    """
-    preprocessing = preprocessing_of_weights(weights)
-    data_args = data_config.get("init_args")
-    if not preprocessing or data_args is None:
-        return
-    defaults = constructor_defaults(data_config.get("class_path"))
-    applied, kept = {}, {}
-    for key, value in preprocessing.items():
-        if key not in data_args:
-            continue
-        value = list(value) if isinstance(value, tuple) else value
-        if key in EVAL_CHOICES and key in defaults and data_args[key] not in (defaults[key], value):
-            kept[key] = value
-            continue
-        data_args[key] = value
-        applied[key] = value
-    if applied:
-        rank_zero_info(f"preprocessing from {weights}: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
-    for key, value in kept.items():
-        rank_zero_info(f"kept {key}={data_args[key]} from the config (the weights were evaluated at {key}={value})")
-
-
-def constructor_defaults(class_path: str | None) -> dict[str, Any]:
-    """Default argument values of the class ``class_path`` names ({} where it cannot be imported)."""
-    if not class_path:
-        return {}
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        return {}
-    parameters = inspect.signature(cls).parameters.values()
-    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-
-
-class RunConfigSaver(SaveConfigCallback):
-    """Saves the resolved config as ``config.yaml`` in the logger's version folder, next to the run's checkpoints.
-
-    Without a logger Lightning would write it to the working directory, over any ``config.yaml`` there, so
-    then nothing is saved. ``ckpt_path`` is left out, so ``fit --config`` on the file repeats the run instead
-    of resuming it.
-    """
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not trainer.loggers:
-            return
-        if self.config.get("ckpt_path") is not None:  # a subcommand's config (run=False configs have no such key)
-            self.config = self.config.clone()
-            self.config.ckpt_path = None
-        super().setup(trainer, pl_module, stage)
 
 
 class CoAtNetCLI(LightningCLI):
@@ -271,20 +161,6 @@ class CoAtNetCLI(LightningCLI):
         self._resolve_last(fresh_start=False)
 
     before_test = before_predict = before_validate
-
-
-def last_checkpoint_of_config(config: Any) -> str | None:
-    """What ``--ckpt_path last`` will resolve to, read off the parsed config before anything is built."""
-    dirpath = config.get("checkpoint.dirpath")
-    if dirpath:
-        return newest_file(Path(dirpath).glob("last*.ckpt"))
-    loggers = config.get("trainer.logger")
-    first = loggers[0] if isinstance(loggers, list) and loggers else loggers
-    init_args = first.get("init_args") if hasattr(first, "get") else None
-    if not init_args or not init_args.get("save_dir"):
-        return None
-    run_dir = Path(init_args["save_dir"]) / str(init_args.get("name") or "lightning_logs")
-    return last_checkpoint_under(run_dir, version_folder(init_args.get("version")))
 
 
 def main() -> CoAtNetCLI:

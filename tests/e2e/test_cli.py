@@ -18,7 +18,7 @@ from conftest import REPO_ROOT, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import cli
-from cli import find_config
+from lightning_modules.config_files import find_config
 
 pytestmark = pytest.mark.slow
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]

@@ -1,0 +1,30 @@
+"""Which checkpoint ``--ckpt_path last`` names, known from the parsed config before the Trainer exists.
+
+The CLI needs it before instantiation: a run that resumes takes its weights from that checkpoint, so
+``model.init_from`` is not loaded (the file may be gone by then).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning_modules.resilience.resume_paths import (
+    last_checkpoint_under,
+    newest_file,
+    version_folder,
+)
+
+
+def last_checkpoint_of_config(config: Any) -> str | None:
+    """What ``--ckpt_path last`` will resolve to, read off the parsed config before anything is built."""
+    dirpath = config.get("checkpoint.dirpath")
+    if dirpath:
+        return newest_file(Path(dirpath).glob("last*.ckpt"))
+    loggers = config.get("trainer.logger")
+    first = loggers[0] if isinstance(loggers, list) and loggers else loggers
+    init_args = first.get("init_args") if hasattr(first, "get") else None
+    if not init_args or not init_args.get("save_dir"):
+        return None
+    run_dir = Path(init_args["save_dir"]) / str(init_args.get("name") or "lightning_logs")
+    return last_checkpoint_under(run_dir, version_folder(init_args.get("version")))
