@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -35,6 +35,7 @@ from lightning_modules.config_files import (  # noqa: E402, F401 (bench/host_syn
     read_config_file,
     resolve_config_paths,
 )
+from lightning_modules.hparam_ranges import check_optimizer  # noqa: E402
 from lightning_modules.pictures.callback import TensorBoardPictures  # noqa: E402
 from lightning_modules.resilience.finite_loss import FiniteLossGuard  # noqa: E402
 from lightning_modules.resilience.interrupt import InterruptCheckpoint  # noqa: E402
@@ -50,6 +51,17 @@ from lightning_modules.weights_preprocessing import apply_weights_preprocessing 
 
 # The logger, checkpoint settings and checkpoint IO every run starts from; shown by --print_config.
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
+BATCH_LIMITS = [f"trainer.limit_{stage}_batches" for stage in ("train", "val", "test", "predict")]
+
+
+def batch_limits_take_counts(parser: LightningArgumentParser) -> None:
+    """Make ``--trainer.limit_val_batches=1`` one batch, as ``Trainer(limit_val_batches=1)`` is, not 1.0 (all).
+
+    Lightning annotates them ``Optional[Union[int, float]]``, which Python's typing cache can return as the equal
+    ``Union[float, int, None]`` created earlier; jsonargparse then tries float first and turns every 1 into 1.0.
+    """
+    for key in BATCH_LIMITS:
+        parser._option_string_actions[f"--{key}"]._typehint = Union[int, float, None]
 
 
 class CoAtNetCLI(LightningCLI):
@@ -95,6 +107,7 @@ class CoAtNetCLI(LightningCLI):
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        batch_limits_take_counts(parser)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         parser.add_argument(
@@ -111,13 +124,15 @@ class CoAtNetCLI(LightningCLI):
         refuses a checkpoint of another network and names the training settings a resumed run changes."""
 
     def before_instantiate_classes(self) -> None:
-        """Apply ``cpu_threads``; weights given by ``model.init_from`` bring their eval preprocessing.
+        """Refuse an optimizer lr <= 0 or weight decay < 0 (torch would only when building it), apply
+        ``cpu_threads``; weights given by ``model.init_from`` bring their eval preprocessing.
 
         When ``ckpt_path`` names a checkpoint (``last`` included, once one exists), that checkpoint holds the
         weights, so ``init_from`` is not loaded: a fine-tuned run resumes, validates or tests from its
         ``config.yaml`` even after the original weights file has moved. The config keeps ``init_from``.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_optimizer(config.model.get("optimizer"))
         if config.get("cpu_threads"):
             torch.set_num_threads(config.cpu_threads)
         ckpt_path = config.get("ckpt_path")

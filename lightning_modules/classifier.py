@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
@@ -33,6 +33,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from coatnet import CoAtNet, fold_batchnorm
 from coatnet.checkpoint import load_for_finetune
 from coatnet.errors import CheckpointError
+from lightning_modules.hparam_ranges import (
+    DecayFactor,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    ProperFraction,
+    check_ranges,
+)
 from lightning_modules.mixing import MixupCutmix
 from lightning_modules.model_overrides import CoAtNetOverrides, overrides_dict
 from lightning_modules.optim import (
@@ -90,6 +98,9 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
 class ImageClassifier(LightningModule):
     """CoAtNet classifier with Mixup/CutMix, label smoothing and a per-step warm-up + cosine schedule.
 
+    The range types of the arguments (``Fraction`` is [0, 1], ``ProperFraction`` [0, 1), ...) are checked
+    while the CLI parses them, and on construction.
+
     Args:
         model_name: a name from ``coatnet.list_models()``.
         num_classes: classifier width; linked from the DataModule by ``cli.py``.
@@ -98,7 +109,8 @@ class ImageClassifier(LightningModule):
             ``transformer.head_dim``, ...); a plain dict of them is taken too. Stored as a dict of the set fields.
         optimizer: called with the parameter groups; its ``weight_decay`` applies to weights only.
         layer_decay: layer-wise learning-rate decay for fine-tuning: the head trains at the
-            optimizer's lr, each block below at ``layer_decay`` times the one above (None: off).
+            optimizer's lr, each block below at ``layer_decay`` times the one above (None: off; 0.75-0.9
+            is usual).
         warmup_steps: optimizer steps of linear warm-up.
         min_lr_ratio: final learning rate as a fraction of the peak, reached at the last step.
         label_smoothing: spread over all classes, also inside mixed targets.
@@ -124,14 +136,14 @@ class ImageClassifier(LightningModule):
         image_size: tuple[int, int] = (224, 224),
         model_overrides: CoAtNetOverrides | None = None,
         optimizer: OptimizerCallable = default_optimizer,
-        layer_decay: float | None = None,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-        label_smoothing: float = 0.1,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        mix_prob: float = 1.0,
-        switch_prob: float = 0.5,
+        layer_decay: DecayFactor | None = None,
+        warmup_steps: NonNegativeInt = 0,
+        min_lr_ratio: Fraction = 0.0,
+        label_smoothing: ProperFraction = 0.1,
+        mixup_alpha: NonNegativeFloat = 0.0,
+        cutmix_alpha: NonNegativeFloat = 0.0,
+        mix_prob: Fraction = 1.0,
+        switch_prob: Fraction = 0.5,
         compile: bool = False,
         compile_options: dict[str, Any] | None = None,
         channels_last: bool = False,
@@ -139,8 +151,9 @@ class ImageClassifier(LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}; 0.75-0.9 is usual for fine-tuning")
+        check_ranges(ImageClassifier.__init__, locals())  # the CLI's parser checks them too; Python callers skip it
+        if num_classes < 2:  # linked from the DataModule, so no parser sees it
+            raise ValueError(f"num_classes={num_classes} is out of range: allowed >= 2 (data.init_args.num_classes)")
         # The optimizer is left out so that checkpoints hold only plain values and load with
         # ``weights_only=True``; the config saved next to the logs records it.
         self.save_hyperparameters(ignore=["optimizer"])
@@ -315,6 +328,11 @@ class ImageClassifier(LightningModule):
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ValueError("The cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        if self.hparams.warmup_steps > total_steps:
+            rank_zero_warn(
+                f"model.warmup_steps={self.hparams.warmup_steps} is longer than the whole run ({int(total_steps)} "
+                "optimizer steps): the learning rate never reaches its peak. Shorten the warm-up or train longer."
+            )
         schedule = WarmupCosine(self.hparams.warmup_steps, int(total_steps), self.hparams.min_lr_ratio)
         scheduler = {"scheduler": LambdaLR(optimizer, schedule), "interval": "step", "frequency": 1, "name": "lr"}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -42,12 +42,30 @@ def resolve_config_paths(argv: list[str], config_dir: Path = CONFIG_DIR) -> list
     return resolved
 
 
+def config_file_problem(path: str) -> str | None:
+    """Why the YAML file ``path`` is no config (not YAML, empty, not a mapping of keys), in one line; else None."""
+    try:
+        data = get_loader("yaml")(Path(path).read_text())
+    except yaml.YAMLError as err:
+        where = " ".join(str(err).replace(' in "<unicode string>"', "").split()).replace(" ,", ",")
+        return f"config file {path} is not valid YAML: {where}"
+    if data is None:
+        return f"config file {path} is empty: give it keys such as trainer:, model: and data:, or leave it out"
+    if not isinstance(data, dict):
+        return f"config file {path} holds a {type(data).__name__}, not keys such as trainer:, model: and data:"
+    return None
+
+
 class ConfigFileOrName(ActionConfigFile):
     """``--config``/``-c`` that also takes the name of a file in ``configs/``: ``--config coatnet0.yaml`` works
-    from any directory (a file of that name in the working directory wins)."""
+    from any directory (a file of that name in the working directory wins). A file that is no YAML mapping is
+    refused in one line naming it (jsonargparse would report it against every way it can read a value)."""
 
     def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
-        super().__call__(parser, cfg, find_config(values) if isinstance(values, str) else values, option_string)
+        path = find_config(values) if isinstance(values, str) else values
+        if isinstance(path, str) and Path(path).is_file() and (problem := config_file_problem(path)):
+            parser.error(problem)
+        super().__call__(parser, cfg, path, option_string)
 
 
 def read_config_file(path: str) -> dict[str, Any]:

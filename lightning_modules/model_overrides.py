@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Any, Optional, get_type_hints
 
 from coatnet.config import CoAtNetConfig
-from lightning_modules.hparam_ranges import DropRate
+from lightning_modules.hparam_ranges import ProperFraction
 
 LINKED_FIELDS = frozenset({"num_classes", "img_size"})  # set from the DataModule (num_classes, image_size)
-RANGES = {"drop_path_rate": DropRate, "transformer.rel_pos_mlp_dropout": DropRate, "head.dropout": DropRate}
+DROP_RATES = ("drop_path_rate", "transformer.rel_pos_mlp_dropout", "head.dropout")  # 1 would drop everything
+RANGES = dict.fromkeys(DROP_RATES, ProperFraction)
 
 
 def _optional_mirror(config_class: type, prefix: str = "") -> type:

@@ -1,7 +1,8 @@
 """User-facing errors: a short ``error: ...`` line instead of a 40-line traceback.
 
 ``python cli.py`` runs through :func:`exit_readably`: errors the user can fix (bad data paths,
-invalid sizes or settings, unusable checkpoints, a diverged run, GPU out of memory) are printed as
+invalid sizes or settings, unusable checkpoints, a diverged run, GPU out of memory, a checkpoint that
+could not be written for a full disk, a file-size limit or a read-only folder) are printed as
 one short message on stderr, followed by where they were raised, and the process exits with status
 2. Set ``COATNET_TRACEBACK=1`` to get the full traceback instead. Anything else is a bug and keeps
 its traceback.
@@ -9,18 +10,21 @@ its traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
 import textwrap
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, NoReturn
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser
+
+from lightning_modules.hparam_ranges import allowed_range
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK_ENV = "COATNET_TRACEBACK"
@@ -113,6 +117,49 @@ def worker_error(err: BaseException) -> tuple[str, str] | None:
     return text[start + len(name) + 3 :].strip(), origin
 
 
+_ELSEWHERE = "point checkpoint.dirpath (or trainer.logger.init_args.save_dir) at"
+# errno -> (what happened, the fix) for a checkpoint that could not be written
+WRITE_FAILURES = {
+    errno.ENOSPC: ("the disk is full", f"free space, or {_ELSEWHERE} a disk with room"),
+    errno.EDQUOT: ("the disk quota is used up", f"free space in the quota, or {_ELSEWHERE} another disk"),
+    errno.EFBIG: ("it exceeds the file-size limit", "raise the limit (ulimit -f unlimited, or ask for it in the job)"),
+    errno.EROFS: ("the folder is on a read-only file system", f"{_ELSEWHERE} a writable folder"),
+    errno.EACCES: ("there is no permission to write into the folder", f"{_ELSEWHERE} a folder you may write to"),
+}
+
+
+def _chain(err: BaseException | None) -> Iterator[BaseException]:
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _checkpoint_target(err: BaseException) -> str | None:
+    """The file the innermost ``save_checkpoint`` call (Trainer, strategy or checkpoint IO) was writing, or None."""
+    target = None
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        if frame.f_code.co_name == "save_checkpoint":
+            target = frame.f_locals.get("path") or frame.f_locals.get("filepath") or target
+    return None if target is None else str(target)
+
+
+def checkpoint_write_message(err: BaseException) -> str | None:
+    """One line for a checkpoint that could not be written for want of space, size limit or permission, or None.
+
+    torch.save reports a failed write as a RuntimeError; the OSError with the reason is its context.
+    """
+    failure = next((e for e in _chain(err) if isinstance(e, OSError) and e.errno in WRITE_FAILURES), None)
+    target = _checkpoint_target(err) if failure is not None else None
+    if target is None:
+        return None
+    what, fix = WRITE_FAILURES[failure.errno]
+    return (
+        f"could not write checkpoint {target}: {what} ({errno.errorcode[failure.errno]}). Any earlier checkpoint "
+        f"there is intact, nothing was lost (checkpoints are written to a temporary file, then renamed). Fix: {fix}; "
+        "then resume with --ckpt_path last"
+    )
+
+
 def user_message(err: BaseException) -> str | None:
     """The message to show for an error the user can fix, or ``None`` for a bug (keep the traceback)."""
     if isinstance(err, MisconfigurationException | ValueError) and "gpu" in str(err).lower():
@@ -120,6 +167,8 @@ def user_message(err: BaseException) -> str | None:
             return f"{err}\n{CPU_HINT}"
     if isinstance(err, torch.OutOfMemoryError):
         return out_of_memory_message(err)
+    if message := checkpoint_write_message(err):
+        return message
     if isinstance(err, RuntimeError) and (summary := summarize_state_dict_error(str(err))):
         return summary
     if isinstance(err, (ValueError, TrainingDiverged, MisconfigurationException)):
@@ -165,18 +214,6 @@ _UNION_PROBLEM = re.compile(
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 _RESTRICTION = re.compile(r"(?:Not of type \w+: (?P<value>.*?) ?)?does not conform to restriction (?P<rule>v\S+(?: and v\S+)?)")
 _GIVEN_VALUE = re.compile(r"Given value: (.*)")
-_BOUND = re.compile(r"v(>=|>|<=|<)(-?[\d.e+-]+)")
-
-
-def allowed_range(rule: str) -> str:
-    """jsonargparse's ``v>=0 and v<1`` as ``[0, 1)``; a one-sided rule as ``>= 2``."""
-    bounds = dict((op[0], (op, bound)) for op, bound in _BOUND.findall(rule))
-    if set(bounds) != {">", "<"}:
-        return " and ".join(f"{op} {bound}" for op, bound in bounds.values())
-    (low_op, low), (high_op, high) = bounds[">"], bounds["<"]
-    return f"{'[' if low_op == '>=' else '('}{low}, {high}{']' if high_op == '<=' else ')'}"
-
-
 def range_parse_error(message: str) -> str | None:
     """``model.min_lr_ratio=5 is out of range: allowed [0, 1]`` from jsonargparse's report on a value outside
     the range its type allows (the key nested over as many lines as dataclasses and unions wrap it), or None."""

@@ -246,7 +246,7 @@ def test_layer_decay_scales_lr_from_the_head_down_and_keeps_weight_decay_rules()
     tables = module.model.no_weight_decay()
     for name, param in params.items():
         assert decay_of[id(param)] == (0.0 if param.ndim <= 1 or name in tables else 0.05), name
-    with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"layer_decay=1.5 is out of range: allowed \(0, 1\]"):
         ImageClassifier(**NANO, layer_decay=1.5)
 
 
@@ -300,10 +300,10 @@ def test_learning_rate_monitor_logs_every_group_by_name_when_the_loggers_write(l
 
 def test_model_overrides_are_kept_as_a_plain_dict_of_the_set_fields(tmp_path):
     """Checkpoints hold plain values (weights_only loading), and those of earlier versions held such dicts too."""
-    from lightning_modules.hparam_ranges import DropRate
+    from lightning_modules.hparam_ranges import ProperFraction
     from lightning_modules.model_overrides import CoAtNetOverrides
 
-    overrides = CoAtNetOverrides(drop_path_rate=DropRate(0.2), depths=(1, 1, 1, 1))
+    overrides = CoAtNetOverrides(drop_path_rate=ProperFraction(0.2), depths=(1, 1, 1, 1))
     overrides.transformer.head_dim = 16
     module = ImageClassifier(**NANO, model_overrides=overrides)
     assert module.hparams.model_overrides == {"depths": [1, 1, 1, 1], "transformer": {"head_dim": 16}, "drop_path_rate": 0.2}
