@@ -36,7 +36,7 @@ from lightning_modules.config_files import (  # noqa: E402, F401 (bench/host_syn
     resolve_config_paths,
 )
 from lightning_modules.hparam_ranges import check_optimizer  # noqa: E402
-from lightning_modules.pictures.callback import TensorBoardPictures  # noqa: E402
+from lightning_modules.pictures.callback import RunPictures  # noqa: E402
 from lightning_modules.resilience.finite_loss import FiniteLossGuard  # noqa: E402
 from lightning_modules.resilience.interrupt import InterruptCheckpoint  # noqa: E402
 from lightning_modules.resilience.last_of_config import last_checkpoint_of_config  # noqa: E402
@@ -45,6 +45,7 @@ from lightning_modules.resilience.resume_paths import (  # noqa: E402
     continue_run_folder,
     resolve_ckpt_path,
 )
+from lightning_modules.resilience.run_lock import RunFolderLock  # noqa: E402
 from lightning_modules.resilience.stop_checkpoint import StopCheckpoint  # noqa: E402
 from lightning_modules.user_errors import ConciseArgumentParser, exit_readably  # noqa: E402
 from lightning_modules.weights_preprocessing import apply_weights_preprocessing  # noqa: E402
@@ -101,7 +102,8 @@ class CoAtNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(StopCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
-        parser.add_lightning_class_args(TensorBoardPictures, "pictures")
+        parser.add_lightning_class_args(RunPictures, "pictures")
+        parser.add_lightning_class_args(RunFolderLock, "run_lock")
         parser.add_lightning_class_args(LoggedLossProgressBar, "progress_bar")
         parser.add_lightning_class_args(FiniteLossGuard, "nan_guard")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")

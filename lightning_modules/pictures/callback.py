@@ -298,4 +298,3 @@ class RunPictures(Callback):
             logger.log_hyperparams(dict(pl_module.hparams), metrics=self._best)
 
 
-TensorBoardPictures = RunPictures  # the name cli.py imports until it registers RunPictures

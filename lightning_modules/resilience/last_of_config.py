@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.resilience.resume_paths import (
-    last_checkpoint_under,
     newest_file,
+    resume_checkpoint_under,
     version_folder,
 )
 
@@ -27,4 +27,4 @@ def last_checkpoint_of_config(config: Any) -> str | None:
     if not init_args or not init_args.get("save_dir"):
         return None
     run_dir = Path(init_args["save_dir"]) / str(init_args.get("name") or "lightning_logs")
-    return last_checkpoint_under(run_dir, version_folder(init_args.get("version")))
+    return resume_checkpoint_under(run_dir, version_folder(init_args.get("version")))

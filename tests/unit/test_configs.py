@@ -33,7 +33,8 @@ CONFIG_DIR = REPO_ROOT / "configs"
 PRESETS = ["bf16.yaml", "ddp.yaml", "ema.yaml", "fsdp.yaml"]
 DATA_PRESETS = ["cifar10_folder.yaml", "imagenet_shards.yaml"]
 DEFAULTS = "defaults.yaml"  # what every run starts from: no model or data of its own
-RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in [*PRESETS, *DATA_PRESETS, DEFAULTS])
+RUN_PRESETS = ["slurm.yaml"]  # sets ckpt_path and the interrupt callback, no trainer keys
+RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in [*PRESETS, *DATA_PRESETS, *RUN_PRESETS, DEFAULTS])
 IMAGENET_DROP_PATH = {"coatnet0.yaml": 0.2, "coatnet1.yaml": 0.3, "coatnet2.yaml": 0.5, "coatnet3.yaml": 0.7}
 
 
@@ -179,8 +180,11 @@ ABLATIONS = {
 }
 
 
+ABLATION_GRIDS = {"layouts.yaml", "attention_bias.yaml", "quick_search.yaml"}  # python -m ablate files, tested there
+
+
 def test_every_ablation_preset_is_tested():
-    assert {p.name for p in (CONFIG_DIR / "ablations").glob("*.yaml")} == set(ABLATIONS)
+    assert {p.name for p in (CONFIG_DIR / "ablations").glob("*.yaml")} == set(ABLATIONS) | ABLATION_GRIDS
 
 
 @pytest.mark.parametrize("preset", sorted(ABLATIONS))
