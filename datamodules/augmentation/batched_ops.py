@@ -148,8 +148,8 @@ def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
 def per_sign(sign: torch.Tensor, value: Callable[[float], float]) -> torch.Tensor:
     """``value(sign[i])`` per image as float64: ``value`` runs once per sign, in Python floats, so every image
     gets exactly the number the albumentations op is built with."""
-    table = torch.tensor([value(-1.0), value(1.0)], dtype=torch.float64, device=sign.device)
-    return table[(sign > 0).long()]
+    negative = torch.full_like(sign, value(-1.0), dtype=torch.float64)  # filled on the device: no host copy
+    return negative.masked_fill_(sign > 0, value(1.0))
 
 
 def _brightness(images: torch.Tensor, sign: torch.Tensor, strength: float) -> torch.Tensor:
