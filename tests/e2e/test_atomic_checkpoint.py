@@ -27,11 +27,12 @@ from lightning_modules.resilience.atomic_io import (
 )
 
 KILLS = 8
-MAX_STEPS = 40
+FINAL_STEPS = 5  # the finishing round trains this many steps past its resume point
+KILLED_ROUND_STEPS = 1_000_000  # killed rounds never finish first, however fast the disk
 PARAMS = 8_000_000  # 32 MB of weights + 32 MB of SGD momentum per checkpoint
 
 
-def _train_child(folder: Path, log: Path) -> int:
+def _train_child(folder: Path, log: Path, final: bool) -> int:
     """One training round in a forked child: verify ``last.ckpt``, resume, checkpoint every step."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -47,6 +48,7 @@ def _train_child(folder: Path, log: Path) -> int:
             return 3
     with log.open("a") as f:
         f.write(f"loaded {step}\n")
+    max_steps = max(step, 0) + FINAL_STEPS if final else KILLED_ROUND_STEPS
 
     class Big(pl.LightningModule):
         def __init__(self) -> None:
@@ -61,7 +63,7 @@ def _train_child(folder: Path, log: Path) -> int:
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10_000)), batch_size=8)
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=MAX_STEPS, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
         callbacks=[ModelCheckpoint(dirpath=folder, every_n_train_steps=1, save_top_k=0, save_last=True)],
     )
@@ -89,7 +91,7 @@ def kill_rounds(folder: str, seed: int) -> None:
         if pid == 0:
             code = 1
             try:
-                code = _train_child(folder_path, log)
+                code = _train_child(folder_path, log, final=round_index == KILLS)
             finally:
                 os._exit(code)
         if round_index < KILLS:
@@ -117,9 +119,9 @@ def test_sigkill_during_checkpointing_never_leaves_a_broken_last_ckpt(tmp_path):
     assert loaded == sorted(loaded) and loaded[-1] > 0, f"every resume starts at or after the previous one: {log}"
     assert sum(step >= 0 for step in loaded[1:]) >= KILLS // 2, f"too few kills after the first checkpoint: {log}"
     assert report["exit_codes"][:KILLS] == [-9] * KILLS and report["exit_codes"][-1] == 0, report
-    assert log[-1] == f"finished {MAX_STEPS}", log
+    assert log[-1] == f"finished {loaded[-1] + FINAL_STEPS}", log
     assert report["killed_mid_write"] >= 1, f"no kill landed during a write, the test proved nothing: {report}"
-    assert torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == MAX_STEPS
+    assert torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == loaded[-1] + FINAL_STEPS
 
 
 class Unpicklable:
