@@ -52,15 +52,29 @@ def lock_run_folder(folder: Path) -> int | None:
 class RunFolderLock(Callback):
     """Holds the lock of the run's version folder (``trainer.log_dir``) from ``setup`` to ``teardown`` of a fit.
 
-    Only global rank 0 locks: the other DDP ranks of the same fit write nothing there.
+    Only global rank 0 locks: the other DDP ranks of the same fit write nothing there. Every rank still takes
+    part in the two collectives (``trainer.log_dir`` broadcasts, and so does the outcome), so that a refused lock
+    stops all ranks and a granted one lets all of them go on together.
     """
 
     def __init__(self) -> None:
         self._fd: int | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.is_global_zero and trainer.log_dir is not None:
-            self._fd = lock_run_folder(Path(trainer.log_dir))
+        if stage != "fit":
+            return
+        log_dir = trainer.log_dir  # a collective: every rank must ask
+        if log_dir is None:
+            return
+        refusal = None
+        if trainer.is_global_zero:
+            try:
+                self._fd = lock_run_folder(Path(log_dir))
+            except RunFolderInUse as err:
+                refusal = str(err)
+        refusal = trainer.strategy.broadcast(refusal)
+        if refusal is not None:
+            raise RunFolderInUse(refusal)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._release()
