@@ -28,13 +28,7 @@ from lightning_modules.callbacks.progress import LoggedLossProgressBar  # noqa: 
 from lightning_modules.callbacks.run_config import RunConfigSaver  # noqa: E402
 from lightning_modules.callbacks.throughput import ThroughputLogger  # noqa: E402
 from lightning_modules.classifier import ImageClassifier, weights_from_checkpoint  # noqa: E402
-from lightning_modules.config_files import (  # noqa: E402, F401 (bench/host_syncs.py imports the last three from here)
-    CONFIG_DIR,
-    ConfigFileOrName,
-    config_values,
-    read_config_file,
-    resolve_config_paths,
-)
+from lightning_modules.config_files import CONFIG_DIR, ConfigFileOrName  # noqa: E402
 from lightning_modules.hparam_ranges import check_optimizer  # noqa: E402
 from lightning_modules.pictures.callback import RunPictures  # noqa: E402
 from lightning_modules.resilience.finite_loss import FiniteLossGuard  # noqa: E402

@@ -65,7 +65,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with atomic local writes and readable errors for unusable checkpoint files.
 
     Remote paths (``s3://`` ...) keep Lightning's fsspec transaction. Loading raises
-    :class:`~coatnet.convert.CheckpointError` naming the file when it is missing, truncated,
+    :class:`~coatnet.errors.CheckpointError` naming the file when it is missing, truncated,
     not a PyTorch file at all, or a bare weights file rather than a Lightning training checkpoint.
     """
 
