@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from PIL import Image
 from torch import Tensor
-from torchvision.io import write_png
 
 TAG_PREFIX = "pictures/"
 FOLDER = "pictures"
@@ -27,7 +27,8 @@ def save_png(image: Tensor, path: Path) -> None:
     """A uint8 CHW image as ``path``, renamed into place complete, so a reader never opens half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    write_png(image.cpu(), str(partial))
+    pixels = image.cpu().permute(1, 2, 0).numpy()  # torchvision's PNG writer is deprecated with its decoders
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(partial, format="PNG")
     os.replace(partial, path)
 
 

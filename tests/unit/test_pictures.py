@@ -11,6 +11,7 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -42,6 +43,7 @@ from lightning_modules.pictures.drawing import (
     head_maps,
     top_confusions_table,
 )
+from lightning_modules.pictures.destinations import save_png
 
 CLASSES = [f"pattern_{i}" for i in range(10)]
 
@@ -185,6 +187,17 @@ def test_a_logger_without_images_gets_every_picture_as_png_files_in_its_run_fold
     ], "the training batch before step 0, the validation pictures after step 1, nothing half-written"
     with Image.open(folder / "confusion_matrix" / "step_1.png") as png:
         assert png.mode == "RGB" and png.size == (90 + 4 * 32, 90 + 4 * 32)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_save_png_writes_the_exact_pixels_and_leaves_no_partial_file(tmp_path, channels):
+    image = torch.randint(0, 256, (channels, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "deep" / "step_3.png"
+    save_png(image, path)
+    with Image.open(path) as png:
+        pixels = torch.from_numpy(np.array(png)).reshape(5, 7, channels).permute(2, 0, 1)
+    assert torch.equal(pixels, image)
+    assert [p.name for p in path.parent.iterdir()] == ["step_3.png"]
 
 
 def _validate(tmp_path, layout: str, *callbacks: Callback) -> tuple[set[str], ImageClassifier]:
