@@ -87,7 +87,7 @@ def test_cifar10_recipe_shrunk_down_learns_on_real_images(cifar_subset, tmp_path
         "--model.optimizer.init_args.lr=1e-3",  # batch 64 instead of 512; 2e-3 learned more slowly in 4 epochs (0.196)
         f"--data.init_args.root={cifar_subset}", f"--data.init_args.holdout_per_class={HOLDOUT}",
         "--data.init_args.batch_size=64", "--data.init_args.num_workers=0",
-        "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--cpu_threads=1",
+        "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--cpu_threads=2",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
     ]
@@ -96,7 +96,7 @@ def test_cifar10_recipe_shrunk_down_learns_on_real_images(cifar_subset, tmp_path
     data, metrics = run.datamodule, run.trainer.callback_metrics
     assert type(data).__name__ == "CIFARDataModule" and data.augment_on_device and data.hparams.randaugment_layers == 2
     assert len(data.train_set) == 10 * (PER_CLASS - HOLDOUT) and len(data.val_set) == 10 * HOLDOUT
-    # chance is 0.10; a trial run reached 0.238 (the recipe regularises hard for 4 short epochs)
+    # chance is 0.10; trial runs reached 0.226-0.238 (the recipe regularises hard for 4 short epochs)
     assert metrics["val/acc1"].item() >= 0.17, f"10 classes, chance is 0.10: {metrics}"
     curves = read_scalars(tmp_path / "logs")
     accuracy = [value for _, value in curves["val/acc1"]]
