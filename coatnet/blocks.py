@@ -1,17 +1,33 @@
-"""The two CoAtNet block types. Each owns its downsampling path.
+"""The blocks a layout letter names, in one table: ``BLOCKS``. Each block owns its downsampling path.
 
-MBConv blocks work on NCHW tensors (channels_last memory friendly). Transformer blocks work on
-(B, H, W, C) tokens, so LayerNorm and Linear run on contiguous channels and, with channels_last
+MBConv blocks (``C``) work on NCHW tensors (channels_last memory friendly). Transformer blocks (``T``)
+work on (B, H, W, C) tokens, so LayerNorm and Linear run on contiguous channels and, with channels_last
 inputs, the hand-over between the two layouts is a free permute.
+
+Adding a block type is one class here (or in any module imported before the config is built)::
+
+    @register_block("X")
+    class MyBlock(Block):
+        tokens_last = False  # True: forward takes and returns (B, H, W, C) tokens instead of NCHW
+
+        def __init__(self, dim_in, dim_out, stride, grid, config, drop_path):
+            super().__init__(dim_in, dim_out, stride, grid, config, drop_path)
+            ...
+
+after which ``layout="CCXT"`` validates, builds, resizes (``set_grid``), recomputes under grad
+checkpointing and wraps under FSDP (``configs/fsdp.yaml`` names :class:`Block`). Settings of its own
+go in a new section dataclass, a field of :class:`coatnet.config.CoAtNetConfig`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from .attention import RelativeAttention
-from .config import ConvConfig, TransformerConfig
 from .layers import (
     DropPath,
     LayerScale,
@@ -21,6 +37,54 @@ from .layers import (
     make_activation,
     make_channel_norm,
 )
+
+if TYPE_CHECKING:
+    from .config import CoAtNetConfig
+
+
+class Block(nn.Module):
+    """Base of every block a layout letter names; FSDP wraps each instance on its own.
+
+    Every block takes the same arguments, so one stage class builds them all:
+    ``dim_in``/``dim_out`` channels, ``stride`` (2 in the first block of a downsampling stage, else 1),
+    ``grid`` its output (H, W), the whole ``config`` (a block reads its own section) and its ``drop_path`` rate.
+    """
+
+    letter: ClassVar[str] = ""  # set by register_block
+    tokens_last: ClassVar[bool] = False  # True: forward takes and returns (B, H, W, C); False: NCHW
+
+    def __init__(
+        self, dim_in: int, dim_out: int, stride: int, grid: tuple[int, int], config: CoAtNetConfig, drop_path: float
+    ) -> None:
+        super().__init__()
+
+    @classmethod
+    def check_stage(cls, config: CoAtNetConfig, index: int) -> None:
+        """Raise ValueError if ``config`` cannot build this block in stage ``index``; runs when a config is made."""
+
+    def set_grid(self, grid: tuple[int, int]) -> None:
+        """Follow a new input size (``CoAtNet.set_img_size``); blocks whose weights depend on the grid override it."""
+
+
+BlockType = TypeVar("BlockType", bound=type[Block])
+BLOCKS: dict[str, type[Block]] = {}  # layout letter -> block class
+
+
+def register_block(letter: str) -> Callable[[BlockType], BlockType]:
+    """Class decorator: make ``letter`` a layout letter that builds this :class:`Block` subclass."""
+    if len(letter) != 1 or not letter.isalpha():
+        raise ValueError(f"a layout letter is one letter, got {letter!r}")
+
+    def wrap(cls: BlockType) -> BlockType:
+        if not (isinstance(cls, type) and issubclass(cls, Block)):
+            raise TypeError(f"register_block({letter!r}) takes a subclass of coatnet.blocks.Block, got {cls!r}")
+        if BLOCKS.get(letter, cls) is not cls:
+            raise ValueError(f"layout letter {letter!r} is already {BLOCKS[letter].__name__}; pick another letter")
+        cls.letter = letter
+        BLOCKS[letter] = cls
+        return cls
+
+    return wrap
 
 
 class ConvShortcut(nn.Module):
@@ -35,13 +99,15 @@ class ConvShortcut(nn.Module):
         return self.proj(self.pool(x))
 
 
-class MBConvBlock(nn.Module):
-    """Pre-norm inverted bottleneck: BN -> 1x1 expand -> 3x3 depthwise -> SE -> 1x1 project."""
+@register_block("C")
+class MBConvBlock(Block):
+    """Pre-norm inverted bottleneck: BN -> 1x1 expand -> 3x3 depthwise -> SE -> 1x1 project. Settings: ``conv``."""
 
     def __init__(
-        self, dim_in: int, dim_out: int, stride: int, cfg: ConvConfig, pool: str, drop_path: float
+        self, dim_in: int, dim_out: int, stride: int, grid: tuple[int, int], config: CoAtNetConfig, drop_path: float
     ) -> None:
-        super().__init__()
+        super().__init__(dim_in, dim_out, stride, grid, config, drop_path)
+        cfg, pool = config.conv, config.pool
         if stride == 1 and dim_in != dim_out:
             raise ValueError(f"an MBConv block without downsampling keeps its width ({dim_in} != {dim_out})")
         mid = int((dim_out if cfg.expand_from == "output" else dim_in) * cfg.expand_ratio)
@@ -66,6 +132,11 @@ class MBConvBlock(nn.Module):
         self.conv_project = nn.Conv2d(mid, dim_out, 1, bias=cfg.output_bias)
         self.drop_path = DropPath(drop_path)
 
+    @classmethod
+    def check_stage(cls, config: CoAtNetConfig, index: int) -> None:
+        if config.stem.patch_size:
+            raise ValueError("a patch stem (ViT-REL) is followed by Transformer stages only: use layout 'T...'")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
         x = self.pool(self.pre_act(self.pre_norm(x)))
@@ -80,20 +151,20 @@ def _pool_tokens(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-class TransformerBlock(nn.Module):
-    """x <- Proj(Pool(x)) + Attention(Pool(Norm(x))); x <- x + FFN(Norm(x)), on (B, H, W, C) tokens."""
+@register_block("T")
+class TransformerBlock(Block):
+    """x <- Proj(Pool(x)) + Attention(Pool(Norm(x))); x <- x + FFN(Norm(x)), on (B, H, W, C) tokens.
+
+    Settings: ``transformer``. The relative-position bias is sized for ``grid``.
+    """
+
+    tokens_last = True
 
     def __init__(
-        self,
-        dim_in: int,
-        dim_out: int,
-        stride: int,
-        grid: tuple[int, int],
-        cfg: TransformerConfig,
-        pool: str,
-        drop_path: float,
+        self, dim_in: int, dim_out: int, stride: int, grid: tuple[int, int], config: CoAtNetConfig, drop_path: float
     ) -> None:
-        super().__init__()
+        super().__init__(dim_in, dim_out, stride, grid, config, drop_path)
+        cfg, pool = config.transformer, config.pool
         if stride == 1 and dim_in != dim_out:
             raise ValueError(f"a Transformer block without downsampling keeps its width ({dim_in} != {dim_out})")
         self.downsample = stride > 1
@@ -119,6 +190,15 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim_out, int(dim_out * cfg.mlp_ratio), cfg.act)
         self.ls2 = LayerScale(dim_out, cfg.layer_scale) if cfg.layer_scale else nn.Identity()
         self.drop_path = DropPath(drop_path)
+
+    @classmethod
+    def check_stage(cls, config: CoAtNetConfig, index: int) -> None:
+        width, head_dim = config.widths[index], config.transformer.head_dim
+        if width % head_dim:
+            raise ValueError(f"Transformer width {width} is not a multiple of head_dim {head_dim}")
+
+    def set_grid(self, grid: tuple[int, int]) -> None:
+        self.attn.set_grid(grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C_in) -> (B, H', W', C_out)."""

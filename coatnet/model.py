@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import MBConvBlock, TransformerBlock
+from .blocks import BLOCKS, Block
 from .config import CoAtNetConfig, HeadConfig, apply_overrides
 from .layers import make_activation, make_channel_norm
 
@@ -73,10 +73,20 @@ class RecomputedBlock:
 
 
 class Stage(nn.Sequential):
-    """Blocks run in order; with ``grad_checkpointing`` each block's activations are recomputed
+    """Blocks of one kind, run in order. Takes and returns NCHW; blocks that declare ``tokens_last``
+    run on (B, H, W, C) inside. With ``grad_checkpointing`` each block's activations are recomputed
     in the backward pass instead of kept, trading about one extra forward for activation memory."""
 
     grad_checkpointing = False
+
+    def __init__(self, blocks: Sequence[Block]) -> None:
+        super().__init__(*blocks)
+        self.tokens_last = type(blocks[0]).tokens_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens_last:
+            return self.run_blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.run_blocks(x)
 
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
@@ -87,20 +97,6 @@ class Stage(nn.Sequential):
             else:
                 x = block(x)
         return x
-
-
-class ConvStage(Stage):
-    """A stage of MBConv blocks on NCHW tensors."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run_blocks(x)
-
-
-class TransformerStage(Stage):
-    """A stage of Transformer blocks. Takes and returns NCHW; runs on (B, H, W, C) inside."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run_blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ClassifierHead(nn.Module):
@@ -151,19 +147,14 @@ class CoAtNet(nn.Module):
         rates = [cfg.drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
         stages: list[nn.Module] = []
         dim_in = cfg.stem.widths[-1]
-        for index, (depth, dim, letter, stride, grid) in enumerate(
-            zip(cfg.depths, cfg.widths, cfg.layout, cfg.stage_strides, cfg.feature_sizes())
+        for depth, dim, letter, stride, grid in zip(
+            cfg.depths, cfg.widths, cfg.layout, cfg.stage_strides, cfg.feature_sizes()
         ):
-            blocks = []
-            for j in range(depth):
-                first = j == 0
-                rate = rates.pop(0)
-                block_in, block_stride = (dim_in, stride) if first else (dim, 1)
-                if letter == "C":
-                    blocks.append(MBConvBlock(block_in, dim, block_stride, cfg.conv, cfg.pool, rate))
-                else:
-                    blocks.append(TransformerBlock(block_in, dim, block_stride, grid, cfg.transformer, cfg.pool, rate))
-            stages.append(ConvStage(*blocks) if letter == "C" else TransformerStage(*blocks))
+            block = BLOCKS[letter]  # the first block of a stage changes width and resolution
+            stages.append(Stage([
+                block(dim_in if j == 0 else dim, dim, stride if j == 0 else 1, grid, cfg, rates.pop(0))
+                for j in range(depth)
+            ]))  # fmt: skip
             dim_in = dim
         self.stages = nn.ModuleList(stages)
         self.num_features = cfg.widths[-1]
@@ -237,8 +228,7 @@ class CoAtNet(nn.Module):
         new_config = apply_overrides(self.config, img_size=img_size)
         for stage, grid in zip(self.stages, new_config.feature_sizes()):
             for block in stage:
-                if isinstance(block, TransformerBlock):
-                    block.attn.set_grid(grid)
+                block.set_grid(grid)
         self.config = new_config
 
 

@@ -3,8 +3,8 @@
 jsonargparse merges a dataclass key by key, so several ``--config`` files and items such as
 ``--model.model_overrides.transformer.head_dim 64`` each set only their own keys, and a misspelt key or a
 value of the wrong type or range is refused while parsing. A field left at None keeps the variant's value
-(so an override cannot set a field to None). The classes are generated from ``coatnet.config``, so they
-follow every field added there.
+(so an override cannot set a field to None). The classes, and the ranges checked, are generated from
+``coatnet.config``'s fields and their metadata, so they follow every field added there.
 """
 
 from __future__ import annotations
@@ -13,12 +13,23 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Optional, get_type_hints
 
-from coatnet.config import CoAtNetConfig
-from lightning_modules.hparam_ranges import ProperFraction
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+from coatnet.config import CoAtNetConfig, field_paths
+from lightning_modules.hparam_ranges import Fraction, ProperFraction
 
 LINKED_FIELDS = frozenset({"num_classes", "img_size"})  # set from the DataModule (num_classes, image_size)
-DROP_RATES = ("drop_path_rate", "transformer.rel_pos_mlp_dropout", "head.dropout")  # 1 would drop everything
-RANGES = dict.fromkeys(DROP_RATES, ProperFraction)
+# The range each coatnet.config field declares, as the number type jsonargparse checks while parsing.
+_RANGE_TYPES = {
+    ("> 0", int): PositiveInt, ("> 0", float): PositiveFloat, (">= 0", int): NonNegativeInt,
+    (">= 0", float): NonNegativeFloat, ("[0, 1]", float): Fraction, ("[0, 1)", float): ProperFraction,
+}  # fmt: skip
+
+
+def _range_type(path: str, hint: Any) -> Any:
+    """The parse-time type of field ``path``: its range type for a number with a declared range, else ``hint``.
+    Tuples keep their plain type; ``coatnet.config`` checks their entries when the config is built."""
+    return _RANGE_TYPES.get((field_paths("range").get(path), hint), hint)
 
 
 def _optional_mirror(config_class: type, prefix: str = "") -> type:
@@ -33,7 +44,7 @@ def _optional_mirror(config_class: type, prefix: str = "") -> type:
             section = _optional_mirror(hint, f"{prefix}{item.name}.")
             fields.append((item.name, section, dataclasses.field(default_factory=section)))
         else:
-            fields.append((item.name, Optional[RANGES.get(prefix + item.name, hint)], None))
+            fields.append((item.name, Optional[_range_type(prefix + item.name, hint)], None))
     name = config_class.__name__.removesuffix("Config") + "Overrides"
     mirror = dataclasses.make_dataclass(name, fields)
     mirror.__module__ = __name__

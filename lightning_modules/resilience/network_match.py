@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from coatnet import CoAtNetConfig
-from coatnet.config import config_to_dict
+from coatnet.config import config_to_dict, regularisation_fields
 from coatnet.registry import get_config
 from lightning_modules.model_overrides import overrides_dict
 
 # Regularisation: they change how the network trains, not the function its weights compute.
-TRAINING_ONLY_FIELDS = frozenset({"drop_path_rate", "transformer.rel_pos_mlp_dropout", "head.dropout"})
+TRAINING_ONLY_FIELDS = regularisation_fields()
 # Hyper-parameters that define the network (compared through the resolved config) or only its initial weights.
 NETWORK_HPARAMS = frozenset({"model_name", "num_classes", "image_size", "model_overrides", "init_from"})
 

@@ -24,7 +24,8 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from cli import CoAtNetCLI
-from coatnet.blocks import MBConvBlock, TransformerBlock
+from coatnet import create_model
+from coatnet.blocks import BLOCKS, Block
 from lightning_modules.callbacks.throughput import ThroughputLogger
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.model_overrides import overrides_dict
@@ -165,7 +166,11 @@ def test_fsdp_preset_wraps_each_coatnet_block():
     assert isinstance(strategy, FSDPStrategy)
     policy = strategy.kwargs["auto_wrap_policy"]
     assert isinstance(policy, ModuleWrapPolicy)
-    assert set(policy._module_classes) == {MBConvBlock, TransformerBlock}
+    assert set(policy._module_classes) == {Block}
+    model = create_model("coatnet_nano")
+    wrapped = [module for module in model.modules() if isinstance(module, tuple(policy._module_classes))]
+    assert {type(module) for module in wrapped} == {BLOCKS["C"], BLOCKS["T"]}  # coatnet_nano is C-C-T-T
+    assert len(wrapped) == sum(model.config.depths)
     assert strategy.kwargs["use_orig_params"], "weight-decay groups need the original parameter names"
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from coatnet import CoAtNetConfig, coatnet_0, create_model, get_config, list_models
+from coatnet.blocks import BLOCKS
 from coatnet.layers import DropPath
 from coatnet.summary import activation_bytes, count_macs, summarize
 
@@ -105,8 +106,8 @@ def test_config_errors_are_explicit():
 @pytest.mark.parametrize("layout", ["CCCC", "CCCT", "CCTT", "CTTT", "TTTT"])
 def test_layouts(layout):
     model = create_model("coatnet_nano", layout=layout, img_size=64, num_classes=3)
-    kinds = [type(stage).__name__ for stage in model.stages]
-    assert kinds == ["ConvStage" if c == "C" else "TransformerStage" for c in layout]
+    assert [{type(block) for block in stage} for stage in model.stages] == [{BLOCKS[c]} for c in layout]
+    assert [stage.tokens_last for stage in model.stages] == [BLOCKS[c].tokens_last for c in layout]
     out = model(torch.randn(2, 3, 64, 64))
     out.sum().backward()
     assert out.shape == (2, 3)

@@ -109,7 +109,7 @@ def test_literal_fields_name_the_field_the_value_and_the_choices(overrides, fiel
         ({"transformer": {"head_dim": 0}}, ["transformer.head_dim=0", "> 0"]),
         ({"transformer": {"head_dim": "x"}}, ["transformer.head_dim='x'", "integer"]),
         ({"conv": {"se_ratio": 0.0}}, ["conv.se_ratio=0.0", "> 0"]),
-        ({"head": {"dropout": 2}}, ["head.dropout=2", "[0, 1]"]),
+        ({"head": {"dropout": 2}}, ["head.dropout=2", "[0, 1)"]),  # a drop rate of 1 drops everything
         ({"stem": {"widths": (32,)}}, ["stem.widths=(32,)", "tuple of 2 integers"]),
         ({"stem": {"bias": "yes"}}, ["stem.bias='yes'", "True or False"]),
         ({"depths": 5}, ["depths=5", "tuple of integers"]),
