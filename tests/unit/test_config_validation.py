@@ -51,6 +51,11 @@ def _parse_error(capsys, *args: str) -> str:
     ("--model.mix_prob=2", "model.mix_prob=2 is out of range: allowed [0, 1]"),
     ("--model.switch_prob=-0.1", "model.switch_prob=-0.1 is out of range: allowed [0, 1]"),
     ("--model.model_overrides.head.dropout=1", "model.model_overrides.head.dropout=1 is out of range: allowed [0, 1)"),
+    # every range coatnet.config declares is checked while parsing, not only the drop rates
+    ("--model.model_overrides.transformer.head_dim=0",
+     "model.model_overrides.transformer.head_dim=0 is out of range: allowed > 0"),
+    ("--model.model_overrides.conv.expand_ratio=-1",
+     "model.model_overrides.conv.expand_ratio=-1 is out of range: allowed > 0"),
 ])  # fmt: skip
 def test_out_of_range_hyper_parameters_are_refused_while_parsing(item, expected, capsys):
     assert _parse_error(capsys, item) == expected
