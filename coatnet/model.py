@@ -1,10 +1,15 @@
-"""CoAtNet: stem (S0) -> stages S1..S4 -> classifier head."""
+"""CoAtNet: stem (S0) -> stages S1..S4 -> classifier head, with timm's model API.
+
+As in timm, ``forward_features`` returns the last feature map, ``forward_intermediates`` the stem and
+stage maps (feature index 0 is the stem, 1..N the stages), and ``forward_head`` pools and classifies.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +17,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import BLOCKS, Block
 from .config import CoAtNetConfig, HeadConfig, apply_overrides
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 from .layers import make_activation, make_channel_norm
 
 
@@ -161,7 +169,18 @@ class CoAtNet(nn.Module):
         self.head = ClassifierHead(
             self.num_features, cfg.num_classes, cfg.head, cfg.transformer.norm, cfg.transformer.norm_eps
         )
+        self.pretrained_cfg = default_pretrained_cfg(cfg)
         self.apply(_init_weights)
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """Channels, stride and module of each map ``forward_intermediates`` returns: stem, then each stage."""
+        info = [dict(num_chs=self.config.stem.widths[-1], reduction=self.config.stem_stride, module="stem")]
+        reduction = self.config.stem_stride
+        for index, (width, stride) in enumerate(zip(self.config.widths, self.config.stage_strides)):
+            reduction *= stride
+            info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{index}"))
+        return info
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -181,21 +200,61 @@ class CoAtNet(nn.Module):
                 "or call model.set_img_size(...)."
             )
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-stage feature maps (S1..S4), NCHW, for use as a detection/segmentation backbone."""
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map (B, C, H, W), as timm's ``forward_features``. A ``norm_pool`` head
+        applies its final norm in ``forward_head`` (timm applies it here), so ``forward_head`` always takes this."""
         self._check_input(x)
         x = self.stem(x)
-        features = []
         for stage in self.stages:
             x = stage(x)
-            features.append(x)
-        return features
+        return x
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Feature maps for a detection or segmentation backbone, in timm's convention.
+
+        ``indices``: None for all, an int n for the last n, or a list of feature indices (0 = stem,
+        1..N = stages S1..SN; negative ones count from the end), see ``feature_info``. ``norm`` applies a
+        ``norm_pool`` head's final norm to the last stage's map. ``stop_early`` skips the stages after the
+        last one asked for. Returns the maps, or (the last stage's map for ``forward_head``, the maps).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported: CoAtNet returns NCHW maps")
+        count = len(self.stages) + 1
+        take = feature_indices(count, indices)
+        self._check_input(x)
+        x = self.stem(x)
+        maps = [x] if 0 in take else []
+        stages = self.stages[: max(take)] if stop_early else self.stages
+        for index, stage in enumerate(stages, start=1):
+            x = stage(x)
+            if index in take:
+                last = norm and index == count - 1
+                maps.append(self.head.final_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if last else x)
+        return maps if intermediates_only else (x, maps)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the last stage's map and classify; ``pre_logits`` stops before the classifier."""
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[-1])
+        return self.forward_head(self.forward_features(x))
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups by depth for timm's layer-wise decay: the stem, each block (each stage with
+        ``coarse``), then the head, unmatched as in timm. The final norm joins the last block ((99999,))."""
+        blocks = r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)"
+        return dict(stem=r"^stem", blocks=[(blocks, None), (r"^head\.final_norm", (99999,))])
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
 
     def no_weight_decay(self) -> set[str]:
         """Names of the relative-position parameters, which should not be decayed."""
@@ -218,10 +277,14 @@ class CoAtNet(nn.Module):
         for index, stage in enumerate(self.stages):
             stage.grad_checkpointing = index in chosen
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last Linear for a new number of classes (fine-tuning)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the last Linear for a new number of classes (fine-tuning); 0 removes it.
+        ``global_pool`` is timm's argument; CoAtNet's head always averages."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool={global_pool!r} is not supported: CoAtNet's head averages ('avg')")
         self.head.reset(num_classes)
         self.config = apply_overrides(self.config, num_classes=num_classes)
+        self.pretrained_cfg["num_classes"] = num_classes
 
     def set_img_size(self, img_size: int | tuple[int, int]) -> None:
         """Rebuild for another input size, interpolating every relative-position table."""
@@ -230,6 +293,38 @@ class CoAtNet(nn.Module):
             for block in stage:
                 block.set_grid(grid)
         self.config = new_config
+        self.pretrained_cfg["input_size"] = (new_config.in_chans, *new_config.img_size)
+
+
+def default_pretrained_cfg(config: CoAtNetConfig) -> dict[str, Any]:
+    """timm's ``pretrained_cfg``: what inputs the model takes. Loaders of trained weights replace the
+    preprocessing (``mean``, ``std``, ``interpolation``, ``crop_pct``) with the one the weights record;
+    untrained, it is the ImageNet preprocessing the ImageFolder data module uses by default."""
+    return dict(
+        input_size=(config.in_chans, *config.img_size),
+        fixed_input_size=True,  # the relative-position tables are sized for it; see set_img_size
+        num_classes=config.num_classes,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        interpolation="bicubic",
+        crop_pct=0.875,
+        first_conv="stem.proj" if config.stem.patch_size else "stem.conv1",
+        classifier="head.fc",
+    )
+
+
+def feature_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
+    """Feature indices in 0..count-1 from timm's ``indices``: None (all), n (the last n) or a list (may be negative)."""
+    if indices is None:
+        return list(range(count))
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices={indices} asks for the last {indices} feature maps; there are 1..{count}")
+        return list(range(count - indices, count))
+    chosen = [index + count if index < 0 else index for index in indices]
+    if not chosen or not all(0 <= index < count for index in chosen):
+        raise ValueError(f"indices {list(indices)} must be feature indices in {-count}..{count - 1} (0 is the stem)")
+    return sorted(set(chosen))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -32,8 +32,8 @@ def test_paper_variants_param_count_and_shapes(name):
     # Built on the meta device: the largest variants cost seconds and gigabytes to initialise on CPU.
     with torch.device("meta"):
         model = create_model(name)
-        features = model.forward_features(torch.empty(2, 3, 224, 224))
-        logits = model.forward_head(features[-1])
+        last, features = model.forward_intermediates(torch.empty(2, 3, 224, 224), indices=[1, 2, 3, 4])
+        logits = model.forward_head(last)
     assert abs(n_params(model) - TIMM_PARAMS[name]) / TIMM_PARAMS[name] < 0.005
     widths = model.config.widths
     assert [tuple(f.shape) for f in features] == [
@@ -69,7 +69,7 @@ def test_summary_parts_add_up():
 
 def test_nano_forward_and_non_square_features():
     model = create_model("coatnet_nano", img_size=(64, 96), num_classes=5).eval()
-    feats = model.forward_features(torch.randn(2, 3, 64, 96))
+    feats = model.forward_intermediates(torch.randn(2, 3, 64, 96), indices=4, intermediates_only=True)
     assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
     assert model(torch.randn(2, 3, 64, 96)).shape == (2, 5)
 
@@ -117,14 +117,13 @@ def test_vit_rel_is_patch_stem_plus_relative_attention_only():
     model = create_model("vit_rel", img_size=64, num_classes=4)
     assert type(model.stem).__name__ == "PatchStem"
     assert model.config.layout == "T" and model.config.total_stride == 16
-    feats = model.forward_features(torch.randn(1, 3, 64, 64))
-    assert feats[-1].shape == (1, 384, 4, 4)
+    assert model.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 384, 4, 4)
 
 
 def test_stride_one_stem_for_small_images():
     model = create_model("coatnet_nano", img_size=32, stem={"stride": 1})
     assert model.config.total_stride == 16
-    assert model.forward_features(torch.randn(1, 3, 32, 32))[-1].shape[-2:] == (2, 2)
+    assert model.forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (2, 2)
     with pytest.raises(ValueError, match="multiple of 16"):
         create_model("coatnet_nano", img_size=40, stem={"stride": 1})
 

@@ -1,0 +1,29 @@
+"""torch.hub entry points, one per registered CoAtNet variant.
+
+>>> model = torch.hub.load("path/to/this/clone", "coatnet_0", source="local", num_classes=10, img_size=384)
+
+Keyword arguments override config fields, as in ``coatnet.create_model``. The weights are freshly
+initialised: load trained ones with ``python -m coatnet convert`` or ``coatnet.checkpoint.load_weights``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from coatnet.model import CoAtNet
+from coatnet.registry import create_model, list_models
+
+dependencies = ["torch", "einops"]  # what the coatnet package imports
+
+
+def _entry(name: str) -> Callable[..., CoAtNet]:
+    def build(**overrides: Any) -> CoAtNet:
+        return create_model(name, **overrides)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"``{name}`` (see coatnet.registry); keyword arguments override config fields."
+    return build
+
+
+for _name in list_models():
+    globals()[_name] = _entry(_name)
