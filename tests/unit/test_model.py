@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from coatnet import CoAtNetConfig, coatnet_0, create_model, get_config, list_models
+from coatnet import CoAtNetConfig, coatnet_0, create_model, get_config
 from coatnet.blocks import BLOCKS
 from coatnet.layers import DropPath
 from coatnet.summary import activation_bytes, count_macs, summarize
@@ -40,15 +40,6 @@ def test_paper_variants_param_count_and_shapes(name):
         (2, widths[0], 56, 56), (2, widths[1], 28, 28), (2, widths[2], 14, 14), (2, widths[3], 7, 7)
     ]
     assert tuple(logits.shape) == (2, 1000)
-
-
-def test_every_registered_variant_builds_and_runs_small():
-    for name in list_models():
-        config = get_config(name, img_size=64, num_classes=7) if "vit" not in name else get_config(name, img_size=32)
-        with torch.device("meta"):
-            model = create_model(name, **{"img_size": config.img_size, "num_classes": config.num_classes})
-            out = model(torch.empty(1, 3, *config.img_size))
-        assert out.shape == (1, config.num_classes), name
 
 
 def test_multiply_adds_match_reference():
