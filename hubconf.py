@@ -8,7 +8,8 @@ initialised: load trained ones with ``python -m coatnet convert`` or ``coatnet.c
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from coatnet.model import CoAtNet
 from coatnet.registry import create_model, list_models

@@ -5,7 +5,7 @@
 """
 
 from .attention import RelativeAttention, relative_position_index, resize_table
-from .blocks import MBConvBlock, TransformerBlock
+from .blocks import BLOCKS, Block, MBConvBlock, TransformerBlock, register_block
 from .config import (
     CoAtNetConfig,
     ConvConfig,
@@ -31,6 +31,8 @@ from .registry import (
 )
 
 __all__ = [
+    "BLOCKS",
+    "Block",
     "CoAtNet",
     "CoAtNetConfig",
     "ConvConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "fold_batchnorm",
     "get_config",
     "list_models",
+    "register_block",
     "relative_position_index",
     "resize_table",
 ]

@@ -17,10 +17,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import BLOCKS, Block
 from .config import CoAtNetConfig, HeadConfig, apply_overrides
+from .layers import make_activation, make_channel_norm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-from .layers import make_activation, make_channel_norm
 
 
 class ConvStem(nn.Module):

@@ -49,7 +49,9 @@ def test_forward_intermediates_follow_feature_info(nano_rw):
     torch.testing.assert_close(normed.mean((1,)), torch.zeros_like(normed[:, 0]), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(("indices", "words"), [(6, "last 6 feature maps; there are 1..5"), ([5], "-5..4"), ([], "feature indices in")])
+@pytest.mark.parametrize(
+    ("indices", "words"), [(6, "last 6 feature maps; there are 1..5"), ([5], "-5..4"), ([], "feature indices in")]
+)
 def test_forward_intermediates_refuses_indices_it_does_not_have(nano_rw, indices, words):
     with pytest.raises(ValueError, match=words):
         nano_rw.forward_intermediates(torch.randn(1, 3, 64, 96), indices=indices)
