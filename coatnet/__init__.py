@@ -16,6 +16,7 @@ from .config import (
     config_from_dict,
     config_to_dict,
 )
+from .features import CoAtNetFeatures
 from .fusion import fold_batchnorm
 from .model import CoAtNet
 from .registry import (
@@ -35,6 +36,7 @@ __all__ = [
     "Block",
     "CoAtNet",
     "CoAtNetConfig",
+    "CoAtNetFeatures",
     "ConvConfig",
     "HeadConfig",
     "MBConvBlock",

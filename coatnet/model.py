@@ -187,18 +187,7 @@ class CoAtNet(nn.Module):
         return self.config.img_size
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(
-                f"expected images of shape (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}"
-            )
-        if tuple(x.shape[-2:]) != self.config.img_size:
-            h, w = self.config.img_size
-            raise ValueError(
-                f"input is {x.shape[-2]}x{x.shape[-1]} but this CoAtNet was built for {h}x{w}: the "
-                f"relative-position tables are sized for it. Resize the input, or build the model "
-                f"with img_size=({x.shape[-2]}, {x.shape[-1]}) (any multiple of {self.config.total_stride}) "
-                "or call model.set_img_size(...)."
-            )
+        check_input(self.config, x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (B, C, H, W), as timm's ``forward_features``. A ``norm_pool`` head
@@ -294,6 +283,22 @@ class CoAtNet(nn.Module):
                 block.set_grid(grid)
         self.config = new_config
         self.pretrained_cfg["input_size"] = (new_config.in_chans, *new_config.img_size)
+
+
+def check_input(config: CoAtNetConfig, x: torch.Tensor) -> None:
+    """Refuse images of another channel count or size than ``config`` was built for, naming both and the fix."""
+    if x.ndim != 4 or x.shape[1] != config.in_chans:
+        raise ValueError(
+            f"expected images of shape (B, {config.in_chans}, H, W), got {tuple(x.shape)}"
+        )
+    if tuple(x.shape[-2:]) != config.img_size:
+        h, w = config.img_size
+        raise ValueError(
+            f"input is {x.shape[-2]}x{x.shape[-1]} but this CoAtNet was built for {h}x{w}: the "
+            f"relative-position tables are sized for it. Resize the input, or build the model "
+            f"with img_size=({x.shape[-2]}, {x.shape[-1]}) (any multiple of {config.total_stride}) "
+            "or call model.set_img_size(...)."
+        )
 
 
 def default_pretrained_cfg(config: CoAtNetConfig) -> dict[str, Any]:

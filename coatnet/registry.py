@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 
 from .config import (
     CoAtNetConfig,
@@ -12,6 +13,7 @@ from .config import (
     TransformerConfig,
     apply_overrides,
 )
+from .features import CoAtNetFeatures
 from .model import CoAtNet
 
 _VARIANTS: dict[str, Callable[[], CoAtNetConfig]] = {}
@@ -41,9 +43,32 @@ def get_config(name: str, **overrides: Any) -> CoAtNetConfig:
     return apply_overrides(_VARIANTS[name](), **overrides)
 
 
-def create_model(name: str, **overrides: Any) -> CoAtNet:
-    """Build a named variant, e.g. ``create_model("coatnet_0", img_size=384, num_classes=10)``."""
-    return CoAtNet(get_config(name, **overrides))
+@overload
+def create_model(
+    name: str, features_only: Literal[False] = False, out_indices: None = None, **overrides: Any
+) -> CoAtNet: ...
+
+
+@overload
+def create_model(
+    name: str, features_only: Literal[True], out_indices: Sequence[int] | None = None, **overrides: Any
+) -> CoAtNetFeatures: ...
+
+
+def create_model(
+    name: str, features_only: bool = False, out_indices: Sequence[int] | None = None, **overrides: Any
+) -> CoAtNet | CoAtNetFeatures:
+    """Build a named variant, e.g. ``create_model("coatnet_0", img_size=384, num_classes=10)``.
+
+    ``features_only=True`` returns a backbone whose forward gives the feature maps at ``out_indices``
+    (0 = stem, 1..N = stages; default every stage), as timm's ``create_model`` does.
+    """
+    model = CoAtNet(get_config(name, **overrides))
+    if features_only:
+        return CoAtNetFeatures(model, out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices picks feature maps: pass features_only=True with it")
+    return model
 
 
 def _paper(depths: tuple[int, ...], widths: tuple[int, ...], stem: int) -> CoAtNetConfig:

@@ -106,3 +106,22 @@ def test_hubconf_has_every_variant_and_torch_hub_loads_one():
     for dependency in hubconf.dependencies:
         __import__(dependency)
     assert (REPO_ROOT / "coatnet" / "py.typed").is_file()
+
+
+def test_features_only_backbone_returns_the_chosen_maps_and_no_head():
+    torch.manual_seed(0)
+    backbone = create_model("coatnet_nano", features_only=True, out_indices=(0, 2), img_size=64).eval()
+    assert [info["module"] for info in backbone.feature_info] == ["stem", "stages.1"]
+    assert not any(name.startswith(("head", "stages.2")) for name, _ in backbone.named_parameters())
+    full = create_model("coatnet_nano", img_size=64).eval()
+    full.load_state_dict(backbone.state_dict(), strict=False)  # the full model's names
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = backbone(x)
+        expected = full.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+    for got, want in zip(maps, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    every_stage = create_model("vit_rel", features_only=True, img_size=32)
+    assert [info["module"] for info in every_stage.feature_info] == ["stages.0"]
+    with pytest.raises(ValueError, match="features_only=True"):
+        create_model("coatnet_nano", out_indices=(1,))
