@@ -186,13 +186,10 @@ class CoAtNet(nn.Module):
     def img_size(self) -> tuple[int, int]:
         return self.config.img_size
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        check_input(self.config, x)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (B, C, H, W), as timm's ``forward_features``. A ``norm_pool`` head
         applies its final norm in ``forward_head`` (timm applies it here), so ``forward_head`` always takes this."""
-        self._check_input(x)
+        check_input(self.config, x)
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
@@ -218,7 +215,7 @@ class CoAtNet(nn.Module):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported: CoAtNet returns NCHW maps")
         count = len(self.stages) + 1
         take = feature_indices(count, indices)
-        self._check_input(x)
+        check_input(self.config, x)
         x = self.stem(x)
         maps = [x] if 0 in take else []
         stages = self.stages[: max(take)] if stop_early else self.stages
