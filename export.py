@@ -30,10 +30,10 @@ from torch import nn
 from bench.throughput import alternating_medians
 from coatnet import CoAtNet, create_model, fold_batchnorm
 from coatnet.arguments import OneLineErrorParser, non_negative_float, positive_int
-from coatnet.checkpoint import FORMAT, load_weights
+from coatnet.weights import FORMAT, load_weights
 from coatnet.errors import CheckpointError
-from coatnet.loading import load_mapped
-from coatnet.weights_io import read_safetensors_metadata, read_torch_file
+from coatnet.weights import load_mapped
+from coatnet.weights import read_safetensors_metadata, read_torch_file
 from lightning_modules.resilience.network_match import network_config
 from lightning_modules.user_errors import exit_readably
 

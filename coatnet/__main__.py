@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from .arguments import USER_ERROR_EXIT, ImageSize, OneLineErrorParser
-from .checkpoint import (
+from .weights import (
     FORMAT,
     check_output_path,
     read_weights_file,

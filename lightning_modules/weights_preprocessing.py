@@ -12,7 +12,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from coatnet.checkpoint import preprocessing_of as preprocessing_of_weights
+from coatnet.weights import preprocessing_of as preprocessing_of_weights
 
 # Evaluation choices a config may make for itself (timm's 384-pixel weights evaluate at crop_pct 1.0);
 # mean, std and interpolation belong to the weights.

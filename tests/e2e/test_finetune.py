@@ -8,7 +8,7 @@ import torch
 
 from cli import CoAtNetCLI
 from coatnet import create_model
-from coatnet.checkpoint import save_weights
+from coatnet.weights import save_weights
 
 PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "crop_pct": 0.95}
 

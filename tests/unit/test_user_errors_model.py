@@ -31,16 +31,17 @@ from coatnet import (
     list_models,
 )
 from coatnet.__main__ import main as coatnet_main
-from coatnet.checkpoint import (
-    load_for_finetune,
-    load_weights,
-    preprocessing_of,
-    save_weights,
-)
 from coatnet.config import Activation
 from coatnet.convert import convert_timm_state_dict
 from coatnet.errors import CheckpointError
-from coatnet.weights_io import load_state_dict_file, read_safetensors
+from coatnet.weights import (
+    load_for_finetune,
+    load_state_dict_file,
+    load_weights,
+    preprocessing_of,
+    read_safetensors,
+    save_weights,
+)
 
 PRE = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear", "crop_pct": 0.9}
 CLASS_NAMES = ["c0", "c1", "c2", "c3"]
