@@ -328,8 +328,8 @@ def load_weights(path: str | Path) -> tuple[CoAtNet, dict[str, Any]]:
 def preprocessing_of(path: str | Path) -> dict[str, Any] | None:
     """Eval preprocessing (mean, std, interpolation, crop_pct) a weights file or Hub repository records, else None."""
     if is_hub_name(path):
-        config = _checked_hub_config(str(path))
-        if _is_timm(config):  # timm's config.json states it: no need to download and convert the weights yet
+        config = checked_hub_config(str(path))
+        if is_timm_config(config):  # timm's config.json states it: no need to download and convert the weights yet
             from .convert import timm_config_preprocessing
 
             return timm_config_preprocessing(config)
@@ -343,14 +343,15 @@ def preprocessing_of(path: str | Path) -> dict[str, Any] | None:
     return _check_preprocessing(meta["preprocessing"]) if meta else None
 
 
-def _is_timm(config: Mapping[str, Any]) -> bool:
+def is_timm_config(config: Mapping[str, Any]) -> bool:
+    """Whether a Hub repository's config.json is timm's (it names an architecture)."""
     return "architecture" in config
 
 
-def _checked_hub_config(name: str) -> dict[str, Any]:
+def checked_hub_config(name: str) -> dict[str, Any]:
     """The repository's config.json, refused before any weights are downloaded unless this project can load them."""
     config = hub_config(name)
-    if _is_timm(config):
+    if is_timm_config(config):
         from .convert import variant_for_timm_name
 
         variant_for_timm_name(str(config["architecture"]))  # an unsupported timm architecture: a one-line error
@@ -364,11 +365,11 @@ def _checked_hub_config(name: str) -> dict[str, Any]:
 
 def _read_hub(name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Weights and metadata of a Hub repository; timm's are converted to this project's layout on the way."""
-    config = _checked_hub_config(name)
+    config = checked_hub_config(name)
     path = hub_weights_file(name)
     repo_id, _ = repo_and_revision(name)
     source = {"hf_hub": repo_id, "revision": path.parent.name}  # the snapshot folder is named by the commit
-    if not _is_timm(config):
+    if not is_timm_config(config):
         state_dict, meta = read_weights_file(path)
         if meta is None:
             raise CheckpointError(f"{name}: {path.name} has no {FORMAT} metadata; write it with `python -m coatnet pack`")

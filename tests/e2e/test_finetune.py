@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 import torch
+from hub_helpers import TIMM_REPO, cache_repo, timm_repo_files
+from safetensors.torch import load_file
 
 from cli import CoAtNetCLI
 from coatnet import create_model
@@ -39,6 +41,26 @@ def test_init_from_loads_weights_and_preprocessing(tmp_path, monkeypatch):
             assert target[name].shape != tensor.shape  # 64x64 grid resized to the 32x32 one
         else:
             assert torch.equal(target[name], tensor), name
+
+
+def test_init_from_a_hub_name_downloads_converts_and_brings_its_preprocessing(tmp_path, monkeypatch):
+    """`--model.init_from hf-hub:timm/...` with the repository in huggingface_hub's cache, offline."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cache_repo(tmp_path / "hub", TIMM_REPO, timm_repo_files(tmp_path / "timm"))
+    args = [
+        "--config", "smoke.yaml", "--model.model_name=coatnet_nano_rw", f"--model.init_from=hf-hub:{TIMM_REPO}",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+    ]  # fmt: skip
+    cli = CoAtNetCLI(args=args, run=False)
+
+    assert tuple(cli.datamodule.mean) == (0.5, 0.5, 0.5) and tuple(cli.datamodule.std) == (0.5, 0.5, 0.5)
+    stem = cli.model.model.state_dict()["stem.conv1.weight"]
+    timm_stem = load_file(tmp_path / "timm" / "model.safetensors")["stem.conv1.weight"]
+    assert torch.equal(stem, timm_stem)
 
 
 def _image_folder_args(weights, crop_pct: float) -> list[str]:

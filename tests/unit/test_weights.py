@@ -30,7 +30,7 @@ def source():
 
 def test_weights_files_are_one_module():
     """Reading, loading and the project's format live in coatnet.weights; "checkpoint" is Lightning's .ckpt only."""
-    import coatnet.weights as weights
+    from coatnet import weights
 
     for name in ("read_torch_file", "load_state_dict_file", "build_uninitialised", "load_mapped", "save_weights",
                  "load_weights", "load_for_finetune", "preprocessing_of"):  # fmt: skip
