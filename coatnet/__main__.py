@@ -59,7 +59,8 @@ def _timm_names(variant: str) -> list[str]:
 def _convert(args: argparse.Namespace) -> None:
     check_output_path(args.output)  # before the conversion, which takes seconds for the large variants
     state_dict, hub = _timm_weights(args.input)
-    timm_name = args.timm_name or (hub and hub["timm_name"]) or _timm_names(detect_variant(state_dict, args.img_size))[0]
+    detected = hub["timm_name"] if hub else None
+    timm_name = args.timm_name or detected or _timm_names(detect_variant(state_dict, args.img_size))[0]
     variant = variant_for_timm_name(timm_name)
     model = _convert_named(state_dict, timm_name, args.img_size)
     preprocessing = hub["preprocessing"] if hub else timm_preprocessing(timm_name)

@@ -372,7 +372,9 @@ def _read_hub(name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if not is_timm_config(config):
         state_dict, meta = read_weights_file(path)
         if meta is None:
-            raise CheckpointError(f"{name}: {path.name} has no {FORMAT} metadata; write it with `python -m coatnet pack`")
+            raise CheckpointError(
+                f"{name}: {path.name} has no {FORMAT} metadata; write the repository with `python -m coatnet pack`"
+            )
         return state_dict, meta
     from .convert import convert_timm_state_dict, timm_config_name, timm_config_preprocessing, variant_for_timm_name
 
@@ -457,8 +459,9 @@ def load_for_finetune(model: CoAtNet, path: str | Path) -> FinetuneReport:
     """Initialise an already-built model (any classes, any input size) from a file.
 
     Accepts a weights file, a Lightning checkpoint of this project, a raw state dict, a timm
-    CoAtNet state dict, or an ``hf-hub:`` repository of timm's format or this project's. Relative-position tables are resized to the model's grid; the classifier
-    is kept as initialised when its shape differs. Any other difference is an error.
+    CoAtNet state dict, or an ``hf-hub:`` repository of timm's format or this project's. Relative-position
+    tables are resized to the model's grid; the classifier is kept as initialised when its shape differs.
+    Any other difference is an error.
     """
     from .convert import map_timm_state_dict  # convert builds its models with this module's loaders
 

@@ -33,7 +33,8 @@ def timm_repo_files(folder: Path, architecture: str = TIMM_NAME) -> dict[str, by
     generator = torch.Generator().manual_seed(0)
     state_dict = {k: torch.randn(v.shape, generator=generator).to(v.dtype) for k, v in model.state_dict().items()}
     save_file(state_dict, str(folder / "model.safetensors"))
-    return {"config.json": json.dumps(config).encode(), "model.safetensors": (folder / "model.safetensors").read_bytes()}
+    weights = (folder / "model.safetensors").read_bytes()
+    return {"config.json": json.dumps(config).encode(), "model.safetensors": weights}
 
 
 def commit_of(files: dict[str, bytes]) -> str:

@@ -19,7 +19,6 @@ import torch
 from test_convert import _meta_state_dict, _random_like
 from test_export import checkpoint  # noqa: F401  (a fixture: a Lightning checkpoint of ImageClassifier, 32x64)
 
-import export
 from coatnet import (
     ConvConfig,
     apply_overrides,
@@ -42,6 +41,7 @@ from coatnet.weights import (
     read_safetensors,
     save_weights,
 )
+from lightning_modules import export
 
 PRE = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear", "crop_pct": 0.9}
 CLASS_NAMES = ["c0", "c1", "c2", "c3"]
@@ -272,7 +272,7 @@ def test_weights_of_another_variant_say_which_and_how_to_use_them(files, source)
 
 def _export(argv: list[str], capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exited:
-        export.cli(argv)
+        export.main(argv)
     return exited.value.code, capsys.readouterr().err
 
 
@@ -329,13 +329,13 @@ def test_onnx_export_without_the_export_extra_names_it(module, monkeypatch, tmp_
 def test_export_traceback_env_raises_the_error(monkeypatch, tmp_path):
     monkeypatch.setenv("COATNET_TRACEBACK", "1")
     with pytest.raises(ValueError, match="coatnet_nanoo"):
-        export.cli(["--model", "coatnet_nanoo", "--output", str(tmp_path / "m.onnx")])
+        export.main(["--model", "coatnet_nanoo", "--output", str(tmp_path / "m.onnx")])
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_export_takes_a_weights_file_with_its_preprocessing(files, tmp_path, suffix):
     output = tmp_path / "m.torchscript"
-    assert export.main(["--ckpt", str(files[suffix]), "--format", "torchscript", "--output", str(output)]) == 0
+    assert export.run(["--ckpt", str(files[suffix]), "--format", "torchscript", "--output", str(output)]) == 0
     extra = {"data_info.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
