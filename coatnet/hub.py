@@ -3,7 +3,7 @@
 Every file comes through ``huggingface_hub.hf_hub_download``, so its cache (``HF_HOME``, ``HF_HUB_CACHE``),
 resumed downloads, token (``HF_TOKEN``, ``hf auth login``), ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` apply.
 A repository holds timm's format (``config.json`` naming an ``architecture``) or this project's
-(``config.json`` and ``model.safetensors`` written by ``python -m coatnet pack``). huggingface_hub is
+(``config.json`` and ``model.safetensors`` written by ``export.py --format safetensors``). huggingface_hub is
 imported only here, when such a name is used, so ``coatnet`` itself needs only PyTorch.
 """
 

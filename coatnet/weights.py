@@ -201,6 +201,7 @@ def build_uninitialised(config: CoAtNetConfig) -> CoAtNet:
 FORMAT = "coatnet-weights/1"
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct")
 WEIGHTS_SUFFIXES = (".safetensors", ".pth")
+PACKED_WEIGHTS = "model.safetensors"  # the weights file of a packed folder
 _CLASSIFIER = ("head.fc.weight", "head.fc.bias")
 
 
@@ -289,7 +290,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, An
     of ``hf-hub:`` repositories, the weights in this project's format (timm's converted)."""
     if is_hub_name(path):
         return _read_hub(str(path))
-    path = Path(path)
+    path = packed_file(path)
     if path.suffix == ".safetensors":
         tensors, metadata = read_safetensors(path)
         if metadata.get("format") == FORMAT:
@@ -334,13 +335,20 @@ def preprocessing_of(path: str | Path) -> dict[str, Any] | None:
 
             return timm_config_preprocessing(config)
         path = hub_weights_file(str(path))
-    path = Path(path)
+    path = packed_file(path)
     if path.suffix == ".safetensors":  # metadata only: the tensors are not read
         metadata = read_safetensors_metadata(path)
         meta = json.loads(metadata["meta"]) if metadata.get("format") == FORMAT else None
     else:
         meta = read_weights_file(path)[1]
     return _check_preprocessing(meta["preprocessing"]) if meta else None
+
+
+def packed_file(path: str | Path) -> Path:
+    """A folder holding ``model.safetensors`` (``export.py --format safetensors``, a Hub download) stands for it."""
+    path = Path(path)
+    packed = path / PACKED_WEIGHTS
+    return packed if path.is_dir() and packed.is_file() else path
 
 
 def is_timm_config(config: Mapping[str, Any]) -> bool:
@@ -358,7 +366,7 @@ def checked_hub_config(name: str) -> dict[str, Any]:
     elif config.get("format") != FORMAT:
         raise CheckpointError(
             f"{name} is neither a timm repository (config.json names an architecture) nor one of this project "
-            f"({FORMAT!r}, written by `python -m coatnet pack`)"
+            f"({FORMAT!r}, written by `export.py --format safetensors`)"
         )
     return config
 
@@ -373,10 +381,16 @@ def _read_hub(name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
         state_dict, meta = read_weights_file(path)
         if meta is None:
             raise CheckpointError(
-                f"{name}: {path.name} has no {FORMAT} metadata; write the repository with `python -m coatnet pack`"
+                f"{name}: {path.name} has no {FORMAT} metadata; write the repository with "
+                "`export.py --format safetensors`"
             )
         return state_dict, meta
-    from .convert import convert_timm_state_dict, timm_config_name, timm_config_preprocessing, variant_for_timm_name
+    from .convert import (
+        convert_timm_state_dict,
+        timm_config_name,
+        timm_config_preprocessing,
+        variant_for_timm_name,
+    )
 
     timm_name = timm_config_name(config)
     model = convert_timm_state_dict(load_state_dict_file(path), timm_name, progress=True)
@@ -463,7 +477,9 @@ def load_for_finetune(model: CoAtNet, path: str | Path) -> FinetuneReport:
     tables are resized to the model's grid; the classifier is kept as initialised when its shape differs.
     Any other difference is an error.
     """
-    from .convert import map_timm_state_dict  # convert builds its models with this module's loaders
+    from .convert import (
+        map_timm_state_dict,  # convert builds its models with this module's loaders
+    )
 
     source, meta = read_weights_file(path)
     is_timm = any(key.startswith("stages.0.blocks.") for key in source)

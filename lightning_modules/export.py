@@ -4,6 +4,7 @@
     python export.py --ckpt coatnet_0_rw_224.safetensors --output c0_rw.onnx   # a ``python -m coatnet convert`` file
     python export.py --ckpt hf-hub:timm/coatnet_0_rw_224.sw_in1k --output c0_rw.onnx   # downloaded and converted
     python export.py --model coatnet_0 --image-size 224 --format onnx --output c0.onnx --check --benchmark
+    python export.py --ckpt RUN.ckpt --format safetensors --output my_model [--push-to-hub ORG/NAME]   # to share
 
 ``export.py`` at the top of a clone runs this module, as does the ``coatnet-export`` command when installed.
 
@@ -12,7 +13,8 @@ training size) and returns logits. BatchNorm is folded into the adjacent convolu
 (``coatnet.fold_batchnorm``; ``--no-fold-bn`` exports the layers as trained); ``--check`` compares
 the file with the unfolded eager model. The checkpoint's class names and preprocessing (``data_info``:
 mean/std, resize mode, crop_pct, interpolation) are embedded: ONNX ``metadata_props`` keys, or a
-``data_info.json`` extra file in TorchScript / ``.pt2`` archives.
+``data_info.json`` extra file in TorchScript / ``.pt2`` archives. ``--format safetensors`` writes a folder of
+weights, config and model card instead (``lightning_modules/weights_pack.py``), for ``--model.init_from``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shlex
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -34,14 +37,21 @@ from torch import nn
 from coatnet import CoAtNet, create_model, fold_batchnorm
 from coatnet.arguments import OneLineErrorParser, non_negative_float, positive_int
 from coatnet.errors import CheckpointError, first_line
-from coatnet.hub import is_hub_name
+from coatnet.hub import WEIGHTS_FILES, is_hub_name
 from coatnet.timing import alternating_medians
-from coatnet.weights import FORMAT, load_mapped, load_weights, read_safetensors_metadata, read_torch_file
+from coatnet.weights import (
+    FORMAT,
+    load_mapped,
+    load_weights,
+    read_safetensors_metadata,
+    read_torch_file,
+)
 from lightning_modules.resilience.network_match import network_config
 from lightning_modules.user_errors import exit_readably
+from lightning_modules.weights_pack import pack, push_to_hub
 
-Format = Literal["onnx", "torchscript", "exported"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported")
+Format = Literal["onnx", "torchscript", "exported", "safetensors"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported", "safetensors")
 OPSET = 18  # the oldest the dynamo exporter writes; it cannot convert this model down to 17
 # The newest it writes: it exports at 18 and converts up with onnxscript's version converter, whose limit this is
 # (a test keeps them equal). Above it the conversion fails with a printed traceback and leaves a model declaring
@@ -82,7 +92,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     Both record the network's config, so neither the LightningModule nor its optimizer settings are
     needed. A bare state dict (timm's, or ``torch.save(model.state_dict())``) records none: refused.
     """
-    if is_hub_name(path):
+    if is_hub_name(path) or Path(path).is_dir():  # a Hub repository, or a folder of --format safetensors
         return _from_weights_file(path)
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -120,16 +130,20 @@ def _from_lightning_checkpoint(state: Mapping[str, Any], path: Path) -> tuple[nn
 def _from_weights_file(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     """The model and its recorded preprocessing and class names, as ``data_info``."""
     model, meta = load_weights(path)
-    info = {"image_size": list(model.img_size), **meta["preprocessing"]}
+    info = {"image_size": list(model.img_size), **meta["preprocessing"], "variant": meta.get("variant")}
     if meta.get("class_names") is not None:
         info["class_names"] = meta["class_names"]
     return model, info
 
 
-def check_output(path: Path) -> None:
+def check_output(path: Path, fmt: Format = "onnx") -> None:
     """The output's folder exists (created if needed) and takes files; checked first, so that a bad
-    ``--output`` is not found only after loading and exporting the model."""
-    if path.is_dir():
+    ``--output`` is not found only after loading and exporting the model. ``safetensors`` writes a folder."""
+    if fmt == "safetensors":
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--output {path} is a file: --format safetensors writes a folder; name a new one")
+        path = path / WEIGHTS_FILES[0]
+    elif path.is_dir():
         raise ValueError(f"--output {path} is a folder: name the file to write, e.g. {path / 'model.onnx'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +330,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--benchmark", action="store_true", help="CPU latency at batch 1 vs eager (ONNX only)")
     parser.add_argument("--runs", type=positive_int, default=30, help="timed runs for --benchmark")
+    parser.add_argument(
+        "--push-to-hub", metavar="ORG/NAME",
+        help="with --format safetensors: upload the folder to this Hub repository (created if needed)",
+    )
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     args = parser.parse_args(argv)
+    if args.format == "safetensors" and (args.check or args.benchmark or args.model):
+        parser.error("--format safetensors packs the weights of --ckpt as trained: no --model, --check or --benchmark")
+    if args.push_to_hub and args.format != "safetensors":
+        parser.error("--push-to-hub uploads a packed folder: use --format safetensors")
     if args.benchmark and args.format != "onnx":
         parser.error("--benchmark times onnxruntime: use --format onnx")
     if not OPSET <= args.opset <= MAX_OPSET:
@@ -328,7 +351,7 @@ def run(argv: list[str] | None = None) -> int:
     """Export, then optionally check and time; returns the exit status (1 when --check fails)."""
     args = parse_args(argv)
     check_export_extra(args)
-    check_output(args.output)
+    check_output(args.output, args.format)
     if args.ckpt:
         model, info = load_checkpoint(args.ckpt)
         check_model_options(args, model)
@@ -337,6 +360,8 @@ def run(argv: list[str] | None = None) -> int:
         classes = DEFAULT_CLASSES if args.num_classes is None else args.num_classes
         model = create_model(args.model, num_classes=classes, img_size=size).eval()
         info = {"image_size": list(size)}
+    if args.format == "safetensors":
+        return _pack(args, model, info, argv)
     extra = {"opset": args.opset} if args.format == "onnx" else {}
     to_export = fold_batchnorm(model) if args.fold_bn else model
     export_to(args.format, to_export, args.output, info, **extra)
@@ -354,6 +379,18 @@ def run(argv: list[str] | None = None) -> int:
             f"onnxruntime {result['onnxruntime_ms']:.1f} ms/image ({result['speedup']:.2f}x)"
         )
     return status
+
+
+def _pack(args: argparse.Namespace, model: nn.Module, info: dict[str, Any], argv: list[str] | None) -> int:
+    """``--format safetensors``: the folder of weights, config.json and model card; uploaded with --push-to-hub."""
+    command = "python export.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    folder = pack(model, info, args.ckpt, args.output, command, repo_id=args.push_to_hub)
+    print(f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))))
+    print(f"  fine-tune from it: --model.init_from {folder}")
+    if args.push_to_hub:
+        url = push_to_hub(folder, args.push_to_hub, private=args.private)
+        print(f"uploaded to {url}; fine-tune from it: --model.init_from hf-hub:{args.push_to_hub}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:

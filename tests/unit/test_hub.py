@@ -11,12 +11,26 @@ import sys
 import pytest
 import torch
 from conftest import REPO_ROOT, subprocess_env
-from hub_helpers import CLASSES, IMG, TIMM_NAME, TIMM_REPO, FakeHub, cache_repo, timm_repo_files
+from hub_helpers import (
+    CLASSES,
+    IMG,
+    TIMM_NAME,
+    TIMM_REPO,
+    FakeHub,
+    cache_repo,
+    timm_repo_files,
+)
 
 from coatnet import create_model
 from coatnet.convert import convert_timm_state_dict
 from coatnet.errors import CheckpointError
-from coatnet.weights import load_for_finetune, load_state_dict_file, load_weights, preprocessing_of, read_safetensors
+from coatnet.weights import (
+    load_for_finetune,
+    load_state_dict_file,
+    load_weights,
+    preprocessing_of,
+    read_safetensors,
+)
 
 HUB_NAME = f"hf-hub:{TIMM_REPO}"
 
