@@ -156,3 +156,25 @@ def test_an_unsupported_timm_architecture_is_refused_before_its_weights_download
 def test_a_malformed_hub_name_shows_the_form(name):
     with pytest.raises(CheckpointError, match=r"a Hub name is hf-hub:ORG/NAME\[@REVISION\], e.g. hf-hub:timm/"):
         load_weights(name)
+
+
+def test_conversion_shows_a_progress_bar_when_it_takes_noticeable_time(timm_files, hub_cache, monkeypatch, capsys):
+    """The bar appears after a second (tqdm's delay); here the delay is 0 so that it shows on any machine."""
+    from tqdm import tqdm
+
+    from coatnet import convert
+
+    monkeypatch.setattr(convert, "tqdm", lambda *args, **kwargs: tqdm(*args, **{**kwargs, "delay": 0}))
+    cache_repo(hub_cache, TIMM_REPO, timm_files)
+    load_weights(HUB_NAME)
+    err = capsys.readouterr().err
+    assert f"converting {TIMM_NAME}.sw_in1k: 100%" in err and "3/3" in err
+
+
+def test_export_takes_a_hub_name(timm_files, expected, hub_cache):
+    from lightning_modules import export
+
+    cache_repo(hub_cache, TIMM_REPO, timm_files)
+    model, info = export.load_checkpoint(HUB_NAME)
+    assert info["image_size"] == [IMG, IMG] and info["crop_pct"] == 0.9 and info["variant"] == "coatnet_nano_rw"
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())
