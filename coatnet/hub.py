@@ -82,7 +82,7 @@ def _download(name: str, filename: str, missing_ok: bool = False) -> Path | None
     except RevisionNotFoundError:
         message = f"{name}: {repo_id} has no revision {revision!r}; leave @REVISION out for the main branch"
     except LocalEntryNotFoundError:
-        reason = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the Hub cannot be reached"
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
         message = (f"{name}: {filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}: "
                    f"download it on a machine with internet with `hf download {repo_id}` and copy the cache "
                    "to this one (or point HF_HOME at it)")  # fmt: skip
