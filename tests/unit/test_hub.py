@@ -178,3 +178,14 @@ def test_export_takes_a_hub_name(timm_files, expected, hub_cache):
     model, info = export.load_checkpoint(HUB_NAME)
     assert info["image_size"] == [IMG, IMG] and info["crop_pct"] == 0.9 and info["variant"] == "coatnet_nano_rw"
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_a_timm_repository_with_only_pytorch_model_bin_loads(timm_files, expected, endpoint, tmp_path):
+    """timm's older repositories have no model.safetensors; the .bin is read with weights_only=True."""
+    from safetensors.torch import load
+
+    torch.save(load(timm_files["model.safetensors"]), tmp_path / "pytorch_model.bin")
+    files = {"config.json": timm_files["config.json"], "pytorch_model.bin": (tmp_path / "pytorch_model.bin").read_bytes()}
+    endpoint(FakeHub({TIMM_REPO: files}))
+    model, _ = load_weights(HUB_NAME)
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())
