@@ -23,10 +23,10 @@ from torch import nn
 from bench.throughput import (
     AUTOCAST_DTYPES,
     add_run_arguments,
-    alternating_medians,
     device_name,
 )
 from coatnet import create_model, fold_batchnorm
+from coatnet.timing import alternating_medians
 
 COLUMNS = ("model", "as trained img/s", "BN folded img/s", "speed-up", "BatchNorms", "max abs logit diff")
 

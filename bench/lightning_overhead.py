@@ -37,8 +37,8 @@ from bench.throughput import (
     AUTOCAST_DTYPES,
     add_run_arguments,
     parse_step_loop_args,
-    synchronize,
 )
+from coatnet.timing import synchronize
 from lightning_modules.callbacks.throughput import ThroughputLogger
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.optim import weight_decay_groups

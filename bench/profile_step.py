@@ -31,9 +31,9 @@ from bench.throughput import (
     add_run_arguments,
     autocast,
     parse_step_loop_args,
-    synchronize,
     synthetic_batch,
 )
+from coatnet.timing import synchronize
 
 TOP_OPERATORS = 25
 

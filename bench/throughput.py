@@ -21,9 +21,7 @@ import datetime
 import gc
 import platform
 import shlex
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from coatnet import list_models
+from coatnet.timing import alternating_medians
 
 RESULTS_FILE = Path(__file__).with_name("RESULTS.md")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -181,11 +180,6 @@ def autocast(settings: Settings) -> AbstractContextManager:
     return nullcontext() if dtype is None else torch.autocast(settings.device.type, dtype=dtype)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def synthetic_batch(settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed random batch already on the device, so no input pipeline is timed."""
     generator = torch.Generator().manual_seed(0)
@@ -195,25 +189,6 @@ def synthetic_batch(settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, settings.num_classes, (settings.batch_size,), generator=generator)
     return images, labels.to(settings.device)
-
-
-def alternating_medians(
-    runs: dict[str, Callable[[], object]], device: torch.device, warmup: int, iters: int
-) -> dict[str, float]:
-    """Median seconds per call of each run after ``warmup`` rounds, calling them in turn so that all see the
-    same load, with the device synchronised around each timed call."""
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(iters):
-        for name, run in runs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def median_seconds(step: Callable[[], object], settings: Settings) -> float:

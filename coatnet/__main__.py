@@ -21,26 +21,32 @@ from typing import Any
 from torch import Tensor
 
 from .arguments import USER_ERROR_EXIT, ImageSize, OneLineErrorParser
-from .checkpoint import (
-    FORMAT,
-    check_output_path,
-    read_weights_file,
-    save_weights,
-    weights_summary,
-)
 from .config import config_to_dict
 from .convert import (
     TIMM_TO_VARIANT,
     convert_timm_state_dict,
     detect_variant,
     matching_variant,
+    timm_config_name,
+    timm_config_preprocessing,
     timm_preprocessing,
     variant_for_timm_name,
 )
 from .errors import CheckpointError
+from .hub import HUB_PREFIX, hub_weights_file, is_hub_name
 from .model import CoAtNet
 from .registry import create_model, list_models
 from .summary import activation_bytes, format_summary, summarize
+from .weights import (
+    FORMAT,
+    check_output_path,
+    checked_hub_config,
+    is_timm_config,
+    load_state_dict_file,
+    read_weights_file,
+    save_weights,
+    weights_summary,
+)
 
 # As in lightning_modules/errors.py, which this package cannot import (it never imports Lightning).
 TRACEBACK_ENV = "COATNET_TRACEBACK"
@@ -52,31 +58,46 @@ def _timm_names(variant: str) -> list[str]:
 
 def _convert(args: argparse.Namespace) -> None:
     check_output_path(args.output)  # before the conversion, which takes seconds for the large variants
-    state_dict, meta = read_weights_file(args.input)
-    if meta is not None:
-        variant = meta.get("variant")
-        holding = f", holding {variant} weights" if variant else ""
-        name = f"--model.model_name {variant} " if variant else ""
-        raise CheckpointError(
-            f"{args.input} is already converted (a {FORMAT} file{holding}): use it directly, "
-            f"e.g. {name}--model.init_from {args.input}"
-        )
-    timm_name = args.timm_name or _timm_names(detect_variant(state_dict, args.img_size))[0]
+    state_dict, hub = _timm_weights(args.input)
+    detected = hub["timm_name"] if hub else None
+    timm_name = args.timm_name or detected or _timm_names(detect_variant(state_dict, args.img_size))[0]
     variant = variant_for_timm_name(timm_name)
     model = _convert_named(state_dict, timm_name, args.img_size)
-    preprocessing = timm_preprocessing(timm_name)
-    source = {"timm_name": timm_name, "file": str(Path(args.input).resolve())}
-    path = save_weights(args.output, model, preprocessing, source, variant=variant)
+    preprocessing = hub["preprocessing"] if hub else timm_preprocessing(timm_name)
+    where = {"hf_hub": args.input[len(HUB_PREFIX):]} if hub else {"file": str(Path(args.input).resolve())}
+    path = save_weights(args.output, model, preprocessing, {"timm_name": timm_name, **where}, variant=variant)
     params = sum(p.numel() for p in model.parameters())
     meta = {"variant": variant, "config": config_to_dict(model.config), "preprocessing": preprocessing}
     print(f"converted timm {timm_name} ({len(state_dict)} tensors, {params / 1e6:.2f}M parameters) -> {path}")
     print(f"  {weights_summary(meta)}")
 
 
+def _timm_weights(source: str) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """timm's state dict in ``source`` (a file or ``hf-hub:`` repository) and, for a repository, the timm name
+    and preprocessing its config.json states. Weights already in this project's format are refused."""
+    if is_hub_name(source):
+        config = checked_hub_config(source)
+        if not is_timm_config(config):
+            raise CheckpointError(f"{source} is already in this project's format: use it directly, "
+                                  f"e.g. --model.init_from {source}")  # fmt: skip
+        named = {"timm_name": timm_config_name(config), "preprocessing": timm_config_preprocessing(config)}
+        return load_state_dict_file(hub_weights_file(source)), named
+    state_dict, meta = read_weights_file(source)
+    if meta is not None:
+        variant = meta.get("variant")
+        holding = f", holding {variant} weights" if variant else ""
+        name = f"--model.model_name {variant} " if variant else ""
+        raise CheckpointError(
+            f"{source} is already converted (a {FORMAT} file{holding}): use it directly, "
+            f"e.g. {name}--model.init_from {source}"
+        )
+    return state_dict, None
+
+
 def _convert_named(state_dict: dict[str, Tensor], timm_name: str, img_size: tuple[int, int] | None) -> CoAtNet:
     """Convert as ``timm_name``; when the weights do not fit it, say which variant they match."""
     try:
-        return convert_timm_state_dict(state_dict, timm_name, img_size=img_size)
+        return convert_timm_state_dict(state_dict, timm_name, progress=True, img_size=img_size)
     except CheckpointError as err:
         detected = matching_variant(state_dict, img_size)
         if detected is None:
@@ -133,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="timm CoAtNet weights -> this project's weights file")
     convert.add_argument("--timm-name", help="e.g. coatnet_0_rw_224.sw_in1k (detected from the weights if left out)")
-    convert.add_argument("--input", required=True, help="timm state dict: .pth/.pt/.bin or .safetensors")
+    convert.add_argument(
+        "--input", required=True,
+        help="timm state dict: .pth/.pt/.bin or .safetensors, or a timm Hub repository: hf-hub:timm/NAME",
+    )
     convert.add_argument("--output", required=True, help="weights file to write: .safetensors or .pth")
     convert.add_argument(
         "--img-size", type=int, nargs="+", action=ImageSize, metavar="SIDE",

@@ -17,12 +17,13 @@ from typing import Any, Mapping
 import torch
 from einops import rearrange
 from torch import Tensor
+from tqdm import tqdm
 
 from .config import CoAtNetConfig
 from .errors import CheckpointError
-from .loading import build_uninitialised, load_mapped, state_dict_mismatch
 from .model import CoAtNet
 from .registry import get_config, list_models
+from .weights import build_uninitialised, load_mapped, state_dict_mismatch
 
 # timm architecture name (as in timm.list_models) -> our registered variant.
 TIMM_TO_VARIANT: dict[str, str] = {
@@ -107,6 +108,20 @@ def timm_preprocessing(timm_name: str) -> dict[str, Any]:
         "interpolation": "bicubic",
         "crop_pct": crop_pct,
     }
+
+
+def timm_config_name(config: Mapping[str, Any]) -> str:
+    """``coatnet_0_rw_224.sw_in1k`` from a timm ``config.json`` (architecture and pretrained tag)."""
+    tag = (config.get("pretrained_cfg") or {}).get("tag")
+    return f"{config['architecture']}.{tag}" if tag else str(config["architecture"])
+
+
+def timm_config_preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Eval preprocessing a timm ``config.json`` states (its pretrained cfg), by name where it states none."""
+    stated = config.get("pretrained_cfg") or {}
+    defaults = timm_preprocessing(str(config["architecture"]))
+    return {key: tuple(stated[key]) if key in ("mean", "std") and key in stated else stated.get(key, default)
+            for key, default in defaults.items()}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- mapping
@@ -203,13 +218,21 @@ def infer_num_classes(state_dict: Mapping[str, Tensor]) -> int:
 # ----------------------------------------------------------------------------- converting
 
 
-def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **overrides: Any) -> CoAtNet:
+def convert_timm_state_dict(
+    state_dict: Mapping[str, Tensor], variant: str, progress: bool = False, **overrides: Any
+) -> CoAtNet:
     """Our model for ``variant`` holding the weights of a timm state dict.
 
     ``variant`` is ours (``coatnet_0_rw``) or a timm name. Loading uses the checkpoint's classes and
     image size: its tables', or for rmlp weights (no tables) the timm name's, else the variant's.
     An ``img_size`` or ``num_classes`` override then resizes the tables or resets the classifier.
+    ``progress``: a bar on stderr when converting takes over a second (seconds for the large variants).
     """
+    with tqdm(total=3, desc=f"converting {variant}", unit="step", delay=1.0, disable=not progress) as bar:
+        return _convert(state_dict, variant, bar, **overrides)
+
+
+def _convert(state_dict: Mapping[str, Tensor], variant: str, bar: tqdm, **overrides: Any) -> CoAtNet:
     name_size = None
     if variant not in list_models():
         name_size = timm_img_size(variant)  # the size a timm name states, for rmlp weights (no tables)
@@ -221,7 +244,11 @@ def convert_timm_state_dict(state_dict: Mapping[str, Tensor], variant: str, **ov
     model = build_uninitialised(
         get_config(variant, img_size=native, num_classes=infer_num_classes(state_dict), **overrides)
     )
-    load_mapped(model, map_timm_state_dict(state_dict, model.config), f"timm state dict for {variant}")
+    bar.update()
+    mapped = map_timm_state_dict(state_dict, model.config)
+    bar.update()
+    load_mapped(model, mapped, f"timm state dict for {variant}")
+    bar.update()
     if img_size is not None and get_config(variant, img_size=img_size).img_size != model.img_size:
         model.set_img_size(img_size)
     if num_classes is not None and num_classes != model.config.num_classes:

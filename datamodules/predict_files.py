@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from coatnet.weights_io import read_torch_file
+from coatnet.weights import read_torch_file
 from datamodules.augmentation.transforms import EvalTransform, ResizeTo
 from datamodules.base import ImageClassificationDataModule
 from datamodules.decoding.encoded_images import DECODE_ERRORS, decode_bytes

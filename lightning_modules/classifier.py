@@ -31,7 +31,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from coatnet import CoAtNet, fold_batchnorm
-from coatnet.checkpoint import load_for_finetune
+from coatnet.weights import load_for_finetune
 from coatnet.errors import CheckpointError
 from lightning_modules.hparam_ranges import (
     DecayFactor,

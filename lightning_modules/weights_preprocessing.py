@@ -1,7 +1,8 @@
 """Weights bring the preprocessing they were trained with: ``model.init_from`` sets the DataModule's mean, std, ...
 
-``python -m coatnet convert`` records the evaluation preprocessing of imported weights; a run that fine-tunes
-them must normalise its images the same way, or the first epochs only re-learn the input statistics.
+``python -m coatnet convert`` records the evaluation preprocessing of imported weights (a timm ``hf-hub:``
+repository states it in its config.json); a run that fine-tunes them must normalise its images the same way,
+or the first epochs only re-learn the input statistics.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from coatnet.checkpoint import preprocessing_of as preprocessing_of_weights
+from coatnet.weights import preprocessing_of as preprocessing_of_weights
 
 # Evaluation choices a config may make for itself (timm's 384-pixel weights evaluate at crop_pct 1.0);
 # mean, std and interpolation belong to the weights.

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 import torch
+from hub_helpers import TIMM_REPO, cache_repo, timm_repo_files
+from safetensors.torch import load_file
+from tiny_run import tiny_fit
 
 from cli import CoAtNetCLI
 from coatnet import create_model
-from coatnet.checkpoint import save_weights
+from coatnet.weights import save_weights
+from lightning_modules import export
 
 PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "crop_pct": 0.95}
 
@@ -39,6 +44,43 @@ def test_init_from_loads_weights_and_preprocessing(tmp_path, monkeypatch):
             assert target[name].shape != tensor.shape  # 64x64 grid resized to the 32x32 one
         else:
             assert torch.equal(target[name], tensor), name
+
+
+def test_init_from_a_hub_name_downloads_converts_and_brings_its_preprocessing(tmp_path, monkeypatch):
+    """`--model.init_from hf-hub:timm/...` with the repository in huggingface_hub's cache, offline."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cache_repo(tmp_path / "hub", TIMM_REPO, timm_repo_files(tmp_path / "timm"))
+    args = [
+        "--config", "smoke.yaml", "--model.model_name=coatnet_nano_rw", f"--model.init_from=hf-hub:{TIMM_REPO}",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+    ]  # fmt: skip
+    cli = CoAtNetCLI(args=args, run=False)
+
+    assert tuple(cli.datamodule.mean) == (0.5, 0.5, 0.5) and tuple(cli.datamodule.std) == (0.5, 0.5, 0.5)
+    stem = cli.model.model.state_dict()["stem.conv1.weight"]
+    timm_stem = load_file(tmp_path / "timm" / "model.safetensors")["stem.conv1.weight"]
+    assert torch.equal(stem, timm_stem)
+
+
+@pytest.mark.slow
+def test_a_packed_run_checkpoint_fine_tunes_through_init_from(tmp_path, monkeypatch):
+    """A real run's last.ckpt -> `export.py --format safetensors` folder -> `--model.init_from FOLDER`."""
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    ckpt = tiny_fit() / "checkpoints" / "last.ckpt"
+    assert export.run(["--ckpt", str(ckpt), "--format", "safetensors", "--output", str(tmp_path / "packed")]) == 0
+    args = ["--config", "smoke.yaml", f"--model.init_from={tmp_path / 'packed'}", "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}", "--data.init_args.mean=[0.1,0.1,0.1]"]  # fmt: skip
+    cli = CoAtNetCLI(args=args, run=False)
+
+    trained = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert list(cli.datamodule.mean) == trained["data_info"]["mean"]  # the run's preprocessing, not the config's
+    loaded = cli.model.model.state_dict()
+    network = {k[len("model."):]: v for k, v in trained["state_dict"].items() if k.startswith("model.")}
+    assert all(torch.equal(loaded[k], v) for k, v in network.items())
 
 
 def _image_folder_args(weights, crop_pct: float) -> list[str]:

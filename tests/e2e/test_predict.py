@@ -20,8 +20,8 @@ from datamodules import (
     SyntheticDataModule,
 )
 from datamodules.predict_files import list_image_files
-from export import load_checkpoint
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.export import load_checkpoint
 from lightning_modules.prediction import csv_header, data_info
 
 

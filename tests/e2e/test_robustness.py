@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import cli
 from coatnet import create_model
-from coatnet.checkpoint import save_weights
+from coatnet.weights import save_weights
 from datamodules import DatasetError, SyntheticDataModule
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.resilience.atomic_io import AtomicCheckpointIO

@@ -22,7 +22,6 @@ import torch
 from conftest import REPO_ROOT, subprocess_env
 
 from coatnet import CoAtNet, create_model
-from coatnet.checkpoint import load_weights, save_weights
 from coatnet.convert import (
     IMAGENET_MEAN,
     TIMM_TO_VARIANT,
@@ -36,7 +35,7 @@ from coatnet.convert import (
 )
 from coatnet.errors import CheckpointError
 from coatnet.registry import get_config
-from coatnet.weights_io import load_state_dict_file
+from coatnet.weights import load_state_dict_file, load_weights, save_weights
 
 IMG = 64
 CLASSES = 10

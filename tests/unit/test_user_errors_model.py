@@ -19,7 +19,6 @@ import torch
 from test_convert import _meta_state_dict, _random_like
 from test_export import checkpoint  # noqa: F401  (a fixture: a Lightning checkpoint of ImageClassifier, 32x64)
 
-import export
 from coatnet import (
     ConvConfig,
     apply_overrides,
@@ -31,16 +30,18 @@ from coatnet import (
     list_models,
 )
 from coatnet.__main__ import main as coatnet_main
-from coatnet.checkpoint import (
-    load_for_finetune,
-    load_weights,
-    preprocessing_of,
-    save_weights,
-)
 from coatnet.config import Activation
 from coatnet.convert import convert_timm_state_dict
 from coatnet.errors import CheckpointError
-from coatnet.weights_io import load_state_dict_file, read_safetensors
+from coatnet.weights import (
+    load_for_finetune,
+    load_state_dict_file,
+    load_weights,
+    preprocessing_of,
+    read_safetensors,
+    save_weights,
+)
+from lightning_modules import export
 
 PRE = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear", "crop_pct": 0.9}
 CLASS_NAMES = ["c0", "c1", "c2", "c3"]
@@ -271,7 +272,7 @@ def test_weights_of_another_variant_say_which_and_how_to_use_them(files, source)
 
 def _export(argv: list[str], capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exited:
-        export.cli(argv)
+        export.main(argv)
     return exited.value.code, capsys.readouterr().err
 
 
@@ -328,13 +329,13 @@ def test_onnx_export_without_the_export_extra_names_it(module, monkeypatch, tmp_
 def test_export_traceback_env_raises_the_error(monkeypatch, tmp_path):
     monkeypatch.setenv("COATNET_TRACEBACK", "1")
     with pytest.raises(ValueError, match="coatnet_nanoo"):
-        export.cli(["--model", "coatnet_nanoo", "--output", str(tmp_path / "m.onnx")])
+        export.main(["--model", "coatnet_nanoo", "--output", str(tmp_path / "m.onnx")])
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_export_takes_a_weights_file_with_its_preprocessing(files, tmp_path, suffix):
     output = tmp_path / "m.torchscript"
-    assert export.main(["--ckpt", str(files[suffix]), "--format", "torchscript", "--output", str(output)]) == 0
+    assert export.run(["--ckpt", str(files[suffix]), "--format", "torchscript", "--output", str(output)]) == 0
     extra = {"data_info.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from coatnet import create_model, resize_table
-from coatnet.checkpoint import (
+from coatnet.errors import CheckpointError
+from coatnet.weights import (
     FORMAT,
     load_for_finetune,
     load_weights,
     preprocessing_of,
     save_weights,
 )
-from coatnet.errors import CheckpointError
 
 PRE = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear", "crop_pct": 0.9}
 CLASSES = [f"class{i}" for i in range(10)]
@@ -25,6 +26,17 @@ CLASSES = [f"class{i}" for i in range(10)]
 def source():
     torch.manual_seed(0)
     return create_model("coatnet_nano", num_classes=10, img_size=32).eval()
+
+
+def test_weights_files_are_one_module():
+    """Reading, loading and the project's format live in coatnet.weights; "checkpoint" is Lightning's .ckpt only."""
+    from coatnet import weights
+
+    for name in ("read_torch_file", "load_state_dict_file", "build_uninitialised", "load_mapped", "save_weights",
+                 "load_weights", "load_for_finetune", "preprocessing_of"):  # fmt: skip
+        assert callable(getattr(weights, name)), name
+    package = Path(weights.__file__).parent
+    assert [old for old in ("checkpoint.py", "weights_io.py", "loading.py") if (package / old).exists()] == []
 
 
 def _images(size: int) -> torch.Tensor:
