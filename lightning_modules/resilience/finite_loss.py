@@ -28,6 +28,9 @@ class FiniteLossGuard(Callback):
     training stops at most ``check_every_n_steps`` steps after the first bad loss. With DDP every
     rank checks its own loss; the gradients are all-reduced, so a NaN on one rank poisons all of
     them and they stop together.
+
+    The process then exits with status 3 (``user_errors.DIVERGED_EXIT``), which tells a diverged run from a
+    refused setting (2), so ``python -m ablate`` can record it as a result.
     """
 
     def __init__(self, check_every_n_steps: int = 20) -> None:
@@ -55,6 +58,11 @@ class FiniteLossGuard(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.check(trainer)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Before validation draws pictures of (and logs metrics from) weights a NaN may have damaged."""
+        if not trainer.sanity_checking:
+            self.check(trainer)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         self.check(trainer)

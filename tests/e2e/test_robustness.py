@@ -28,6 +28,7 @@ from lightning_modules.resilience.finite_loss import FiniteLossGuard
 from lightning_modules.resilience.interrupt import InterruptCheckpoint
 from lightning_modules.resilience.random_state import RandomStateCheckpoint
 from lightning_modules.user_errors import (
+    DIVERGED_EXIT,
     TRACEBACK_ENV,
     USER_ERROR_EXIT,
     exit_readably,
@@ -254,7 +255,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     )
     with pytest.raises(SystemExit) as exit_info:
         exit_readably(lambda: trainer.fit(model, tiny_data()))
-    assert exit_info.value.code == USER_ERROR_EXIT
+    assert exit_info.value.code == DIVERGED_EXIT
     err = capsys.readouterr().err
     assert_short(err, "error: training loss is not finite (nan or inf) at global step 3", "last.ckpt", "learning rate")
     last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
@@ -342,3 +343,19 @@ def test_bad_datamodule_argument_is_reported_against_its_class_only(in_tmp, monk
     assert "NoneType" not in err and "Given value" not in err
     code, err = run_main([*argv, "--data.init_args.batch_size=abc"], monkeypatch, capsys)
     assert_short(err, 'Parser key "batch_size"', "Got value: abc")
+
+
+def test_nan_loss_with_the_default_callbacks_exits_with_the_guard_message(in_tmp, monkeypatch, capsys):
+    """The pictures of the validation run that ends the epoch came first and crashed on the NaN weights."""
+    plain_step = ImageClassifier.training_step
+
+    def nan_from_step_1(self, batch, batch_idx):
+        loss = plain_step(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step >= 1 else loss
+
+    monkeypatch.setattr(ImageClassifier, "training_step", nan_from_step_1)
+    short_fit = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1",
+                 "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false"]
+    code, err = run_main(["fit", "--config", "smoke.yaml", *short_fit], monkeypatch, capsys)
+    assert code == DIVERGED_EXIT != USER_ERROR_EXIT, err
+    assert_short(err, "error: training loss is not finite (nan or inf) at global step 1")

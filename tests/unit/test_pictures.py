@@ -311,3 +311,8 @@ def test_class_accuracy_reaches_the_loggers_without_the_sync_dist_warning_or_a_c
     assert not [c for s, c in recorder.calls if s != step and any(k.startswith("val_class_acc/") for k in c)]
     _, _, reduces_without, _ = _fit_as_if_distributed(tmp_path / "b", monkeypatch, class_accuracy=False)
     assert reduces == reduces_without, "the per-class values cost no collective"
+
+
+def test_colormap_draws_nan_as_the_lowest_colour():
+    colours = colormap(torch.tensor([float("nan"), 0.0]))
+    assert torch.equal(colours[:, 0], colours[:, 1])
