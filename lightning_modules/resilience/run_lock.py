@@ -49,8 +49,8 @@ def lock_run_folder(folder: Path) -> int | None:
     return fd
 
 
-class RunFolderLock(Callback):
-    """Holds the lock of the run's version folder (``trainer.log_dir``) from ``setup`` to ``teardown`` of a fit.
+class RunLock(Callback):
+    """Config key ``run_lock:``. Holds the lock of the run's version folder (``trainer.log_dir``) from ``setup`` to ``teardown`` of a fit.
 
     Only global rank 0 locks: the other DDP ranks of the same fit write nothing there. Every rank still takes
     part in the two collectives (``trainer.log_dir`` broadcasts, and so does the outcome), so that a refused lock

@@ -24,9 +24,9 @@ from coatnet.checkpoint import save_weights
 from datamodules import DatasetError, SyntheticDataModule
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.resilience.atomic_io import AtomicCheckpointIO
-from lightning_modules.resilience.finite_loss import FiniteLossGuard
+from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.interrupt import InterruptCheckpoint
-from lightning_modules.resilience.random_state import RandomStateCheckpoint
+from lightning_modules.resilience.random_state import RandomState
 from lightning_modules.user_errors import (
     DIVERGED_EXIT,
     TRACEBACK_ENV,
@@ -251,7 +251,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
         enable_model_summary=False,
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
-        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True), FiniteLossGuard()],
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True), NanGuard()],
     )
     with pytest.raises(SystemExit) as exit_info:
         exit_readably(lambda: trainer.fit(model, tiny_data()))
@@ -280,7 +280,7 @@ def test_nan_guard_reads_the_device_only_every_n_steps_and_before_any_save(tmp_p
         trainer = Trainer(
             accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, enable_checkpointing=checkpoint is not None,
-            callbacks=[counter, FiniteLossGuard(check_every_n_steps=check_every), *([checkpoint] if checkpoint else [])],
+            callbacks=[counter, NanGuard(check_every_n_steps=check_every), *([checkpoint] if checkpoint else [])],
         )
         with pytest.raises(SystemExit):
             exit_readably(lambda: trainer.fit(model, tiny_data()))
@@ -292,7 +292,7 @@ def test_nan_guard_reads_the_device_only_every_n_steps_and_before_any_save(tmp_p
     err, _ = run(check_every=1000, checkpoint=ModelCheckpoint(dirpath=tmp_path, save_last=True))
     assert "at global step 3" in err and not list(tmp_path.glob("*.ckpt"))
     with pytest.raises(ValueError, match="check_every_n_steps"):
-        FiniteLossGuard(check_every_n_steps=0)
+        NanGuard(check_every_n_steps=0)
 
 
 class OutOfMemoryAtFirstStep(ImageClassifier):
@@ -313,7 +313,7 @@ def test_out_of_memory_suggests_smaller_batch_and_accumulation(capsys):
 def test_cli_registers_the_safety_callbacks_and_atomic_io(in_tmp):
     trainer = cli.CoAtNetCLI(args=["--config", str(cli.CONFIG_DIR / "smoke.yaml"), *QUICK], run=False).trainer
     kinds = {type(c) for c in trainer.callbacks}
-    assert {FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint} <= kinds
+    assert {NanGuard, InterruptCheckpoint, RandomState} <= kinds
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 

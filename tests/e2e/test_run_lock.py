@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, subprocess_env
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_modules.resilience.run_lock import RunFolderInUse, RunFolderLock, lock_run_folder
+from lightning_modules.resilience.run_lock import RunFolderInUse, RunLock, lock_run_folder
 
 HOLDER = "import sys; from pathlib import Path; from lightning_modules.resilience.run_lock import lock_run_folder; " \
          "lock_run_folder(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()"
@@ -33,7 +33,7 @@ class Line(LightningModule):
 def fit_into(save_dir) -> Trainer:
     """A one-step fit whose logger writes into ``save_dir/run/version_0``, as a resumed run does."""
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=CSVLogger(save_dir, name="run", version=0),
-                      callbacks=[RunFolderLock()], enable_checkpointing=False, enable_progress_bar=False,
+                      callbacks=[RunLock()], enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False)
     trainer.fit(Line(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4)), batch_size=2))
     return trainer

@@ -23,9 +23,9 @@ IMPORTED = [
 METHODS = [
     (LightningCLI, "_instantiate_trainer", "cli.py: leave out the progress bar when another is configured"),
     (LightningCLI, "_parse_ckpt_path", "cli.py: keep the config's hyper-parameters over the checkpoint's"),
-    (ModelCheckpoint, "_should_skip_saving_checkpoint", "resilience/stop_checkpoint.py"),
-    (ModelCheckpoint, "_save_last_checkpoint", "resilience/stop_checkpoint.py: last.ckpt at a stop"),
-    (ModelCheckpoint, "_monitor_candidates", "resilience/stop_checkpoint.py"),
+    (ModelCheckpoint, "_should_skip_saving_checkpoint", "resilience/run_checkpoint.py"),
+    (ModelCheckpoint, "_save_last_checkpoint", "resilience/run_checkpoint.py: last.ckpt at a stop"),
+    (ModelCheckpoint, "_monitor_candidates", "resilience/run_checkpoint.py"),
     (_TrainingEpochLoop, "_broadcast_sigterm_tensor", "resilience/interrupt.py: the per-step DDP check it replaces"),
 ]
 
@@ -43,6 +43,6 @@ def test_private_methods_exist(owner, name, user):
 def test_private_instance_attributes_exist():
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     assert hasattr(trainer._signal_connector, "received_sigterm"), "used by resilience/interrupt.py"
-    assert hasattr(ModelCheckpoint(), "_last_global_step_saved"), "used by resilience/stop_checkpoint.py"
+    assert hasattr(ModelCheckpoint(), "_last_global_step_saved"), "used by resilience/run_checkpoint.py"
     assert "_trainer" in vars(LightningModule()), "used by classifier.py: the trainer, or None outside a run"
     assert "self._trainer" in inspect.getsource(LightningModule.trainer.fget)
