@@ -27,11 +27,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn  # noqa: 
 from lightning_modules.callbacks.progress import LoggedLossProgressBar  # noqa: E402
 from lightning_modules.callbacks.run_config import RunConfigSaver  # noqa: E402
 from lightning_modules.callbacks.throughput import ThroughputLogger  # noqa: E402
-from lightning_modules.classifier import ImageClassifier, weights_from_checkpoint  # noqa: E402
+from lightning_modules.classifier import ImageClassifier  # noqa: E402
 from lightning_modules.config_files import CONFIG_DIR, ConfigFileOrName  # noqa: E402
 from lightning_modules.hparam_ranges import check_optimizer  # noqa: E402
 from lightning_modules.pictures.callback import RunPictures  # noqa: E402
 from lightning_modules.resilience.nan_guard import NanGuard  # noqa: E402
+from lightning_modules.resilience.init_weights import weights_from_checkpoint  # noqa: E402
 from lightning_modules.resilience.interrupt import InterruptCheckpoint  # noqa: E402
 from lightning_modules.resilience.last_of_config import last_checkpoint_of_config  # noqa: E402
 from lightning_modules.resilience.random_state import RandomState  # noqa: E402

@@ -34,7 +34,7 @@ from coatnet.checkpoint import FORMAT, load_weights
 from coatnet.errors import CheckpointError
 from coatnet.loading import load_mapped
 from coatnet.weights_io import read_safetensors_metadata, read_torch_file
-from lightning_modules.resilience.network_match import network_config
+from lightning_modules.model_overrides import network_config
 from lightning_modules.user_errors import exit_readably
 
 Format = Literal["onnx", "torchscript", "exported"]

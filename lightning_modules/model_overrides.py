@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Optional, get_type_hints
 
 from coatnet.config import CoAtNetConfig
+from coatnet.registry import get_config
 from lightning_modules.hparam_ranges import ProperFraction
 
 LINKED_FIELDS = frozenset({"num_classes", "img_size"})  # set from the DataModule (num_classes, image_size)
@@ -74,3 +75,16 @@ def overrides_dict(overrides: Any) -> dict[str, Any]:
     if overrides is None:
         return {}
     return _set_fields(dataclasses.asdict(overrides) if dataclasses.is_dataclass(overrides) else overrides)
+
+
+def network_config(hparams: Mapping[str, Any]) -> CoAtNetConfig:
+    """The network ``ImageClassifier`` hyper-parameters describe; training, resuming and export all build this one.
+
+    ``model_overrides`` may be a dict of the set fields (checkpoints of every version) or a ``CoAtNetOverrides``.
+    """
+    return get_config(
+        hparams["model_name"],
+        num_classes=hparams["num_classes"],
+        img_size=tuple(hparams["image_size"]),
+        **overrides_dict(hparams.get("model_overrides")),
+    )

@@ -33,7 +33,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
 from coatnet.attention import RelativeAttention
-from lightning_modules.classifier import split_batch
+from lightning_modules.steps import split_batch
 from lightning_modules.pictures.attention_maps import centre_query, query_attention
 from lightning_modules.pictures.destinations import keeps_pictures, log_picture
 from lightning_modules.pictures.drawing import (
