@@ -89,7 +89,9 @@ class RunPictures(Callback):
             one map per head, for the first ``ATTENTION_IMAGES`` validation images. The stage's last
             attention layer is shown: it works on the most processed tokens, right before the next
             stage or the head.
-        hparams: hyper-parameters with final metrics for TensorBoard's HParams tab (TensorBoard only).
+        hparams: hyper-parameters with final metrics for TensorBoard's HParams tab (TensorBoard only). TensorBoard
+            keeps the first HParams session of a run, so the logger needs ``default_hp_metric: false``
+            (``configs/defaults.yaml`` sets it), or its placeholder ``hp_metric = -1`` hides these metrics.
         max_images: images in the training and validation grids.
         max_matrix_classes: above this many classes a top-confusions table replaces the matrix
             and per-class scalars are skipped.
@@ -152,10 +154,6 @@ class RunPictures(Callback):
         logger = self._tensorboard(trainer)
         if stage == "fit" and not any(keeps_pictures(lg) for lg in trainer.loggers):
             rank_zero_warn("pictures: no logger keeps images (TensorBoard, or one with a log_dir), nothing will be drawn.")
-        if self.hparams and logger is not None:
-            # TensorBoard keeps the first HParams session of a run; the placeholder ``hp_metric = -1``
-            # written at fit start would hide the real metrics logged in ``on_fit_end``.
-            logger._default_hp_metric = False
         if self._needs_logits and self._hook is None:
             # On the LightningModule, outside a compiled ``model``: registered once, so no recompilation.
             self._hook = pl_module.register_forward_hook(self._catch_logits)

@@ -7,6 +7,7 @@ CoAtNet-nano at 32 px (S3: 2 blocks x 4 heads on a 2x2 grid, S4: 1 block x 8 hea
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from pathlib import Path
@@ -316,3 +317,13 @@ def test_class_accuracy_reaches_the_loggers_without_the_sync_dist_warning_or_a_c
 def test_colormap_draws_nan_as_the_lowest_colour():
     colours = colormap(torch.tensor([float("nan"), 0.0]))
     assert torch.equal(colours[:, 0], colours[:, 1])
+
+
+def test_every_recipe_logger_is_told_to_write_no_placeholder_hp_metric(tmp_path, monkeypatch):
+    """Through TensorBoardLogger's documented argument (the callback used to overwrite a private attribute)."""
+    import cli
+
+    monkeypatch.chdir(tmp_path)
+    run = cli.CoAtNetCLI(args=["--config", "smoke.yaml"], run=False)
+    assert run.config.trainer.logger.init_args.default_hp_metric is False
+    assert "_default_hp_metric" not in Path(inspect.getfile(RunPictures)).read_text()
