@@ -5,8 +5,9 @@ Pictures (all images are uint8 CHW):
 ``val_predictions``, ``confusion_matrix`` (a top-confusions table beyond ``max_matrix_classes``),
 ``rel_pos_bias/stage{i}`` (i = the paper's stage number, S3/S4 in C-C-T-T), ``attention/stage{i}``
 (where the centre query of the last attention layer of stage S*i* looks, per head, for the first
-validation images). TensorBoard gets each as tag ``pictures/<name>``; every other logger with a local
-folder as ``<log_dir>/pictures/<name>/step_<global step>.png`` (see ``destinations``). Also scalars
+validation images). TensorBoard, W&B and MLflow get each through their own image call as ``pictures/<name>``;
+every other logger with a local folder as ``<log_dir>/pictures/<name>/step_<global step>.png`` (see
+``destinations``). Also scalars
 ``val_class_acc/<class name>`` (up to ``max_matrix_classes`` classes, to every logger), and
 TensorBoard's HParams tab (hyper-parameters with the best/final validation metrics) at the end of a fit.
 
@@ -153,7 +154,7 @@ class RunPictures(Callback):
             self._train_logged, self._best = False, {}
         logger = self._tensorboard(trainer)
         if stage == "fit" and not any(keeps_pictures(lg) for lg in trainer.loggers):
-            rank_zero_warn("pictures: no logger keeps images (TensorBoard, or one with a log_dir), nothing will be drawn.")
+            rank_zero_warn("pictures: no logger keeps images (TensorBoard, W&B, MLflow, or one with a log_dir), nothing is drawn.")
         if self._needs_logits and self._hook is None:
             # On the LightningModule, outside a compiled ``model``: registered once, so no recompilation.
             self._hook = pl_module.register_forward_hook(self._catch_logits)

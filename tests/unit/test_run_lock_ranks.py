@@ -17,6 +17,7 @@ class RankOfFit:
         self._folder, self.is_global_zero, self._rank0_says = str(folder), global_zero, rank0_says
         self.collectives: list[str] = []
         self.strategy = self
+        self.loggers = []  # as with --trainer.logger false: the lock is in log_dir
 
     @property
     def log_dir(self) -> str:
