@@ -27,20 +27,21 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn  # noqa: 
 from lightning_modules.callbacks.progress import LoggedLossProgressBar  # noqa: E402
 from lightning_modules.callbacks.run_config import RunConfigSaver  # noqa: E402
 from lightning_modules.callbacks.throughput import ThroughputLogger  # noqa: E402
-from lightning_modules.classifier import ImageClassifier, weights_from_checkpoint  # noqa: E402
+from lightning_modules.classifier import ImageClassifier  # noqa: E402
 from lightning_modules.config_files import CONFIG_DIR, ConfigFileOrName  # noqa: E402
 from lightning_modules.hparam_ranges import check_optimizer  # noqa: E402
 from lightning_modules.pictures.callback import RunPictures  # noqa: E402
-from lightning_modules.resilience.finite_loss import FiniteLossGuard  # noqa: E402
+from lightning_modules.resilience.nan_guard import NanGuard  # noqa: E402
+from lightning_modules.resilience.init_weights import weights_from_checkpoint  # noqa: E402
 from lightning_modules.resilience.interrupt import InterruptCheckpoint  # noqa: E402
 from lightning_modules.resilience.last_of_config import last_checkpoint_of_config  # noqa: E402
-from lightning_modules.resilience.random_state import RandomStateCheckpoint  # noqa: E402
+from lightning_modules.resilience.random_state import RandomState  # noqa: E402
 from lightning_modules.resilience.resume_paths import (  # noqa: E402
     continue_run_folder,
     resolve_ckpt_path,
 )
-from lightning_modules.resilience.run_lock import RunFolderLock  # noqa: E402
-from lightning_modules.resilience.stop_checkpoint import StopCheckpoint  # noqa: E402
+from lightning_modules.resilience.run_lock import RunLock  # noqa: E402
+from lightning_modules.resilience.run_checkpoint import RunCheckpoint  # noqa: E402
 from lightning_modules.user_errors import ConciseArgumentParser, exit_readably  # noqa: E402
 from lightning_modules.weights_preprocessing import apply_weights_preprocessing  # noqa: E402
 
@@ -94,14 +95,14 @@ class CoAtNetCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(StopCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
         parser.add_lightning_class_args(RunPictures, "pictures")
-        parser.add_lightning_class_args(RunFolderLock, "run_lock")
+        parser.add_lightning_class_args(RunLock, "run_lock")
         parser.add_lightning_class_args(LoggedLossProgressBar, "progress_bar")
-        parser.add_lightning_class_args(FiniteLossGuard, "nan_guard")
+        parser.add_lightning_class_args(NanGuard, "nan_guard")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
-        parser.add_lightning_class_args(RandomStateCheckpoint, "random_state")
+        parser.add_lightning_class_args(RandomState, "random_state")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         batch_limits_take_counts(parser)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")

@@ -11,7 +11,7 @@ import torch
 from bench.scalars import read_scalars
 from coatnet import CoAtNet
 from coatnet.summary import summarize
-from lightning_modules.resilience.network_match import network_config
+from lightning_modules.model_overrides import network_config
 
 ACCURACY_TAG = "val/acc1"
 THROUGHPUT_TAG = "train/images_per_sec"

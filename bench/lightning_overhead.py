@@ -5,7 +5,7 @@ device, so neither times an input pipeline. The raw loop does only the arithmeti
 (mixing/label smoothing, forward, cross-entropy, backward, optimizer step); everything else that
 ``Trainer.fit`` adds per step (hooks, ``self.log``, the accuracy metric, the LR scheduler, closure
 and precision plugin, and the per-step callbacks every ``cli.py`` run has: ``ThroughputLogger``
-and ``FiniteLossGuard``) counts as overhead. Progress bar, logger and checkpointing are off: they
+and ``NanGuard``) counts as overhead. Progress bar, logger and checkpointing are off: they
 are I/O choices of a run, not of the loop. Each loop is timed as one block of steps with the
 device synchronised only at its two ends, as in a real run, where the CPU queues work ahead of the
 GPU: a host sync inside the loop would show up here as overhead. The raw loop is timed before and
@@ -42,7 +42,7 @@ from coatnet.timing import synchronize
 from lightning_modules.callbacks.throughput import ThroughputLogger
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.optim import weight_decay_groups
-from lightning_modules.resilience.finite_loss import FiniteLossGuard
+from lightning_modules.resilience.nan_guard import NanGuard
 
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 
@@ -178,7 +178,7 @@ def time_lightning_loop(settings: Settings) -> LoopTiming:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[ThroughputLogger(), FiniteLossGuard(), timer],
+        callbacks=[ThroughputLogger(), NanGuard(), timer],
     )
     trainer.fit(build_module(settings), datamodule=DeviceBatches(settings))
     return LoopTiming("Lightning Trainer.fit", (timer.end - timer.start) / settings.steps)

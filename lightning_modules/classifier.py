@@ -13,26 +13,20 @@ logged as ``lr/<group name>`` (``lr/decay``, ``lr/no_decay``; per layer with ``l
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import copy
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from coatnet import CoAtNet, fold_batchnorm
-from coatnet.weights import load_for_finetune
-from coatnet.errors import CheckpointError
 from lightning_modules.hparam_ranges import (
     DecayFactor,
     Fraction,
@@ -42,34 +36,19 @@ from lightning_modules.hparam_ranges import (
     check_ranges,
 )
 from lightning_modules.mixing import MixupCutmix
-from lightning_modules.model_overrides import CoAtNetOverrides, overrides_dict
+from lightning_modules.model_overrides import CoAtNetOverrides, network_config, overrides_dict
 from lightning_modules.optim import (
+    SharedOnCopy,
     WarmupCosine,
+    check_clipping_is_possible,
     layer_decay_groups,
     no_decay_names,
     weight_decay_groups,
 )
 from lightning_modules.prediction import DATA_INFO_KEY, data_info
-from lightning_modules.resilience.network_match import (
-    network_config,
-    network_differences,
-    saved_network_config,
-    setting_changes,
-)
-
-MAX_LISTED = 4  # differences named in a checkpoint-mismatch error
-_WEIGHTS_FROM_CHECKPOINT = contextvars.ContextVar("weights_from_checkpoint", default=False)
-
-
-@contextlib.contextmanager
-def weights_from_checkpoint(active: bool) -> Iterator[None]:
-    """While active, new ``ImageClassifier``s leave ``init_from`` unloaded: a checkpoint about to be restored
-    replaces every weight, and the file may be gone. The hyper-parameter keeps its value."""
-    token = _WEIGHTS_FROM_CHECKPOINT.set(active)
-    try:
-        yield
-    finally:
-        _WEIGHTS_FROM_CHECKPOINT.reset(token)
+from lightning_modules.resilience.init_weights import load_init_from
+from lightning_modules.resilience.network_match import check_checkpoint
+from lightning_modules.steps import loggers_write_after, split_batch
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -78,21 +57,6 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
     A named function rather than a lambda so that jsonargparse can print it in saved configs.
     """
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
-
-
-def loggers_write_after(trainer: Trainer, optimizer_steps: int) -> bool:
-    """Lightning's rule: step metrics are written after optimizer step ``optimizer_steps`` (counted
-    from 1) when it is a multiple of ``trainer.log_every_n_steps``."""
-    every = trainer.log_every_n_steps
-    return every > 0 and optimizer_steps % every == 0
-
-
-def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
-    """``(images, labels)`` from a batch that is a tensor or an ``(images, labels, ...)`` sequence."""
-    if isinstance(batch, Tensor):
-        return batch, None
-    images, labels = batch[0], batch[1] if len(batch) > 1 else None
-    return images, labels
 
 
 class ImageClassifier(LightningModule):
@@ -158,7 +122,7 @@ class ImageClassifier(LightningModule):
         # ``weights_only=True``; the config saved next to the logs records it.
         self.save_hyperparameters(ignore=["optimizer"])
         self.hparams["model_overrides"] = overrides_dict(model_overrides)
-        self.optimizer_factory = optimizer
+        self.optimizer_factory = SharedOnCopy(optimizer)  # EMA's copy of this module shares it
         self.image_size = tuple(image_size)
         self.model = self.build_model()
         # Decided now, before any strategy wraps or shards the network.
@@ -182,24 +146,13 @@ class ImageClassifier(LightningModule):
         self._compiled = False
         self._predict_model: nn.Module | None = None
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> ImageClassifier:
-        """A copy (EMA's averaged model) shares the optimizer factory instead of copying it: jsonargparse binds
-        the factory to the CLI, so a deep copy would also copy the trainer and the DataModule with its data and
-        its process-shared counters (which refuse to be copied)."""
-        memo[id(self.optimizer_factory)] = self.optimizer_factory
-        duplicate = type(self).__new__(type(self))
-        memo[id(self)] = duplicate
-        duplicate.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-        return duplicate
-
     def build_model(self, load_weights: bool = True) -> nn.Module:
         """Create the network from the hyper-parameters, then load ``init_from`` unless ``load_weights`` is False
         (a meta-device copy for FLOP counting needs no weights)."""
         hp = self.hparams
         model = CoAtNet(network_config(hp))
-        if hp.init_from and load_weights and not _WEIGHTS_FROM_CHECKPOINT.get():
-            # Loaded here, not in setup(): callbacks such as EMA copy the weights in their own setup first.
-            rank_zero_info(str(load_for_finetune(model, hp.init_from)))
+        if load_weights:  # here, not in setup(): callbacks such as EMA copy the weights in their own setup first
+            load_init_from(model, hp.init_from)
         model.set_grad_checkpointing(hp.grad_checkpointing)
         return model
 
@@ -284,37 +237,8 @@ class ImageClassifier(LightningModule):
             checkpoint[DATA_INFO_KEY] = data_info(datamodule)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse the weights of another network, even one with the same parameter shapes; on resume, say which
-        training settings differ from the checkpoint's (the config given wins)."""
-        saved = checkpoint.get("hyper_parameters") or {}
-        saved_config = saved_network_config(saved)
-        if saved_config is None:
-            return
-        source = (self._trainer.ckpt_path if self._trainer is not None else None) or "the checkpoint"
-        if differences := network_differences(saved_config, self.model.config):
-            shown = differences[:MAX_LISTED]
-            if len(differences) > MAX_LISTED:
-                shown.append(f"... (+{len(differences) - MAX_LISTED} more)")
-            raise CheckpointError(
-                f"{source} holds another network than this config builds:\n  " + "\n  ".join(shown) + "\n"
-                "Run with the config.yaml saved next to its checkpoints/ folder, or pass a checkpoint of this network "
-                "(--ckpt_path last takes the newest last.ckpt of the logger's save_dir/name: give each experiment its "
-                "own trainer.logger.init_args.name)."
-            )
-        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
-        if resuming and (changes := setting_changes(saved, self.hparams)):
-            rank_zero_info("resuming with settings that differ from the checkpoint's: " + "; ".join(changes))
-
-    def _check_clipping_is_possible(self, optimizer: torch.optim.Optimizer) -> None:
-        """Lightning refuses to clip gradients for optimizers that unscale them in their own step (the
-        fused ones) under any mixed precision, bf16 included; say so before training starts, with the fix."""
-        mixed = "mixed" in str(self.trainer.precision)
-        if mixed and self.trainer.gradient_clip_val and getattr(optimizer, "_step_supports_amp_scaling", False):
-            raise ValueError(
-                f"fused {type(optimizer).__name__} cannot be combined with {self.trainer.precision} and gradient "
-                "clipping in Lightning: set model.optimizer.init_args.fused false (the default), use "
-                "trainer.precision 32-true, or drop trainer.gradient_clip_val"
-            )
+        """Refuse the weights of another network, even one with the same parameter shapes (see ``network_match``)."""
+        check_checkpoint(checkpoint, self.model.config, self.hparams, self._trainer)
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.hparams.layer_decay is None:
@@ -322,7 +246,7 @@ class ImageClassifier(LightningModule):
         else:
             groups = layer_decay_groups(self.model, self.no_decay, self.model.config.depths, self.hparams.layer_decay)
         optimizer = self.optimizer_factory(groups)
-        self._check_clipping_is_possible(optimizer)
+        check_clipping_is_possible(self.trainer, optimizer)
         for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
             group["lr"] *= group.get("lr_scale", 1.0)
         total_steps = self.trainer.estimated_stepping_batches

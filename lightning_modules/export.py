@@ -46,7 +46,7 @@ from coatnet.weights import (
     read_safetensors_metadata,
     read_torch_file,
 )
-from lightning_modules.resilience.network_match import network_config
+from lightning_modules.model_overrides import network_config
 from lightning_modules.user_errors import exit_readably
 from lightning_modules.weights_pack import pack, push_to_hub
 

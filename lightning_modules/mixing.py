@@ -52,7 +52,8 @@ class MixupCutmix:
 
     With probability ``mix_prob`` a batch is mixed. When both alphas are positive, CutMix is
     chosen with probability ``switch_prob`` and Mixup otherwise; when only one alpha is positive
-    that method is always used. An alpha of 0 disables its method.
+    that method is always used. An alpha of 0 disables its method. The ranges are checked once, by the
+    caller's argument types (``ImageClassifier``'s, at parse time and on construction).
     """
 
     def __init__(
@@ -64,10 +65,6 @@ class MixupCutmix:
         switch_prob: float = 0.5,
         label_smoothing: float = 0.0,
     ) -> None:
-        if mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError("mixup_alpha and cutmix_alpha must be >= 0")
-        if not (0.0 <= mix_prob <= 1.0 and 0.0 <= switch_prob <= 1.0):
-            raise ValueError("mix_prob and switch_prob must lie in [0, 1]")
         self.num_classes = num_classes
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha

@@ -16,6 +16,7 @@ from typing import Any, Optional, get_type_hints
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from coatnet.config import CoAtNetConfig, field_paths
+from coatnet.registry import get_config
 from lightning_modules.hparam_ranges import Fraction, ProperFraction
 
 LINKED_FIELDS = frozenset({"num_classes", "img_size"})  # set from the DataModule (num_classes, image_size)
@@ -85,3 +86,16 @@ def overrides_dict(overrides: Any) -> dict[str, Any]:
     if overrides is None:
         return {}
     return _set_fields(dataclasses.asdict(overrides) if dataclasses.is_dataclass(overrides) else overrides)
+
+
+def network_config(hparams: Mapping[str, Any]) -> CoAtNetConfig:
+    """The network ``ImageClassifier`` hyper-parameters describe; training, resuming and export all build this one.
+
+    ``model_overrides`` may be a dict of the set fields (checkpoints of every version) or a ``CoAtNetOverrides``.
+    """
+    return get_config(
+        hparams["model_name"],
+        num_classes=hparams["num_classes"],
+        img_size=tuple(hparams["image_size"]),
+        **overrides_dict(hparams.get("model_overrides")),
+    )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from lightning.pytorch import Trainer
 from torch import nn
 
 # Prefixes that wrappers (FSDP, activation checkpointing, torch.compile) insert into parameter names.
@@ -110,3 +112,33 @@ class WarmupCosine:
             return (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class SharedOnCopy:
+    """The optimizer factory, called as it is, but shared instead of copied by ``copy.deepcopy``.
+
+    EMA's averaged model is a deep copy of the LightningModule. jsonargparse binds the factory to the CLI, so
+    copying it would also copy the trainer and the DataModule with its data and its process-shared counters
+    (which refuse to be copied).
+    """
+
+    def __init__(self, factory: Callable[..., torch.optim.Optimizer]) -> None:
+        self.factory = factory
+
+    def __call__(self, params: Any) -> torch.optim.Optimizer:
+        return self.factory(params)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedOnCopy:
+        return self
+
+
+def check_clipping_is_possible(trainer: Trainer, optimizer: torch.optim.Optimizer) -> None:
+    """Lightning refuses to clip gradients for optimizers that unscale them in their own step (the fused ones)
+    under any mixed precision, bf16 included; say so before training starts, with the fix."""
+    mixed = "mixed" in str(trainer.precision)
+    if mixed and trainer.gradient_clip_val and getattr(optimizer, "_step_supports_amp_scaling", False):
+        raise ValueError(
+            f"fused {type(optimizer).__name__} cannot be combined with {trainer.precision} and gradient "
+            "clipping in Lightning: set model.optimizer.init_args.fused false (the default), use "
+            "trainer.precision 32-true, or drop trainer.gradient_clip_val"
+        )

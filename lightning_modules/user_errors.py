@@ -4,8 +4,8 @@
 invalid sizes or settings, unusable checkpoints, a diverged run, GPU out of memory, a checkpoint that
 could not be written for a full disk, a file-size limit or a read-only folder) are printed as
 one short message on stderr, followed by where they were raised, and the process exits with status
-2. Set ``COATNET_TRACEBACK=1`` to get the full traceback instead. Anything else is a bug and keeps
-its traceback.
+2, or 3 for a diverged run (a result of the settings, not a refused one: ``python -m ablate`` records it).
+Set ``COATNET_TRACEBACK=1`` to get the full traceback instead. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lightning_modules.hparam_ranges import allowed_range
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK_ENV = "COATNET_TRACEBACK"
 USER_ERROR_EXIT = 2
+DIVERGED_EXIT = 3  # the NaN guard stopped a run: a result (ablate records it), not a refused setting
 SHOWN_KEYS = 3
 
 
@@ -188,7 +189,8 @@ def _origin(err: BaseException) -> str:
 
 
 def exit_readably(main: Callable[[], object], stream: IO[str] | None = None) -> None:
-    """Run ``main``; turn a user-fixable error into ``error: <message>`` on stderr and exit status 2."""
+    """Run ``main``; turn a user-fixable error into ``error: <message>`` on stderr and exit status 2
+    (``DIVERGED_EXIT``, 3, for a NaN/inf loss)."""
     try:
         main()
     except Exception as raised:
@@ -201,7 +203,7 @@ def exit_readably(main: Callable[[], object], stream: IO[str] | None = None) -> 
         out.write(f"error: {message}\n")
         out.write(f"(raised at {origin}; set {TRACEBACK_ENV}=1 for the full traceback)\n")
         out.flush()
-        sys.exit(USER_ERROR_EXIT)
+        sys.exit(DIVERGED_EXIT if isinstance(err, TrainingDiverged) else USER_ERROR_EXIT)
 
 
 _UNION_PROBLEM = re.compile(

@@ -105,7 +105,7 @@ class DeviceCropper:
     @staticmethod
     def batch_rng() -> np.random.Generator:
         """One batch's crop and flip stream, seeded from torch's global CPU stream: checkpoints save that
-        stream and DDP ranks split it (``RandomStateCheckpoint``), so resumed runs and ranks draw as they should."""
+        stream and DDP ranks split it (``RandomState``), so resumed runs and ranks draw as they should."""
         return np.random.default_rng(int(torch.randint(2**62, ()).item()))
 
     def __call__(self, images: list[torch.Tensor], train: bool) -> torch.Tensor:

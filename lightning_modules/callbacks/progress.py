@@ -14,7 +14,7 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from lightning_modules.classifier import loggers_write_after
+from lightning_modules.steps import loggers_write_after
 
 
 class LoggedLossProgressBar(TQDMProgressBar):

@@ -14,7 +14,7 @@ from lightning.fabric.utilities.throughput import get_available_flops, measure_f
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 
-from lightning_modules.classifier import split_batch
+from lightning_modules.steps import split_batch
 
 
 def training_flops_per_image(pl_module: LightningModule) -> int:

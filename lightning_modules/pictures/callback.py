@@ -5,8 +5,9 @@ Pictures (all images are uint8 CHW):
 ``val_predictions``, ``confusion_matrix`` (a top-confusions table beyond ``max_matrix_classes``),
 ``rel_pos_bias/stage{i}`` (i = the paper's stage number, S3/S4 in C-C-T-T), ``attention/stage{i}``
 (where the centre query of the last attention layer of stage S*i* looks, per head, for the first
-validation images). TensorBoard gets each as tag ``pictures/<name>``; every other logger with a local
-folder as ``<log_dir>/pictures/<name>/step_<global step>.png`` (see ``destinations``). Also scalars
+validation images). TensorBoard, W&B and MLflow get each through their own image call as ``pictures/<name>``;
+every other logger with a local folder as ``<log_dir>/pictures/<name>/step_<global step>.png`` (see
+``destinations``). Also scalars
 ``val_class_acc/<class name>`` (up to ``max_matrix_classes`` classes, to every logger), and
 TensorBoard's HParams tab (hyper-parameters with the best/final validation metrics) at the end of a fit.
 
@@ -33,7 +34,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
 from coatnet.attention import RelativeAttention
-from lightning_modules.classifier import split_batch
+from lightning_modules.steps import split_batch
 from lightning_modules.pictures.attention_maps import centre_query, query_attention
 from lightning_modules.pictures.destinations import keeps_pictures, log_picture
 from lightning_modules.pictures.drawing import (
@@ -89,7 +90,9 @@ class RunPictures(Callback):
             one map per head, for the first ``ATTENTION_IMAGES`` validation images. The stage's last
             attention layer is shown: it works on the most processed tokens, right before the next
             stage or the head.
-        hparams: hyper-parameters with final metrics for TensorBoard's HParams tab (TensorBoard only).
+        hparams: hyper-parameters with final metrics for TensorBoard's HParams tab (TensorBoard only). TensorBoard
+            keeps the first HParams session of a run, so the logger needs ``default_hp_metric: false``
+            (``configs/defaults.yaml`` sets it), or its placeholder ``hp_metric = -1`` hides these metrics.
         max_images: images in the training and validation grids.
         max_matrix_classes: above this many classes a top-confusions table replaces the matrix
             and per-class scalars are skipped.
@@ -151,11 +154,7 @@ class RunPictures(Callback):
             self._train_logged, self._best = False, {}
         logger = self._tensorboard(trainer)
         if stage == "fit" and not any(keeps_pictures(lg) for lg in trainer.loggers):
-            rank_zero_warn("pictures: no logger keeps images (TensorBoard, or one with a log_dir), nothing will be drawn.")
-        if self.hparams and logger is not None:
-            # TensorBoard keeps the first HParams session of a run; the placeholder ``hp_metric = -1``
-            # written at fit start would hide the real metrics logged in ``on_fit_end``.
-            logger._default_hp_metric = False
+            rank_zero_warn("pictures: no logger keeps images (TensorBoard, W&B, MLflow, or one with a log_dir), nothing is drawn.")
         if self._needs_logits and self._hook is None:
             # On the LightningModule, outside a compiled ``model``: registered once, so no recompilation.
             self._hook = pl_module.register_forward_hook(self._catch_logits)

@@ -22,9 +22,10 @@ FONT_SIZE = 11
 
 
 def colormap(values: Tensor, anchors: Sequence[tuple[int, int, int]] = SEQUENTIAL) -> Tensor:
-    """Map values in [0, 1] (any shape ``S``) to uint8 colours ``[3, *S]``."""
+    """Map values in [0, 1] (any shape ``S``) to uint8 colours ``[3, *S]``; NaN gets the lowest colour (a NaN
+    index would crash the lookup, and weights turn NaN before the NaN guard reads the loss)."""
     table = torch.tensor(anchors, dtype=torch.float32)
-    pos = values.float().clamp(0, 1) * (len(anchors) - 1)
+    pos = values.float().nan_to_num(0.0).clamp(0, 1) * (len(anchors) - 1)
     low = pos.floor().long().clamp(max=len(anchors) - 2)
     frac = (pos - low).unsqueeze(-1)
     rgb = table[low] * (1 - frac) + table[low + 1] * frac

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_modules.resilience.announce import announce
 from lightning_modules.resilience.interrupted_validation import restart_validation
-from lightning_modules.resilience.slurm_requeue import requeue, slurm_job_id, turn_off_lightning_requeue
+from lightning_modules.resilience.slurm_requeue import requeue, slurm_job_id
 
 _LIGHTNING_STEP_CHECK = "_broadcast_sigterm_tensor"
 
@@ -49,7 +49,10 @@ class InterruptCheckpoint(Callback):
         filename: checkpoint written next to ``ModelCheckpoint``'s files.
         check_every_n_steps: with several ranks, how often they compare notes on a pending signal.
         requeue_on: signal names (``SIGUSR1``, ``SIGTERM``) after which rank 0 also runs ``scontrol requeue``
-            on the SLURM job (see ``configs/slurm.yaml``); Lightning's own SLURM requeue is then switched off.
+            on the SLURM job (see ``configs/slurm.yaml``). Their handlers are installed in ``setup``, before
+            Lightning's signal connector, which then leaves its own SLURM requeue (an ``hpc_ckpt`` saved in the
+            middle of a step, and a second ``scontrol requeue``) out: it never replaces a handler that is there.
+            Such a signal while the fit starts up stops it after its first step, saying so, and requeues.
     """
 
     def __init__(
@@ -57,7 +60,7 @@ class InterruptCheckpoint(Callback):
     ) -> None:
         self.filename = filename
         self.check_every_n_steps = check_every_n_steps
-        self.requeue_on = {signal_named(name) for name in requeue_on or ()}
+        self.requeue_on = {catchable_signal_named(name) for name in requeue_on or ()}
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
         self._trainer: Trainer | None = None
@@ -66,6 +69,9 @@ class InterruptCheckpoint(Callback):
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if self.signal == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl+C: the user does not want to wait
+        if self.signal is None and self._trainer is None:
+            announce(f"{signal.Signals(signum).name} received before training started: the run stops after its first "
+                     "step" + (" and requeues" if signum in self.requeue_on else ""))
         self.signal = self.signal or signum
         lightning_sigterm = self._previous.get(signal.SIGTERM)
         if self._trainer is not None and self._trainer.world_size > 1:
@@ -78,20 +84,32 @@ class InterruptCheckpoint(Callback):
             raise KeyboardInterrupt
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.requeue_on:
-            turn_off_lightning_requeue(trainer)  # before Lightning installs its signal handlers
+        """Claim the requeue signals other than SIGTERM and SIGINT (which Lightning wraps) before Lightning's
+        signal connector runs: it then installs no SLURM requeue of its own."""
+        if stage == "fit":
+            self.signal, self._trainer = None, None
+            self._install(self.requeue_on - {signal.SIGTERM, signal.SIGINT})
+
+    def _install(self, signals: set[int]) -> bool:
+        """Route ``signals`` to :meth:`_record`, remembering the handlers they had; False outside the main thread."""
+        try:
+            for signum in signals:
+                if signum not in self._previous:
+                    self._previous[signum] = signal.signal(signum, self._record)
+        except ValueError:  # not in the main thread: leave signals to Lightning
+            self._restore()
+            return False
+        return True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Install the handlers now: Lightning registers its own SIGTERM handler just before this hook."""
-        self.signal, self._trainer = None, trainer
-        try:
-            for signum in {signal.SIGTERM, signal.SIGINT, *self.requeue_on}:
-                self._previous[signum] = signal.signal(signum, self._record)
-        except ValueError:  # not in the main thread: leave signals to Lightning
-            self._previous.clear()
+        self._trainer = trainer
+        if not self._install({signal.SIGTERM, signal.SIGINT, *self.requeue_on}):
             return
         if trainer.world_size > 1 and hasattr(trainer.fit_loop.epoch_loop, _LIGHTNING_STEP_CHECK):
             setattr(trainer.fit_loop.epoch_loop, _LIGHTNING_STEP_CHECK, _skip)
+        if self.signal is not None and trainer.world_size == 1:  # several ranks agree on it at their next check
+            trainer._signal_connector.received_sigterm = True  # raises SIGTERMException after the first step
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -114,6 +132,9 @@ class InterruptCheckpoint(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore()  # a fit that failed before training started leaves the handlers of setup
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._validating = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
@@ -147,6 +168,20 @@ class InterruptCheckpoint(Callback):
         if signum in self.requeue_on and trainer.is_global_zero:
             job = slurm_job_id()
             announce(requeue(job) if job else "not in a SLURM job (no SLURM_JOB_ID): nothing to requeue")
+
+
+UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+def catchable_signal_named(name: str) -> signal.Signals:
+    """:func:`signal_named`, refusing the signals no process can handle."""
+    signum = signal_named(name)
+    if signum in UNCATCHABLE:
+        raise ValueError(
+            f"interrupt_checkpoint.requeue_on: {signum.name} cannot be caught (the kernel stops the process at once, "
+            "nothing can be saved); use SIGUSR1 (#SBATCH --signal=USR1@90) or SIGTERM"
+        )
+    return signum
 
 
 def signal_named(name: str) -> signal.Signals:

@@ -11,15 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
 from coatnet import CoAtNetConfig
 from coatnet.config import config_to_dict, regularisation_fields
-from coatnet.registry import get_config
-from lightning_modules.model_overrides import overrides_dict
+from coatnet.errors import CheckpointError
+from lightning_modules.model_overrides import network_config
 
 # Regularisation: they change how the network trains, not the function its weights compute.
 TRAINING_ONLY_FIELDS = regularisation_fields()
 # Hyper-parameters that define the network (compared through the resolved config) or only its initial weights.
 NETWORK_HPARAMS = frozenset({"model_name", "num_classes", "image_size", "model_overrides", "init_from"})
+MAX_LISTED = 4  # differences named in a checkpoint-mismatch error
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -30,19 +34,6 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return flat
-
-
-def network_config(hparams: Mapping[str, Any]) -> CoAtNetConfig:
-    """The network ``ImageClassifier`` hyper-parameters describe; training, resuming and export all build this one.
-
-    ``model_overrides`` may be a dict of the set fields (checkpoints of every version) or a ``CoAtNetOverrides``.
-    """
-    return get_config(
-        hparams["model_name"],
-        num_classes=hparams["num_classes"],
-        img_size=tuple(hparams["image_size"]),
-        **overrides_dict(hparams.get("model_overrides")),
-    )
 
 
 def saved_network_config(hparams: Mapping[str, Any]) -> CoAtNetConfig | None:
@@ -70,3 +61,32 @@ def setting_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> lis
         for key in sorted(saved.keys() & current.keys())
         if key not in NETWORK_HPARAMS and saved[key] != current[key]
     ]
+
+
+def check_checkpoint(
+    checkpoint: Mapping[str, Any], config: CoAtNetConfig, hparams: Mapping[str, Any], trainer: Trainer | None
+) -> None:
+    """Refuse a checkpoint of another network than ``config``, even one with the same parameter shapes; on resume,
+    say which training settings differ from the checkpoint's (the config given wins).
+
+    Called from ``ImageClassifier.on_load_checkpoint``: a callback's hook would run only when fitting, and this
+    check must also guard ``validate``, ``test`` and ``predict``.
+    """
+    saved = checkpoint.get("hyper_parameters") or {}
+    saved_config = saved_network_config(saved)
+    if saved_config is None:
+        return
+    source = (trainer.ckpt_path if trainer is not None else None) or "the checkpoint"
+    if differences := network_differences(saved_config, config):
+        shown = differences[:MAX_LISTED]
+        if len(differences) > MAX_LISTED:
+            shown.append(f"... (+{len(differences) - MAX_LISTED} more)")
+        raise CheckpointError(
+            f"{source} holds another network than this config builds:\n  " + "\n  ".join(shown) + "\n"
+            "Run with the config.yaml saved next to its checkpoints/ folder, or pass a checkpoint of this network "
+            "(--ckpt_path last takes the newest last.ckpt of the logger's save_dir/name: give each experiment its "
+            "own trainer.logger.init_args.name)."
+        )
+    resuming = trainer is not None and trainer.state.fn == "fit"
+    if resuming and (changes := setting_changes(saved, hparams)):
+        rank_zero_info("resuming with settings that differ from the checkpoint's: " + "; ".join(changes))

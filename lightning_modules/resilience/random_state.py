@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 
-class RandomStateCheckpoint(Callback):
-    """Gives every DDP rank its own random streams, and saves and restores them with checkpoints.
+class RandomState(Callback):
+    """The run's random state (config key ``random_state:``): gives every DDP rank its own random streams, and saves and restores them with checkpoints.
 
     ``seed_everything`` seeds every rank alike, so without a split each rank would draw the same
     drop-path masks, Mixup/CutMix pairs, device-side augmentations and loader-worker seeds for the
@@ -29,6 +29,11 @@ class RandomStateCheckpoint(Callback):
 
     def __init__(self) -> None:
         self.rank = 0
+
+    @property
+    def state_key(self) -> str:
+        """The key this state was saved under before the class was renamed, so older checkpoints resume exactly."""
+        return "RandomStateCheckpoint"
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.rank = trainer.global_rank

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_modules.resilience.announce import announce
 
@@ -49,8 +50,22 @@ def lock_run_folder(folder: Path) -> int | None:
     return fd
 
 
-class RunFolderLock(Callback):
-    """Holds the lock of the run's version folder (``trainer.log_dir``) from ``setup`` to ``teardown`` of a fit.
+def run_folder(trainer: Trainer, log_dir: str | None) -> Path:
+    """The folder a fit writes its checkpoints into: ``log_dir`` (``trainer.log_dir``, a version folder) for
+    TensorBoard and CSV, the default root without a logger. Other loggers (W&B, MLflow) report as ``log_dir`` their
+    ``save_dir``, shared by all their runs, or None; ``ModelCheckpoint`` writes into ``<save_dir>/<name>/<version>``
+    there, one folder per run, so that one is locked."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if log_dir is not None and (logger is None or isinstance(logger, TensorBoardLogger | CSVLogger)):
+        return Path(log_dir)
+    version = logger.version
+    version = version if isinstance(version, str) else f"version_{version}"
+    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
+
+
+class RunLock(Callback):
+    """Config key ``run_lock:``. Holds the lock of the run's folder (:func:`run_folder`) from ``setup`` to
+    ``teardown`` of a fit.
 
     Only global rank 0 locks: the other DDP ranks of the same fit write nothing there. Every rank still takes
     part in the two collectives (``trainer.log_dir`` broadcasts, and so does the outcome), so that a refused lock
@@ -64,12 +79,10 @@ class RunFolderLock(Callback):
         if stage != "fit":
             return
         log_dir = trainer.log_dir  # a collective: every rank must ask
-        if log_dir is None:
-            return
         refusal = None
         if trainer.is_global_zero:
             try:
-                self._fd = lock_run_folder(Path(log_dir))
+                self._fd = lock_run_folder(run_folder(trainer, log_dir))
             except RunFolderInUse as err:
                 refusal = str(err)
         refusal = trainer.strategy.broadcast(refusal)

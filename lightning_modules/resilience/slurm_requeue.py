@@ -3,7 +3,8 @@
 Lightning's own auto-requeue (``SLURMEnvironment``) is not used: it saves ``hpc_ckpt_N.ckpt`` into
 ``default_root_dir`` from inside the signal handler, in the middle of a step, where ``--ckpt_path last``
 never looks. ``InterruptCheckpoint(requeue_on=...)`` instead saves ``last.ckpt`` at a step boundary and
-then calls :func:`requeue` on rank 0.
+then calls :func:`requeue` on rank 0; it handles the signal before Lightning would, so Lightning's is never
+installed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Mapping
-
-from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch import Trainer
 
 
 def slurm_job_id(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -34,10 +32,3 @@ def requeue(job_id: str) -> str:
         reason = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
         return f"SLURM job {job_id} NOT requeued (scontrol: {reason}); resubmit it"
     return f"requeued SLURM job {job_id}: it resumes from last.ckpt when it starts again"
-
-
-def turn_off_lightning_requeue(trainer: Trainer) -> None:
-    """Stop Lightning from installing its own SIGUSR1 handler (a second requeue and an ``hpc_ckpt`` file)."""
-    environment = trainer._accelerator_connector.cluster_environment  # what Lightning's signal connector reads
-    if isinstance(environment, SLURMEnvironment):
-        environment.auto_requeue = False

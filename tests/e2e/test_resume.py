@@ -33,10 +33,10 @@ from step_marker import wait_for_step
 from datamodules import ImageFolderDataModule, SyntheticDataModule
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.resilience.atomic_io import AtomicCheckpointIO
-from lightning_modules.resilience.finite_loss import FiniteLossGuard
+from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.interrupt import InterruptCheckpoint
 from lightning_modules.resilience.random_state import (
-    RandomStateCheckpoint,
+    RandomState,
     split_streams,
 )
 from lightning_modules.resilience.resume_paths import (
@@ -44,7 +44,7 @@ from lightning_modules.resilience.resume_paths import (
     last_checkpoint_under,
     resolve_ckpt_path,
 )
-from lightning_modules.resilience.stop_checkpoint import StopCheckpoint
+from lightning_modules.resilience.run_checkpoint import RunCheckpoint
 
 EPOCHS = 3
 
@@ -141,8 +141,8 @@ def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers:
         accelerator="cpu", max_epochs=EPOCHS, max_steps=max_steps, logger=False, enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=True, default_root_dir=folder, plugins=[AtomicCheckpointIO()],
-        callbacks=[StopCheckpoint(dirpath=folder, save_last=True, monitor="val/acc1", mode="max"),  # as cli.py
-                   FiniteLossGuard(), InterruptCheckpoint(), RandomStateCheckpoint(), *callbacks],
+        callbacks=[RunCheckpoint(dirpath=folder, save_last=True, monitor="val/acc1", mode="max"),  # as cli.py
+                   NanGuard(), InterruptCheckpoint(), RandomState(), *callbacks],
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model, {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -254,7 +254,7 @@ def _draws() -> tuple[float, float, float]:
 
 
 class _Rank:
-    """Stands in for a Trainer in ``RandomStateCheckpoint.setup``."""
+    """Stands in for a Trainer in ``RandomState.setup``."""
 
     def __init__(self, rank: int) -> None:
         self.global_rank = rank
@@ -262,7 +262,7 @@ class _Rank:
 
 def _streams_after_setup(rank: int) -> tuple[float, float, float]:
     seed_everything(5)
-    RandomStateCheckpoint().setup(_Rank(rank), None, "fit")
+    RandomState().setup(_Rank(rank), None, "fit")
     return _draws()
 
 
@@ -278,14 +278,14 @@ def test_every_rank_but_zero_gets_its_own_streams():
 
 def test_resume_restores_rank_zero_state_and_splits_it_again_per_rank():
     seed_everything(9)
-    saved = RandomStateCheckpoint().state_dict()
+    saved = RandomState().state_dict()
     expected = {}
     for rank in (0, 1):
-        RandomStateCheckpoint().load_state_dict(saved)  # what rank 0 resumes with
+        RandomState().load_state_dict(saved)  # what rank 0 resumes with
         split_streams(rank)
         expected[rank] = _draws()
     for rank in (0, 1):
-        callback = RandomStateCheckpoint()
+        callback = RandomState()
         callback.setup(_Rank(rank), None, "fit")
         torch.rand(5), np.random.random(3), random.random()  # the streams moved on before the restore
         callback.load_state_dict(saved)
@@ -341,3 +341,16 @@ def test_last_without_last_ckpt_resumes_from_the_newest_complete_checkpoint_of_t
     assert f"no complete last.ckpt under {run}; resuming from the newest checkpoint, {newest}" in capsys.readouterr().err
     continue_run_folder(trainer, found)
     assert logger._version == 0, "the run goes on in its own folder, as from last.ckpt"
+
+
+def test_checkpoints_keep_the_callback_state_keys_of_the_former_class_names(tmp_path):
+    """``RandomState`` was ``RandomStateCheckpoint`` and ``RunCheckpoint`` was ``StopCheckpoint``: checkpoints written
+    under those names must still restore their random streams and best scores (Lightning matches by state key)."""
+    train(tmp_path / "first", callbacks=[StopAfterEpoch(0)])
+    saved = torch.load(tmp_path / "first" / "last.ckpt", weights_only=True)["callbacks"]
+    assert "RandomStateCheckpoint" in saved
+    assert any(key.startswith("ModelCheckpoint{'monitor': 'val/acc1'") for key in saved), saved.keys()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"))
+    assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]

@@ -24,10 +24,11 @@ from coatnet.weights import save_weights
 from datamodules import DatasetError, SyntheticDataModule
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.resilience.atomic_io import AtomicCheckpointIO
-from lightning_modules.resilience.finite_loss import FiniteLossGuard
+from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.interrupt import InterruptCheckpoint
-from lightning_modules.resilience.random_state import RandomStateCheckpoint
+from lightning_modules.resilience.random_state import RandomState
 from lightning_modules.user_errors import (
+    DIVERGED_EXIT,
     TRACEBACK_ENV,
     USER_ERROR_EXIT,
     exit_readably,
@@ -250,11 +251,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
         enable_model_summary=False,
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
-        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True), FiniteLossGuard()],
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True), NanGuard()],
     )
     with pytest.raises(SystemExit) as exit_info:
         exit_readably(lambda: trainer.fit(model, tiny_data()))
-    assert exit_info.value.code == USER_ERROR_EXIT
+    assert exit_info.value.code == DIVERGED_EXIT
     err = capsys.readouterr().err
     assert_short(err, "error: training loss is not finite (nan or inf) at global step 3", "last.ckpt", "learning rate")
     last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
@@ -279,7 +280,7 @@ def test_nan_guard_reads_the_device_only_every_n_steps_and_before_any_save(tmp_p
         trainer = Trainer(
             accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, enable_checkpointing=checkpoint is not None,
-            callbacks=[counter, FiniteLossGuard(check_every_n_steps=check_every), *([checkpoint] if checkpoint else [])],
+            callbacks=[counter, NanGuard(check_every_n_steps=check_every), *([checkpoint] if checkpoint else [])],
         )
         with pytest.raises(SystemExit):
             exit_readably(lambda: trainer.fit(model, tiny_data()))
@@ -291,7 +292,7 @@ def test_nan_guard_reads_the_device_only_every_n_steps_and_before_any_save(tmp_p
     err, _ = run(check_every=1000, checkpoint=ModelCheckpoint(dirpath=tmp_path, save_last=True))
     assert "at global step 3" in err and not list(tmp_path.glob("*.ckpt"))
     with pytest.raises(ValueError, match="check_every_n_steps"):
-        FiniteLossGuard(check_every_n_steps=0)
+        NanGuard(check_every_n_steps=0)
 
 
 class OutOfMemoryAtFirstStep(ImageClassifier):
@@ -312,7 +313,7 @@ def test_out_of_memory_suggests_smaller_batch_and_accumulation(capsys):
 def test_cli_registers_the_safety_callbacks_and_atomic_io(in_tmp):
     trainer = cli.CoAtNetCLI(args=["--config", str(cli.CONFIG_DIR / "smoke.yaml"), *QUICK], run=False).trainer
     kinds = {type(c) for c in trainer.callbacks}
-    assert {FiniteLossGuard, InterruptCheckpoint, RandomStateCheckpoint} <= kinds
+    assert {NanGuard, InterruptCheckpoint, RandomState} <= kinds
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
@@ -342,3 +343,19 @@ def test_bad_datamodule_argument_is_reported_against_its_class_only(in_tmp, monk
     assert "NoneType" not in err and "Given value" not in err
     code, err = run_main([*argv, "--data.init_args.batch_size=abc"], monkeypatch, capsys)
     assert_short(err, 'Parser key "batch_size"', "Got value: abc")
+
+
+def test_nan_loss_with_the_default_callbacks_exits_with_the_guard_message(in_tmp, monkeypatch, capsys):
+    """The pictures of the validation run that ends the epoch came first and crashed on the NaN weights."""
+    plain_step = ImageClassifier.training_step
+
+    def nan_from_step_1(self, batch, batch_idx):
+        loss = plain_step(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step >= 1 else loss
+
+    monkeypatch.setattr(ImageClassifier, "training_step", nan_from_step_1)
+    short_fit = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1",
+                 "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false"]
+    code, err = run_main(["fit", "--config", "smoke.yaml", *short_fit], monkeypatch, capsys)
+    assert code == DIVERGED_EXIT != USER_ERROR_EXIT, err
+    assert_short(err, "error: training loss is not finite (nan or inf) at global step 1")

@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, subprocess_env
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_modules.resilience.run_lock import RunFolderInUse, RunFolderLock, lock_run_folder
+from lightning_modules.resilience.run_lock import RunFolderInUse, RunLock, lock_run_folder
 
 HOLDER = "import sys; from pathlib import Path; from lightning_modules.resilience.run_lock import lock_run_folder; " \
          "lock_run_folder(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()"
@@ -33,7 +33,7 @@ class Line(LightningModule):
 def fit_into(save_dir) -> Trainer:
     """A one-step fit whose logger writes into ``save_dir/run/version_0``, as a resumed run does."""
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=CSVLogger(save_dir, name="run", version=0),
-                      callbacks=[RunFolderLock()], enable_checkpointing=False, enable_progress_bar=False,
+                      callbacks=[RunLock()], enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False)
     trainer.fit(Line(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4)), batch_size=2))
     return trainer
@@ -53,3 +53,34 @@ def test_a_second_fit_into_a_locked_run_folder_refuses_until_the_holder_is_kille
         holder.kill()
     assert fit_into(tmp_path).global_step == 1
     os.close(lock_run_folder(folder))  # the finished fit released the lock
+
+
+def test_loggers_without_a_run_folder_lock_the_folder_of_their_run_and_resume_from_last(tmp_path, monkeypatch):
+    """MLflow (as W&B) reports its store, shared by all its runs, as ``trainer.log_dir``: locking that refused every
+    second run. The run's own checkpoint folder is locked instead, and ``--ckpt_path last`` finds its last.ckpt."""
+    pytest.importorskip("mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from lightning_modules.resilience.resume_paths import resolve_ckpt_path
+    from lightning_modules.resilience.run_checkpoint import RunCheckpoint
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store = (tmp_path / "mlruns").as_uri()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4)), batch_size=2)
+
+    def trainer() -> Trainer:
+        return Trainer(accelerator="cpu", max_steps=1, logger=MLFlowLogger("lock", tracking_uri=store),
+                       callbacks=[RunLock(), RunCheckpoint(save_last=True)], enable_progress_bar=False,
+                       enable_model_summary=False, default_root_dir=tmp_path)
+
+    first = trainer()
+    holder = RunLock()
+    holder.setup(first, None, "fit")  # a fit of the first run, still going
+    try:
+        trainer().fit(Line(), loader)  # another run of the same store
+    finally:
+        holder.teardown(first, None, "fit")
+    last = list(tmp_path.rglob("last.ckpt"))
+    assert len(last) == 1 and (last[0].parent.parent / "fit.lock").is_file(), last
+    resumed = trainer()
+    assert resolve_ckpt_path(resumed, "last", fresh_start=True) == str(last[0])

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, TESTS_DIR, run_cli, subprocess_env
+from lightning.pytorch import Callback
 from step_marker import wait_for_step
 
-from lightning_modules.resilience.interrupt import signal_named
+from lightning_modules.resilience.interrupt import InterruptCheckpoint, signal_named
 from lightning_modules.resilience.slurm_requeue import slurm_job_id
 
 SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
@@ -77,3 +78,30 @@ def test_requeue_signals_are_named_as_in_sbatch_or_python():
     assert signal_named("USR1") == signal_named("SIGUSR1") == signal.SIGUSR1
     with pytest.raises(ValueError, match="'SIGFOO' is not a signal name; use e.g. SIGUSR1"):
         signal_named("SIGFOO")
+
+
+def test_uncatchable_requeue_signals_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="requeue_on: SIGKILL cannot be caught .* use SIGUSR1"):
+        InterruptCheckpoint(requeue_on=["SIGKILL"])
+
+
+class SignalAtFitStart(Callback):
+    """Sends this process SIGUSR1 after ``setup``, while the fit starts up (before Lightning's signal handlers)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.slow
+def test_sigusr1_while_the_fit_starts_stops_after_one_step_says_so_and_requeues_once(tmp_path):
+    calls = fake_scontrol(tmp_path / "bin")
+    env = subprocess_env(threads=1, PATH=f"{calls.parent}{os.pathsep}{os.environ['PATH']}", **SLURM_JOB)
+    proc = run_cli(["fit", "--config", "smoke.yaml", "--config", "slurm.yaml", "--trainer.max_epochs=1",
+                    "--trainer.limit_train_batches=4", "--trainer.num_sanity_val_steps=0",
+                    "--trainer.enable_progress_bar=false", "--trainer.callbacks+=test_slurm_requeue.SignalAtFitStart"],
+                   cwd=tmp_path, env=env, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 128 + signal.SIGUSR1, output[-3000:]
+    assert "SIGUSR1 received before training started: the run stops after its first step and requeues" in output
+    assert "stopped after global step 1" in output and calls.read_text() == "requeue 4242\n", output[-3000:]
+    assert not list(tmp_path.rglob("hpc_ckpt*")), "Lightning's own requeue stayed off"

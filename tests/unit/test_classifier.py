@@ -314,3 +314,32 @@ def test_model_overrides_are_kept_as_a_plain_dict_of_the_set_fields(tmp_path):
     assert (config.depths, config.transformer.head_dim, config.drop_path_rate) == ((1, 1, 1, 1), 16, 0.2)
     as_before = ImageClassifier(**NANO, model_overrides={"depths": (1, 1, 1, 1), "stem": {"stride": None}})
     assert as_before.model.config.depths == (1, 1, 1, 1) and as_before.model.config.stem.stride == 2
+
+
+def test_classifier_module_holds_the_ml_and_leaves_plumbing_to_one_call_hooks():
+    """Checkpoint matching, resume, EMA copying and the step helpers live outside classifier.py, and callbacks do
+    not import it (a reader of the path to the loss meets no Lightning workaround)."""
+    import ast
+    import inspect
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, subprocess_env
+
+    import lightning_modules.classifier as classifier
+    from lightning_modules.model_overrides import network_config  # next to overrides_dict, which it wraps
+
+    tree = ast.parse(inspect.getsource(classifier))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {"contextvars", "copy"} & imported
+    methods = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    assert "__deepcopy__" not in methods and "split_batch" not in methods and "network_config" not in methods
+    hook = methods["on_load_checkpoint"].body
+    assert len([s for s in hook if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]) == 1
+    assert network_config is classifier.network_config
+    callbacks = ["lightning_modules.callbacks.progress", "lightning_modules.callbacks.throughput",
+                 "lightning_modules.pictures.callback"]
+    probe = f"import sys; import {', '.join(callbacks)}; print('lightning_modules.classifier' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr[-2000:]

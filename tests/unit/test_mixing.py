@@ -1,8 +1,11 @@
 """Mixup / CutMix: soft targets, the CutMix area correction and the mode switching."""
 
+import inspect
+
 import pytest
 import torch
 
+from lightning_modules.classifier import ImageClassifier
 from lightning_modules.mixing import MixupCutmix, random_box, smooth_one_hot
 
 
@@ -84,8 +87,10 @@ def test_unmixed_targets_are_smoothed_labels():
     assert torch.allclose(out.targets, smooth_one_hot(labels, 4, 0.2))
 
 
-def test_invalid_settings_raise():
-    with pytest.raises(ValueError):
-        MixupCutmix(4, mixup_alpha=-1.0)
-    with pytest.raises(ValueError):
-        MixupCutmix(4, mix_prob=1.5)
+def test_invalid_settings_raise_once_naming_the_argument_and_its_range():
+    """Checked by ImageClassifier's argument types alone (MixupCutmix repeated the check in other words)."""
+    with pytest.raises(ValueError, match=r"^mixup_alpha=-1.0 is out of range: allowed >= 0$"):
+        ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32), mixup_alpha=-1.0)
+    with pytest.raises(ValueError, match=r"^mix_prob=1.5 is out of range: allowed \[0, 1\]$"):
+        ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32), mix_prob=1.5)
+    assert "raise" not in inspect.getsource(MixupCutmix.__init__)

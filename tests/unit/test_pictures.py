@@ -7,6 +7,7 @@ CoAtNet-nano at 32 px (S3: 2 blocks x 4 heads on a 2x2 grid, S4: 1 block x 8 hea
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from pathlib import Path
@@ -311,3 +312,58 @@ def test_class_accuracy_reaches_the_loggers_without_the_sync_dist_warning_or_a_c
     assert not [c for s, c in recorder.calls if s != step and any(k.startswith("val_class_acc/") for k in c)]
     _, _, reduces_without, _ = _fit_as_if_distributed(tmp_path / "b", monkeypatch, class_accuracy=False)
     assert reduces == reduces_without, "the per-class values cost no collective"
+
+
+def test_colormap_draws_nan_as_the_lowest_colour():
+    colours = colormap(torch.tensor([float("nan"), 0.0]))
+    assert torch.equal(colours[:, 0], colours[:, 1])
+
+
+def test_every_recipe_logger_is_told_to_write_no_placeholder_hp_metric(tmp_path, monkeypatch):
+    """Through TensorBoardLogger's documented argument (the callback used to overwrite a private attribute)."""
+    import cli
+
+    monkeypatch.chdir(tmp_path)
+    run = cli.CoAtNetCLI(args=["--config", "smoke.yaml"], run=False)
+    assert run.config.trainer.logger.init_args.default_hp_metric is False
+    assert "_default_hp_metric" not in Path(inspect.getfile(RunPictures)).read_text()
+
+
+def _fit_with(logger, tmp_path) -> None:
+    """A one-step fit with one validation batch and the default pictures, logged to ``logger`` only."""
+    model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
+    data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=8, test_size=8, batch_size=8)
+    trainer = Trainer(
+        accelerator="cpu", logger=logger, callbacks=[RunPictures()], max_steps=1, limit_val_batches=1,
+        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+
+
+def test_pictures_reach_wandb_through_its_image_call_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(save_dir=str(tmp_path), project="pictures", offline=True)
+    _fit_with(logger, tmp_path)
+    logger.experiment.finish()
+    images = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("media/images/**/*.png")]
+    for name in ("train_batch", "val_predictions", "confusion_matrix", "attention/stage3"):
+        assert any(f"media/images/pictures/{name}_" in path for path in images), (name, images)
+
+
+def test_pictures_reach_mlflow_through_its_image_call_in_a_file_store(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.x refuses its file store unless told
+
+    logger = MLFlowLogger(experiment_name="pictures", tracking_uri=(tmp_path / "mlruns").as_uri())
+    _fit_with(logger, tmp_path)
+    images = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")]
+    for name in ("train_batch", "val_predictions", "confusion_matrix", "attention/stage3"):
+        key = f"pictures/{name}".replace("/", "~")  # MLflow's file name for the key
+        assert any(f"artifacts/images/{key}+step+" in path for path in images), (name, images)

@@ -1,4 +1,4 @@
-"""RunFolderLock under DDP, with the collectives recorded: every rank must take part in the same ones, or the
+"""RunLock under DDP, with the collectives recorded: every rank must take part in the same ones, or the
 ranks that skip one wait in the next collective forever (a DDP fit hung at setup this way)."""
 
 from __future__ import annotations
@@ -7,16 +7,17 @@ import os
 
 import pytest
 
-from lightning_modules.resilience.run_lock import RunFolderInUse, RunFolderLock, lock_run_folder
+from lightning_modules.resilience.run_lock import RunFolderInUse, RunLock, lock_run_folder
 
 
 class RankOfFit:
-    """The parts of a Trainer that RunFolderLock touches, on one rank; ``rank0_says`` is what rank 0 broadcasts."""
+    """The parts of a Trainer that RunLock touches, on one rank; ``rank0_says`` is what rank 0 broadcasts."""
 
     def __init__(self, folder, global_zero: bool, rank0_says=None) -> None:
         self._folder, self.is_global_zero, self._rank0_says = str(folder), global_zero, rank0_says
         self.collectives: list[str] = []
         self.strategy = self
+        self.loggers = []  # as with --trainer.logger false: the lock is in log_dir
 
     @property
     def log_dir(self) -> str:
@@ -30,7 +31,7 @@ class RankOfFit:
 
 def test_rank0_and_rank1_take_part_in_the_same_collectives_and_only_rank0_locks(tmp_path):
     rank0, rank1 = RankOfFit(tmp_path, global_zero=True), RankOfFit(tmp_path, global_zero=False)
-    lock0, lock1 = RunFolderLock(), RunFolderLock()
+    lock0, lock1 = RunLock(), RunLock()
     lock0.setup(rank0, None, "fit")
     lock1.setup(rank1, None, "fit")
     try:
@@ -48,10 +49,10 @@ def test_a_refusal_on_rank0_stops_the_other_ranks_too(tmp_path):
     try:
         rank0 = RankOfFit(tmp_path, global_zero=True)
         with pytest.raises(RunFolderInUse, match="another fit") as refused:
-            RunFolderLock().setup(rank0, None, "fit")
+            RunLock().setup(rank0, None, "fit")
         rank1 = RankOfFit(tmp_path, global_zero=False, rank0_says=str(refused.value))
         with pytest.raises(RunFolderInUse, match="another fit"):
-            RunFolderLock().setup(rank1, None, "fit")
+            RunLock().setup(rank1, None, "fit")
         assert rank0.collectives == rank1.collectives == ["log_dir", "broadcast"]
     finally:
         os.close(holder)
@@ -59,5 +60,5 @@ def test_a_refusal_on_rank0_stops_the_other_ranks_too(tmp_path):
 
 def test_other_stages_take_no_lock_and_no_collective(tmp_path):
     rank = RankOfFit(tmp_path, global_zero=True)
-    RunFolderLock().setup(rank, None, "validate")
+    RunLock().setup(rank, None, "validate")
     assert rank.collectives == []

@@ -11,8 +11,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
-class StopCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also saves ``last.ckpt`` after the step at which training stops inside an epoch.
+class RunCheckpoint(ModelCheckpoint):
+    """The run's ``ModelCheckpoint`` (config key ``checkpoint:``: ``last.ckpt`` and the best ones) that also saves
+    ``last.ckpt`` after the step at which training stops inside an epoch.
 
     The save happens at the step boundary, as ``every_n_train_steps`` saves do, so ``--ckpt_path last`` with a
     later limit trains the rest of that epoch instead of skipping it.

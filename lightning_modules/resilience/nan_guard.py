@@ -18,8 +18,8 @@ def _loss(outputs: Any) -> torch.Tensor | None:
     return None
 
 
-class FiniteLossGuard(Callback):
-    """Raises :class:`TrainingDiverged` naming the first global step whose training loss was not finite.
+class NanGuard(Callback):
+    """Config key ``nan_guard:``. Raises :class:`TrainingDiverged` naming the first global step whose training loss was not finite.
 
     Reading the loss on the host every step would make the CPU wait for the GPU each step and lose
     the overlap of Python work with device work. So the check stays on the device (a flag and the
@@ -28,6 +28,9 @@ class FiniteLossGuard(Callback):
     training stops at most ``check_every_n_steps`` steps after the first bad loss. With DDP every
     rank checks its own loss; the gradients are all-reduced, so a NaN on one rank poisons all of
     them and they stop together.
+
+    The process then exits with status 3 (``user_errors.DIVERGED_EXIT``), which tells a diverged run from a
+    refused setting (2), so ``python -m ablate`` can record it as a result.
     """
 
     def __init__(self, check_every_n_steps: int = 20) -> None:
@@ -55,6 +58,11 @@ class FiniteLossGuard(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.check(trainer)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Before validation draws pictures of (and logs metrics from) weights a NaN may have damaged."""
+        if not trainer.sanity_checking:
+            self.check(trainer)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         self.check(trainer)
