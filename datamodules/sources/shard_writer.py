@@ -64,14 +64,18 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_shard(path: Path, files: FileList, indices: np.ndarray, first_key: int) -> None:
     """One shard holding ``files[indices]`` as ``<key>.<ext>`` + ``<key>.cls``, written atomically."""
+    sources = [files.path(int(i)) for i in indices]
+    suffixes = [member_suffix(source) for source in sources]  # all refused before anything is written
     partial_path = path.with_name(path.name + ".partial")
-    with tarfile.open(partial_path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for offset, i in enumerate(indices):
-            source = files.path(int(i))
-            key = f"{first_key + offset:08d}"
-            suffix = member_suffix(source)
-            _add_member(tar, f"{key}.{suffix}", Path(source).read_bytes())
-            _add_member(tar, f"{key}.{LABEL_SUFFIX}", str(int(files.labels[i])).encode())
+    try:
+        with tarfile.open(partial_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for offset, (i, source, suffix) in enumerate(zip(indices, sources, suffixes)):
+                key = f"{first_key + offset:08d}"
+                _add_member(tar, f"{key}.{suffix}", Path(source).read_bytes())
+                _add_member(tar, f"{key}.{LABEL_SUFFIX}", str(int(files.labels[i])).encode())
+    except BaseException:
+        partial_path.unlink(missing_ok=True)
+        raise
     os.replace(partial_path, path)
 
 
