@@ -87,7 +87,8 @@ class SkippedFiles:
         "broken": "image links whose target is missing are skipped; fix or delete them",
         "nested": "images in sub-folders of class folders are skipped (a class is <split>/<class>/<image>, one level); "
         "move them up into their class folder",
-        "special": "image names that are not regular files (FIFOs, sockets, devices) are skipped; replace them with files",
+        "special": "image names that are not regular files (FIFOs, sockets, devices) are skipped; "
+        "replace them with files",
         "extension": "files are skipped for their extension ({extensions}): only {readable} are read; convert them "
         "(e.g. to PNG) or move them out of the class folders",
     }

@@ -121,9 +121,9 @@ def scan_shard(shard: Path) -> ShardIndex:
     imageless = [key for key in labels if key not in images]
     if imageless:
         raise DatasetError(
-            f"{shard}: sample {imageless[0]!r} (and {len(imageless) - 1} more) has a .{LABEL_SUFFIX} but no image member "
-            f"read here ({listed_extensions()}); convert its image to one of them, or drop the sample, and write "
-            "the shard again."
+            f"{shard}: sample {imageless[0]!r} (and {len(imageless) - 1} more) has a .{LABEL_SUFFIX} but no image "
+            f"member read here ({listed_extensions()}); convert its image to one of them, or drop the sample, and "
+            "write the shard again."
         )
     unlabelled = [key for key in images if key not in labels]
     if unlabelled:

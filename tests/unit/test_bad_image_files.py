@@ -22,7 +22,7 @@ from PIL import Image
 from datamodules import CIFARDataModule, DatasetError, ImageFolderDataModule, PredictFilesDataModule
 from datamodules.decoding import decoders
 from datamodules.decoding.device_decode import decode_batch
-from datamodules.decoding.encoded_images import CorruptFiles, EncodedImages, decode_bytes
+from datamodules.decoding.encoded_images import EncodedImages, decode_bytes
 from datamodules.errors import ImageDecodeError
 from datamodules.sources.shard_writer import write_shards
 from lightning_modules.prediction import data_info
@@ -132,7 +132,8 @@ def test_training_skips_a_bad_file_with_a_named_warning_or_stops_on_error(tmp_pa
         if decode == "cpu":
             stop.train_set[2]
         else:
-            decode_batch(EncodedImages([stop.train_set[2][0]], ["bad.png"], True), torch.device("cpu"), stop.corrupt, LIMIT)
+            batch = EncodedImages([stop.train_set[2][0]], ["bad.png"], True)
+            decode_batch(batch, torch.device("cpu"), stop.corrupt, LIMIT)
 
 
 @pytest.mark.parametrize("kind", BAD_FILES)
@@ -156,7 +157,7 @@ def test_cifar_folder_stops_naming_the_bad_file(tmp_path, kind):
     bad, reason = BAD_FILES[kind]
     root = write_image_folder(tmp_path, "train", [f"c{i}" for i in range(10)], per_class=1, size=(32, 32), fmt="PNG")
     (root / "train" / "c3" / "bad.png").write_bytes(bad)
-    dm = CIFARDataModule(source="folder", root=str(root), val_split="holdout", holdout_per_class=1, max_image_pixels=LIMIT)
+    dm = CIFARDataModule(source="folder", root=str(root), val_split="holdout", max_image_pixels=LIMIT)
     with pytest.raises(DatasetError, match=rf"cannot decode .*c3/bad\.png \({reason}.*replace or delete the file"):
         dm.setup()
 
@@ -176,7 +177,8 @@ def test_predict_gives_a_bad_file_an_error_row(tmp_path, kind):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "bad.png").write_bytes(bad)
     (tmp_path / "in" / "good.png").write_bytes(_encode(random_image(40, 40, 0), "PNG"))
-    dm = PredictFilesDataModule(paths=[str(tmp_path / "in")], checkpoint=str(_checkpoint(tmp_path)), max_image_pixels=LIMIT)
+    ckpt = _checkpoint(tmp_path)
+    dm = PredictFilesDataModule(paths=[str(tmp_path / "in")], checkpoint=str(ckpt), max_image_pixels=LIMIT)
     dm.setup()
     (image, path, error), (_, _, good_error) = dm.predict_set[0], dm.predict_set[1]
     assert path.endswith("bad.png") and good_error == ""

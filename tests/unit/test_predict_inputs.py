@@ -48,7 +48,8 @@ def test_a_weights_file_as_data_checkpoint_is_named_as_such(tmp_path, kind):
         torch.save(weights, path)
     else:
         save_file(weights, str(path))
-    with pytest.raises(DatasetError, match=rf"model\.{kind} is a weights file .*not a training checkpoint.*--ckpt_path"):
+    message = rf"model\.{kind} is a weights file .*not a training checkpoint.*--ckpt_path"
+    with pytest.raises(DatasetError, match=message):
         PredictFilesDataModule(paths=[str(tmp_path)], checkpoint=str(path))
 
 

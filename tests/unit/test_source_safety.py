@@ -145,7 +145,8 @@ def test_the_download_shows_progress_sized_from_content_length(tmp_path, monkeyp
     served, md5 = _release(tmp_path, {})
     size = (served / "cifar-10-python.tar.gz").stat().st_size
     with serve_directory(served) as base:
-        dm = CIFARDataModule(root=str(tmp_path / "data"), download=True, download_url=f"{base}/cifar-10-python.tar.gz", download_md5=md5)
+        url = f"{base}/cifar-10-python.tar.gz"
+        dm = CIFARDataModule(root=str(tmp_path / "data"), download=True, download_url=url, download_md5=md5)
         dm.prepare_data()
     shown = terminal.getvalue()
     assert "downloading cifar-10-python.tar.gz" in shown and "100%" in shown
@@ -160,7 +161,8 @@ def test_extraction_refuses_entries_outside_the_dataset_folder_and_keeps_user_fo
     (root / "results" / "mine.txt").write_text("keep me")
     shutil.copy(served / "cifar-10-python.tar.gz", root)
     dm = CIFARDataModule(root=str(root), download_url="http://127.0.0.1:9/cifar-10-python.tar.gz", download_md5=md5)
-    with pytest.raises(DatasetError, match=r"holds 'results/readme\.txt', outside cifar-10-batches-py/; .*nothing was extracted"):
+    refused = r"holds 'results/readme\.txt', outside cifar-10-batches-py/; .*nothing was extracted"
+    with pytest.raises(DatasetError, match=refused):
         dm.prepare_data()
     assert (root / "results" / "mine.txt").read_text() == "keep me"
     assert not (root / "cifar-10-batches-py").exists()
