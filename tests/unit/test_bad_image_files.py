@@ -42,9 +42,10 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
 
 def bomb_png(width: int, height: int) -> bytes:
     """A valid, all-black 1-bit PNG: ~110 KB on disk for 30000x30000, 2.7 GB once decoded to RGB."""
-    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+    rows = bytes(1 + (width + 7) // 8) * 1000  # per row: filter byte 0, then the packed bits
+    assert height % 1000 == 0
     packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    idat = b"".join(packer.compress(rows) for _ in range(height // 1000)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
