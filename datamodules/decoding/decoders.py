@@ -23,7 +23,8 @@ from torchvision.io import ImageReadMode
 from torchvision.io import decode_jpeg as torchvision_decode_jpeg
 
 from datamodules.decoding.orientation import encoded_orientation, orient
-from datamodules.decoding.pillow_decode import decode_with_pillow, encoded_size
+from datamodules.decoding.header_size import header_size
+from datamodules.decoding.pillow_decode import decode_with_pillow
 from datamodules.errors import ImageDecodeError
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def check_header(data: torch.Tensor, max_pixels: int) -> None:
     """Refuse an empty file, or one whose header declares more than ``max_pixels``, before anything decodes it."""
     if len(data) == 0:
         raise ImageDecodeError("empty file (0 bytes)")
-    size = encoded_size(data.numpy())
+    size = header_size(data.numpy())
     if size is not None:
         _refuse_over_limit(*size, max_pixels)
 

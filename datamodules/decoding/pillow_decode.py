@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Optional
-
 import cv2
 import numpy as np
 import torch
@@ -65,16 +63,6 @@ def _own_pixel_limit() -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
-
-
-def encoded_size(data: np.ndarray) -> Optional[tuple[int, int]]:
-    """(width, height) from the header alone, or None where Pillow cannot read the header (then the decoded
-    image is checked instead)."""
-    try:
-        with _own_pixel_limit(), Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except Exception:  # noqa: BLE001 - any header Pillow fails on is left to the decoders to read or refuse
-        return None
 
 
 def _opencv_pixels(data: np.ndarray) -> np.ndarray:

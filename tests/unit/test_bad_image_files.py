@@ -207,3 +207,45 @@ def test_an_old_torchcodec_warns_loudly_once_and_names_the_fix(monkeypatch, capl
         importlib.reload(decoders)
     assert decoders.torchcodec_too_old("0.7.0") and not decoders.torchcodec_too_old("0.16.0")
     assert not decoders.torchcodec_too_old(None)
+
+
+def _header_cases() -> list[tuple[str, bytes]]:
+    image = Image.fromarray(random_image(37, 53, 2))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    icc = b"\0" * 70000  # over one 64 KiB segment: the frame header comes after several APP2 segments
+    out = []
+    for name, img, fmt, kwargs in (
+        ("baseline jpeg", image, "JPEG", {}),
+        ("progressive jpeg", image, "JPEG", {"progressive": True}),
+        ("jpeg with exif and a large icc profile", image, "JPEG", {"exif": exif.tobytes(), "icc_profile": icc}),
+        ("grey jpeg", image.convert("L"), "JPEG", {}),
+        ("cmyk jpeg", image.convert("CMYK"), "JPEG", {}),
+        ("palette png", image.convert("P"), "PNG", {}),
+        ("16-bit png", Image.fromarray(np.zeros((37, 53), np.uint16)), "PNG", {}),
+        ("webp", image, "WEBP", {}),
+        ("gif", image, "GIF", {}),
+        ("bmp", image, "BMP", {}),
+        ("tiff", image, "TIFF", {}),
+    ):
+        buffer = io.BytesIO()
+        img.save(buffer, fmt, **kwargs)
+        out.append((name, buffer.getvalue()))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's word on the truncated TIFF
+@pytest.mark.parametrize(("name", "data"), _header_cases(), ids=[name for name, _ in _header_cases()])
+def test_header_size_reads_the_dimensions_without_decoding(name, data):
+    from datamodules.decoding.header_size import header_size
+
+    assert header_size(np.frombuffer(data, dtype=np.uint8)) == (53, 37)
+    truncated = np.frombuffer(data[:40], dtype=np.uint8)
+    assert header_size(truncated) in (None, (53, 37))  # never a wrong size
+
+
+def test_header_size_of_garbage_is_unknown_and_left_to_the_decoder():
+    from datamodules.decoding.header_size import header_size
+
+    for data in (b"", b"\xff\xd8\xff", b"\xff\xd8\xff\xe0\x00\x10JFIF", b"\x89PNG\r\n\x1a\n", b"hello world" * 10):
+        assert header_size(np.frombuffer(data, dtype=np.uint8)) is None
