@@ -75,13 +75,25 @@ def _pillow(data: torch.Tensor) -> torch.Tensor:
     return decode_with_pillow(data.numpy())
 
 
+def may_be_animated(data: torch.Tensor) -> bool:
+    """GIF, or WebP whose VP8X header sets the animation flag: torchcodec would decode every frame (a thousand
+    frames of a size under the pixel limit would fill any memory), where only the first is used."""
+    head = data[:21].numpy().tobytes()
+    if head.startswith(b"GIF8"):
+        return True
+    return len(head) > 20 and head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and bool(head[20] & 0x02)
+
+
 def _torchcodec(data: torch.Tensor) -> torch.Tensor:
-    """torchcodec applies EXIF orientation and scales 16-bit PNGs to round(v / 257) itself."""
+    """torchcodec applies EXIF orientation and scales 16-bit PNGs to round(v / 257) itself; animations go to
+    Pillow, which decodes their first frame only."""
+    if may_be_animated(data):
+        return _pillow(data)
     try:
         image = torchcodec_decode_image(data, mode="RGB")
     except (ValueError, RuntimeError):  # a format it lacks (BMP, TIFF) or a file it refuses: Pillow reads or rejects it
         return _pillow(data)
-    return image[0] if image.dim() == 4 else image  # an animation's first frame, as Pillow gives
+    return image[0] if image.dim() == 4 else image  # an animation not flagged in its header: its first frame
 
 
 def _torchcodec_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

@@ -249,3 +249,29 @@ def test_header_size_of_garbage_is_unknown_and_left_to_the_decoder():
 
     for data in (b"", b"\xff\xd8\xff", b"\xff\xd8\xff\xe0\x00\x10JFIF", b"\x89PNG\r\n\x1a\n", b"hello world" * 10):
         assert header_size(np.frombuffer(data, dtype=np.uint8)) is None
+
+
+@needs_torchcodec
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animations_are_not_decoded_frame_by_frame(monkeypatch, fmt):
+    """torchcodec decodes every frame of a GIF or animated WebP: many frames under the pixel limit each would
+    fill the memory, though only the first is used."""
+    frames = [Image.fromarray(np.full((10, 12, 3), level, np.uint8)) for level in range(0, 250, 5)]
+    buffer = io.BytesIO()
+    extra = {"lossless": True} if fmt == "WEBP" else {}
+    frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:], **extra)
+    asked: list[int] = []
+    real = decoders.torchcodec_decode_image
+
+    def counting(data: torch.Tensor, mode: str) -> torch.Tensor:
+        asked.append(1)
+        return real(data, mode=mode)
+
+    monkeypatch.setattr(decoders, "torchcodec_decode_image", counting)
+    monkeypatch.setattr(decoders, "ACTIVE", decoders.TORCHCODEC)
+    image = decode_bytes(np.frombuffer(bytearray(buffer.getvalue()), dtype=np.uint8))
+    assert image.shape == (10, 12, 3) and (image == 0).all() and asked == []
+    still = io.BytesIO()
+    frames[1].save(still, "WEBP", lossless=True)  # a still WebP is torchcodec's
+    decode_bytes(np.frombuffer(bytearray(still.getvalue()), dtype=np.uint8))
+    assert asked == [1]
