@@ -22,8 +22,8 @@ from packaging.version import InvalidVersion, Version
 from torchvision.io import ImageReadMode
 from torchvision.io import decode_jpeg as torchvision_decode_jpeg
 
-from datamodules.decoding.orientation import encoded_orientation, orient
 from datamodules.decoding.header_size import header_size
+from datamodules.decoding.orientation import encoded_orientation, orient
 from datamodules.decoding.pillow_decode import decode_with_pillow
 from datamodules.errors import ImageDecodeError
 

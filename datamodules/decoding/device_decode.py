@@ -23,7 +23,11 @@ from datamodules.augmentation.tensor_ops import (
     crop_resize,
     pad_crop_flip,
 )
-from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, decode_jpegs, decode_rgb
+from datamodules.decoding.decoders import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    decode_jpegs,
+    decode_rgb,
+)
 from datamodules.decoding.encoded_images import (
     DECODE_ERRORS,
     CorruptFiles,

@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from datamodules.decoding.pillow_decode import own_pixel_limit
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # start-of-frame markers (baseline, progressive, lossless, arithmetic...); C4, C8 and CC are other segments
 JPEG_FRAME_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
@@ -56,11 +58,8 @@ def header_size(data: np.ndarray) -> Optional[tuple[int, int]]:
         return _png_size(head)
     if head.startswith(b"\xff\xd8\xff"):
         return _jpeg_size(memoryview(data))
-    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the caller applies its own limit
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with own_pixel_limit(), Image.open(io.BytesIO(data)) as image:
             return image.size
     except Exception:  # noqa: BLE001 - any header Pillow fails on is left to the decoders to read or refuse
         return None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved

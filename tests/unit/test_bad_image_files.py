@@ -19,7 +19,12 @@ import torch
 from data_helpers import random_image, write_image_folder
 from PIL import Image
 
-from datamodules import CIFARDataModule, DatasetError, ImageFolderDataModule, PredictFilesDataModule
+from datamodules import (
+    CIFARDataModule,
+    DatasetError,
+    ImageFolderDataModule,
+    PredictFilesDataModule,
+)
 from datamodules.decoding import decoders
 from datamodules.decoding.device_decode import decode_batch
 from datamodules.decoding.encoded_images import EncodedImages, decode_bytes

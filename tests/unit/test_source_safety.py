@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import make_tar_gz, random_image, serve_directory, write_fake_cifar, write_image_folder
+from data_helpers import (
+    make_tar_gz,
+    random_image,
+    serve_directory,
+    write_fake_cifar,
+    write_image_folder,
+)
 from PIL import Image, features
 
 import datamodules.sources.tar_shards as tar_shards
