@@ -18,6 +18,7 @@ from datamodules.base import (
     ImageClassificationDataModule,
     ImageSize,
 )
+from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.errors import DatasetError
 from datamodules.sources.cifar_folder import find_split, load_image_folder
 from datamodules.sources.cifar_release import (
@@ -48,6 +49,8 @@ class CIFARDataModule(ImageClassificationDataModule):
             split folders (folder).
         download: fetch and verify the official archive when files are missing (pickle only).
         download_url, download_md5: override the archive source (default: the official release).
+        max_image_pixels: ("folder") a file whose header declares more pixels stops the load naming it
+            (a decompression bomb); default Pillow's 89,478,485.
         val_split: "test" validates on the official test batch; "holdout" validates on
             the last ``holdout_per_class`` training images of each class (no tuning on test).
         crop_padding, pad_mode: random crop from the image padded by this many pixels.
@@ -74,6 +77,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         download: bool = False,
         download_url: Optional[str] = None,
         download_md5: Optional[str] = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         val_split: Literal["test", "holdout"] = "test",
         holdout_per_class: int = 500,
         crop_padding: int = 4,
@@ -116,6 +120,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         self.root = Path(root)
         self.download = download
         self.download_url, self.download_md5 = download_url, download_md5
+        self.max_image_pixels = check_max_pixels(max_image_pixels)
         self.val_split, self.holdout_per_class = val_split, holdout_per_class
         self.augment_on_device = augment_on_device
         self.crop_padding, self.pad_mode, self.hflip = crop_padding, pad_mode, hflip
@@ -171,11 +176,11 @@ class CIFARDataModule(ImageClassificationDataModule):
                 f"val_split: test needs {self.root}/test/<class>/ or {self.root}/val/<class>/; "
                 "add one, or set val_split: holdout to validate on held-out training images."
             )
-        train = load_image_folder(self.root / "train", classes, NATIVE_SIZE)
+        train = load_image_folder(self.root / "train", classes, NATIVE_SIZE, self.max_image_pixels)
         if test_dir is None:
             return train, None
         check_same_classes(classes, list_classes(test_dir), self.root / "train", test_dir)
-        return train, load_image_folder(test_dir, classes, NATIVE_SIZE)
+        return train, load_image_folder(test_dir, classes, NATIVE_SIZE, self.max_image_pixels)
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None and self.val_set is not None:

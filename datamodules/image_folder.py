@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -25,6 +26,7 @@ from datamodules.base import (
     ImageClassificationDataModule,
     ImageSize,
 )
+from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.decoding.device_decode import (
     DeviceCropper,
     decode_batch,
@@ -76,6 +78,8 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         scale: area fraction range of the train random-resized crop.
         hflip: horizontal flip probability.
         on_corrupt: "skip" replaces unreadable files (warning + ``num_corrupt_skipped``); "error" stops.
+        max_image_pixels: files whose header declares more pixels (width x height) are corrupt files
+            (decompression bombs), refused before decoding on every path; default Pillow's 89,478,485.
         decode: "cpu" decodes and augments in workers; "gpu" has workers read bytes only and
             decodes JPEGs batched on the batch's device, where crop, flip, resize and the
             RandAugment/jitter policy (``BatchRandAugment``, same distribution) run too.
@@ -112,6 +116,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         shard_index_dir: Optional[str] = None,
         shuffle_window: int = 4,
         on_corrupt: OnCorrupt = "skip",
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         decode: Literal["cpu", "gpu"] = "cpu",
         overlap_decode: bool = True,
         preset: Literal["imagenet", "cifar"] = "imagenet",
@@ -155,6 +160,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.decode, self.overlap_decode, self.preset = decode, overlap_decode, preset
         self.crop_padding, self.pad_mode = crop_padding, pad_mode
         self.corrupt = CorruptFiles(on_corrupt)
+        self.max_image_pixels = check_max_pixels(max_image_pixels)
         jitter = color_jitter if preset == "imagenet" else 0.0
         self.cropper = DeviceCropper(
             self.image_size, self.scale, DEFAULT_RATIO, interpolation, hflip, crop_pct, preset, crop_padding,
@@ -204,7 +210,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         """Index tar shards once, in parallel (Lightning runs this on one process per node, before ``setup``)."""
         for spec in self._split_specs():
             if is_shard_pattern(spec):
-                TarShards.open(self.root, spec, self.shard_index_dir, workers=max(1, self.num_workers))
+                TarShards.open(self.root, spec, self.shard_index_dir, workers=max(1, self.num_workers), progress=True)
 
     def _open_shards(self, spec: str) -> TarShards:
         shards = TarShards.open(self.root, spec, self.shard_index_dir)
@@ -255,7 +261,8 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         if self.decode == "gpu":
             return EncodedImageDataset(source, bytes_tensor, None, self.corrupt, with_path=True)
         transform = self.train_transform() if train else self.eval_transform()
-        return EncodedImageDataset(source, decode_bytes, transform, self.corrupt)
+        decode = partial(decode_bytes, max_pixels=self.max_image_pixels)
+        return EncodedImageDataset(source, decode, transform, self.corrupt)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -312,7 +319,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         """Decode + crop on ``labels.device``: float [B,3,H,W] in 0..255 and the matching labels."""
         device = labels.device
         with on_side_stream(device, self.overlap_decode) as hand_over:
-            decoded, sources = decode_batch(batch, device, self.corrupt)
+            decoded, sources = decode_batch(batch, device, self.corrupt, self.max_image_pixels)
             images = hand_over(self.cropper(decoded, batch.train))
         if sources != list(range(len(sources))):
             labels = labels[host_to_device(torch.tensor(sources), device)]

@@ -10,6 +10,8 @@ Used by ``cli.py predict`` together with ``lightning_modules.prediction.CsvPredi
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,9 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 from coatnet.weights import read_torch_file
 from datamodules.augmentation.transforms import EvalTransform, ResizeTo
 from datamodules.base import ImageClassificationDataModule
+from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.decoding.encoded_images import DECODE_ERRORS, decode_bytes
-from datamodules.errors import DatasetError
-from datamodules.sources.folder_scan import IMAGE_EXTENSIONS
+from datamodules.decoding.formats import IMAGE_EXTENSIONS
+from datamodules.errors import DatasetError, decode_failure
 from lightning_modules.prediction import DATA_INFO_KEY
 
 
@@ -47,16 +50,33 @@ def list_image_files(paths: list[str]) -> list[str]:
     return files
 
 
-def load_rgb(path: str) -> np.ndarray:
+def read_regular_file(path: str) -> np.ndarray:
+    """The file's bytes; OSError for anything but a regular file: reading a FIFO or a device would block
+    (or never end), so such a path becomes an error row instead of a hung run."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+        raise OSError(f"not a regular file ({kind}); predict reads image files only")
+    return np.fromfile(path, dtype=np.uint8)
+
+
+def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Any image file -> upright HWC uint8 RGB, decoded exactly as training and validation decode it."""
-    return decode_bytes(np.fromfile(path, dtype=np.uint8))
+    return decode_bytes(read_regular_file(path), max_pixels)
 
 
 class ImageFiles(Dataset):
-    """``(image [3,H,W] uint8, path, error)`` per file; an unreadable file gives zeros and its error text."""
+    """``(image [3,H,W] uint8, path, error)`` per file; an unreadable file (or one over ``max_pixels``) gives zeros
+    and its error text."""
 
-    def __init__(self, files: list[str], transform: Callable[[np.ndarray], torch.Tensor], size: tuple[int, int]) -> None:
-        self.files, self.transform, self.size = files, transform, size
+    def __init__(
+        self,
+        files: list[str],
+        transform: Callable[[np.ndarray], torch.Tensor],
+        size: tuple[int, int],
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
+        self.files, self.transform, self.size, self.max_pixels = files, transform, size, max_pixels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -64,14 +84,40 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str, str]:
         path = self.files[index]
         try:
-            return self.transform(load_rgb(path)), path, ""
+            return self.transform(load_rgb(path, self.max_pixels)), path, ""
         except DECODE_ERRORS as exc:
-            return torch.zeros(3, *self.size, dtype=torch.uint8), path, f"{type(exc).__name__}: {exc}"
+            return torch.zeros(3, *self.size, dtype=torch.uint8), path, decode_failure(exc)
+
+
+SAFETENSORS_HEADER_BYTES = 8  # a little-endian header length, then the JSON header
+
+
+def is_safetensors(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SAFETENSORS_HEADER_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    length = int.from_bytes(head[:SAFETENSORS_HEADER_BYTES], "little")
+    return len(head) > SAFETENSORS_HEADER_BYTES and head[-1:] == b"{" and length < size
+
+
+def _weights_file_error(checkpoint: str, kind: str) -> DatasetError:
+    return DatasetError(
+        f"{checkpoint} is a weights file ({kind}), not a training checkpoint: --data.checkpoint needs the .ckpt a fit "
+        "wrote (e.g. logs/<run>/version_0/checkpoints/last.ckpt), which also holds the class names and preprocessing. "
+        "Pass that file as --data.checkpoint and --ckpt_path."
+    )
 
 
 def read_data_info(checkpoint: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(hyper_parameters, data_info)`` of a Lightning checkpoint written by this project."""
+    if is_safetensors(checkpoint):
+        raise _weights_file_error(checkpoint, "safetensors")
     state = read_torch_file(checkpoint, mmap=True)
+    if isinstance(state, dict) and "state_dict" not in state and "hyper_parameters" not in state:
+        raise _weights_file_error(checkpoint, "a state dict of tensors, no training state")
     info = state.get(DATA_INFO_KEY) if isinstance(state, dict) else None
     if info is None:
         raise DatasetError(
@@ -91,9 +137,19 @@ class PredictFilesDataModule(ImageClassificationDataModule):
         checkpoint: the training checkpoint; also pass it as ``--ckpt_path`` for the weights.
         batch_size: images per batch.
         num_workers: decoding processes (0 = in the main process).
+        max_image_pixels: a file whose header declares more pixels gets an error row instead of being decoded
+            (a decompression bomb); default Pillow's 89,478,485.
     """
 
-    def __init__(self, *, paths: list[str], checkpoint: str, batch_size: int = 32, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        paths: list[str],
+        checkpoint: str,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         hparams, info = read_data_info(checkpoint)
         super().__init__(
             num_classes=int(hparams["num_classes"]),
@@ -104,6 +160,7 @@ class PredictFilesDataModule(ImageClassificationDataModule):
             std=tuple(info["std"]),
         )
         self.paths, self.checkpoint = list(paths), checkpoint
+        self.max_image_pixels = check_max_pixels(max_image_pixels)
         self.class_names = list(info["class_names"])
         self.resize, self.crop_pct, self.interpolation = info["resize"], info["crop_pct"], info["interpolation"]
         self.predict_set: ImageFiles | None = None
@@ -117,7 +174,7 @@ class PredictFilesDataModule(ImageClassificationDataModule):
         files = list_image_files(self.paths)
         if not files:
             raise DatasetError(f"no image files found in {self.paths}")
-        self.predict_set = ImageFiles(files, self.eval_transform(), self.image_size)
+        self.predict_set = ImageFiles(files, self.eval_transform(), self.image_size, self.max_image_pixels)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set, "predict", train=False)

@@ -72,6 +72,8 @@ class CsvPredictionWriter(BasePredictionWriter):
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = self._path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            rank_zero_warn(f"{path} exists and is replaced by these predictions; set another output to keep it.")
         self._file = path.open("w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
         self._writer.writerow(csv_header(pl_module.top_k))

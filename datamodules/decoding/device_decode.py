@@ -23,7 +23,11 @@ from datamodules.augmentation.tensor_ops import (
     crop_resize,
     pad_crop_flip,
 )
-from datamodules.decoding.decoders import decode_jpegs, decode_rgb
+from datamodules.decoding.decoders import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    decode_jpegs,
+    decode_rgb,
+)
 from datamodules.decoding.encoded_images import (
     DECODE_ERRORS,
     CorruptFiles,
@@ -38,21 +42,21 @@ def is_jpeg(data: torch.Tensor) -> bool:
     return len(data) >= 3 and tuple(data[:3].tolist()) == JPEG_MAGIC
 
 
-def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _decode_one(data: torch.Tensor, device: torch.device, max_pixels: int) -> torch.Tensor:
     """A JPEG alone on ``device``, else (other formats, and JPEGs the device decoder refuses) on the CPU."""
     if is_jpeg(data):
         try:
-            return decode_jpegs([data], device)[0]
+            return decode_jpegs([data], device, max_pixels)[0]
         except DECODE_ERRORS:
             pass  # e.g. a JPEG nvJPEG cannot read: the CPU decoder reads or rejects it
-    return decode_rgb(data).to(device, non_blocking=True)
+    return decode_rgb(data, max_pixels).to(device, non_blocking=True)
 
 
 def decode_batch(
-    batch: EncodedImages, device: torch.device, corrupt: CorruptFiles
+    batch: EncodedImages, device: torch.device, corrupt: CorruptFiles, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> tuple[list[torch.Tensor], list[int]]:
-    """Decode every file to CHW uint8 on ``device`` as the CPU path does (``decoders``); unreadable ones follow
-    ``corrupt``'s policy.
+    """Decode every file to CHW uint8 on ``device`` as the CPU path does (``decoders``); unreadable ones, and
+    those over ``max_pixels``, follow ``corrupt``'s policy.
 
     Returns the images and, per slot, the index of the file it came from: a
     skipped file's slot reuses a good image of the batch (so the batch keeps
@@ -62,14 +66,14 @@ def decode_batch(
     jpegs = [i for i, d in enumerate(batch.data) if is_jpeg(d)]
     if jpegs:
         try:
-            for i, image in zip(jpegs, decode_jpegs([batch.data[i] for i in jpegs], device)):
+            for i, image in zip(jpegs, decode_jpegs([batch.data[i] for i in jpegs], device, max_pixels)):
                 images[i] = image
         except DECODE_ERRORS:
             pass  # one bad file fails the whole call; retry one by one below to find it
     for i, image in enumerate(images):
         if image is None:
             try:
-                images[i] = _decode_one(batch.data[i], device)
+                images[i] = _decode_one(batch.data[i], device, max_pixels)
             except DECODE_ERRORS as exc:
                 corrupt.report(batch.paths[i], exc)
     good = [i for i, image in enumerate(images) if image is not None]

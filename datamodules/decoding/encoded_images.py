@@ -10,21 +10,21 @@ from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from datamodules.decoding.decoders import decode_rgb
-from datamodules.errors import DatasetError
+from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, decode_rgb
+from datamodules.errors import DatasetError, ImageDecodeError, decode_failure
 
 OnCorrupt = Literal["skip", "error"]
 MAX_CONSECUTIVE_FAILURES = 16
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
+# a file that cannot be read (OSError) or decoded (every decoder failure and the pixel limit, see ``decoders``)
+DECODE_ERRORS = (OSError, ImageDecodeError)
 
 
-def decode_bytes(data: np.ndarray) -> np.ndarray:
-    """Decode an encoded image (1-D uint8 array) to HWC uint8 RGB, upright (see ``decoders``); raises on
-    corrupt or truncated data."""
-    return np.ascontiguousarray(decode_rgb(data).permute(1, 2, 0).numpy())
+def decode_bytes(data: np.ndarray, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an encoded image (1-D uint8 array) to HWC uint8 RGB, upright (see ``decoders``); raises
+    ``ImageDecodeError`` on corrupt or truncated data and on images over ``max_pixels``."""
+    return np.ascontiguousarray(decode_rgb(data, max_pixels).permute(1, 2, 0).numpy())
 
 
 def bytes_tensor(data: np.ndarray) -> torch.Tensor:
@@ -63,7 +63,7 @@ class CorruptFiles:
 
     def report(self, path: str, exc: BaseException) -> None:
         """Raise (mode "error") or warn and count (mode "skip")."""
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = decode_failure(exc)
         if self.on_corrupt == "error":
             raise DatasetError(f"cannot decode image {path} ({reason}). Replace or delete it, or set on_corrupt='skip'.") from None
         with self._count.get_lock():

@@ -8,6 +8,8 @@ round(v / 257), floats in [0, 1] to round(v * 255); other float or 32-bit ranges
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -53,6 +55,18 @@ def rgb_from_channels(pixels: np.ndarray, bgr: bool) -> np.ndarray:
     return colour[..., ::-1] if bgr else colour
 
 
+@contextmanager
+def own_pixel_limit() -> Iterator[None]:
+    """Pillow refuses images over twice its global ``MAX_IMAGE_PIXELS``; the project checks its own limit
+    (``max_image_pixels``, see ``decoders``) before Pillow decodes, so Pillow's is lifted meanwhile (and
+    restored after: other code in the process keeps Pillow's)."""
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def _opencv_pixels(data: np.ndarray) -> np.ndarray:
     """OpenCV keeps 16-bit colour and float colour (which Pillow truncates or cannot open); EXIF is read elsewhere."""
     pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
@@ -77,11 +91,12 @@ def _pixels(image: Image.Image, data: np.ndarray, rawmode: str) -> np.ndarray:
 def decode_with_pillow(data: np.ndarray) -> torch.Tensor:
     """Encoded bytes (1-D uint8) -> CHW uint8 RGB, upright (first frame of an animation); raises on corrupt data."""
     try:
-        image = Image.open(io.BytesIO(data))
+        with own_pixel_limit():
+            image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:  # e.g. a float colour TIFF, which OpenCV reads (its message names no file)
         pixels, orientation = _opencv_pixels(data), 1
     else:
-        with image:
+        with image, own_pixel_limit():
             rawmode = _rawmode(image)  # before anything loads the pixels, which clears the tile list
             orientation = exif_orientation(image)
             pixels = _pixels(image, data, rawmode)

@@ -13,9 +13,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from datamodules.decoding.decoders import decode_rgb
+from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, decode_rgb
 from datamodules.decoding.encoded_images import DECODE_ERRORS
-from datamodules.errors import DatasetError
+from datamodules.errors import DatasetError, decode_failure
 from datamodules.sources.folder_scan import scan_split
 
 
@@ -24,15 +24,18 @@ def find_split(root: Path, names: tuple[str, ...]) -> Optional[Path]:
     return next((root / name for name in names if (root / name).is_dir()), None)
 
 
-def decode_to_chw(path: str) -> torch.Tensor:
-    """CHW uint8 RGB, decoded as every other path decodes (``decoders.decode_rgb``)."""
+def decode_to_chw(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """CHW uint8 RGB, decoded as every other path decodes (``decoders.decode_rgb``); a file that cannot be read
+    or decoded, or is over ``max_pixels``, stops the load naming it (the folder is read once, at setup)."""
     try:
-        return decode_rgb(np.fromfile(path, dtype=np.uint8))
+        return decode_rgb(np.fromfile(path, dtype=np.uint8), max_pixels)
     except DECODE_ERRORS as exc:
-        raise DatasetError(f"cannot decode {path} ({exc}); replace or delete the file.") from exc
+        raise DatasetError(f"cannot decode {path} ({decode_failure(exc)}); replace or delete the file.") from exc
 
 
-def load_image_folder(split_dir: Path, classes: list[str], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def load_image_folder(
+    split_dir: Path, classes: list[str], size: tuple[int, int], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every image under ``split_dir`` into ([N,3,H,W] uint8, [N] int64), labels by ``classes`` order.
 
     Within a class, images keep sorted file-name order, so "the last N of each class" is well defined.
@@ -41,7 +44,7 @@ def load_image_folder(split_dir: Path, classes: list[str], size: tuple[int, int]
     files = scan_split(split_dir, classes)
     images = torch.empty(len(files), 3, *size, dtype=torch.uint8)
     for index in range(len(files)):
-        image = decode_to_chw(files.path(index))
+        image = decode_to_chw(files.path(index), max_pixels)
         if tuple(image.shape[-2:]) != size:
             raise DatasetError(
                 f"{files.path(index)} is {image.shape[-1]}x{image.shape[-2]} pixels, but this dataset holds "

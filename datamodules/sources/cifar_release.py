@@ -125,7 +125,7 @@ def ensure_release(root: Path, release: CifarRelease, allow_download: bool, url:
         download(url, archive, md5)
     elif md5 is not None and file_md5(archive) != md5:
         raise DatasetError(f"checksum mismatch for {archive}: expected md5 {md5}. Delete it and download again.")
-    safe_extract(archive, root)
+    safe_extract(archive, root, release.folder)
     still_missing = missing_files(root, release)
     if still_missing:
         raise DatasetError(f"{archive} did not contain {still_missing[0]}; it is not the official {release.title} python release.")

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from datamodules.errors import DatasetError
+from datamodules.sources.progress import progress_bar
 
 CHUNK_BYTES = 1 << 20
 
@@ -35,9 +36,13 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0) -> Pa
     digest = hashlib.md5()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                digest.update(chunk)
-                out.write(chunk)
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            with progress_bar(total, f"downloading {dest.name}", unit="B", unit_scale=True, unit_divisor=1024) as bar:
+                for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    bar.update(len(chunk))
     except (urllib.error.URLError, OSError) as exc:
         tmp.unlink(missing_ok=True)
         raise DatasetError(f"download of {url} failed ({exc}). Check the network/URL, or place {dest.name} in {dest.parent} yourself.") from None
@@ -60,10 +65,26 @@ def _check_member(member: tarfile.TarInfo, dest: Path) -> None:
         )
 
 
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar(.gz) into ``dest`` atomically: into a temp dir, then move top-level entries into place.
+def _top_level(name: str) -> str:
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    return parts[0] if parts else "."
 
-    Every entry must be a plain file or folder that stays inside ``dest``.
+
+def _check_inside_folder(member: tarfile.TarInfo, archive: Path, dest: Path, folder: str) -> None:
+    """The archive may only hold ``folder``: extracting anything else would create or replace other entries
+    of ``dest`` (a user's own folder of the same name, say)."""
+    if _top_level(member.name) != folder:
+        raise DatasetError(
+            f"{archive} holds {member.name!r}, outside {folder}/; extraction only creates or replaces {dest / folder}, "
+            "so nothing was extracted. Use the official archive (check download_url), or unpack it yourself."
+        )
+
+
+def safe_extract(archive: Path, dest: Path, folder: str) -> None:
+    """Extract a tar(.gz) whose entries all lie in ``folder`` into ``dest/folder``, atomically: into a temp dir,
+    then that one folder is moved into place (replacing an old, incomplete copy).
+
+    Every entry must be a plain file or folder under ``folder``; nothing is extracted otherwise.
     """
     dest = dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
@@ -73,14 +94,17 @@ def safe_extract(archive: Path, dest: Path) -> None:
             members = tar.getmembers()
             for member in members:
                 _check_member(member, staging.resolve())
+                _check_inside_folder(member, archive, dest, folder)
             extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             for member in members:
                 tar.extract(member, staging, set_attrs=False, **extra)
-        for entry in staging.iterdir():
-            target = dest / entry.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            os.replace(entry, target)
+        target = dest / folder
+        if (staging / folder).is_dir():
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(staging / folder, target)
     except (tarfile.TarError, EOFError) as exc:
         raise DatasetError(f"cannot read archive {archive} ({exc}); delete it and download again.") from None
     finally:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from datamodules.decoding.formats import IMAGE_EXTENSIONS, listed_extensions
 from datamodules.errors import DatasetError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MAX_LISTED = 5
 
 
@@ -46,7 +47,7 @@ class FileList:
 
 
 def layout_hint(root: Path, split: str) -> str:
-    return f"expected layout {root}/{split}/<class_name>/<image>.jpg (jpg, jpeg, png, webp, bmp, gif, tif)"
+    return f"expected layout {root}/{split}/<class_name>/<image>.jpg ({listed_extensions()})"
 
 
 def list_classes(split_dir: Path) -> list[str]:
@@ -86,22 +87,33 @@ class SkippedFiles:
         "broken": "image links whose target is missing are skipped; fix or delete them",
         "nested": "images in sub-folders of class folders are skipped (a class is <split>/<class>/<image>, one level); "
         "move them up into their class folder",
+        "special": "image names that are not regular files (FIFOs, sockets, devices) are skipped; "
+        "replace them with files",
+        "extension": "files are skipped for their extension ({extensions}): only {readable} are read; convert them "
+        "(e.g. to PNG) or move them out of the class folders",
     }
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.counts: dict[str, int] = {}
         self.examples: dict[str, str] = {}
+        self.extensions: Counter[str] = Counter()
 
     def add(self, reason: str, path: str, count: int = 1) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + count
         self.examples.setdefault(reason, path)
 
+    def add_unread_extension(self, path: str) -> None:
+        self.extensions[os.path.splitext(path)[1].lower() or "no extension"] += 1
+        self.add("extension", path)
+
     def warn(self, split_dir: Path) -> None:
+        extensions = ", ".join(f"{ext}: {n}" for ext, n in self.extensions.most_common())
         for reason, count in self.counts.items():
-            what = self.REASONS[reason].format(root=self.root)
+            what = self.REASONS[reason].format(root=self.root, extensions=extensions, readable=listed_extensions())
             warnings.warn(f"{split_dir}: {count} {what} (e.g. {self.examples[reason]}).", stacklevel=3)
         self.counts.clear()
+        self.extensions.clear()
 
 
 def is_image_name(name: str) -> bool:
@@ -135,12 +147,16 @@ def class_images(class_dir: Path, skipped: SkippedFiles) -> list[str]:
             if count:
                 skipped.add("nested", first, count)
         elif is_image_name(entry.name):
-            if not entry.is_file():
+            if not os.path.exists(entry.path):
                 skipped.add("broken", entry.path)
+            elif not entry.is_file():
+                skipped.add("special", entry.path)
             elif not inside or (entry.is_symlink() and not _is_within(os.path.realpath(entry.path), root)):
                 skipped.add("outside", f"{entry.path} -> {os.path.realpath(entry.path)}")
             else:
                 files.append(entry.name)
+        else:
+            skipped.add_unread_extension(entry.path)
     return files
 
 
@@ -159,7 +175,7 @@ def scan_split(split_dir: Path, classes: list[str]) -> FileList:
         if not files:
             skipped.warn(split_dir)
             raise DatasetError(
-                f"class folder {class_dir} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                f"class folder {class_dir} contains no images ({listed_extensions()}); "
                 "add images or remove the folder."
             )
         relpaths.extend(f"{name}/{f}".encode() for f in files)

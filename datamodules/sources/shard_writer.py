@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
@@ -24,11 +25,35 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from datamodules.decoding.formats import IMAGE_SUFFIXES, listed_extensions
 from datamodules.errors import DatasetError
 from datamodules.sources.folder_scan import FileList, list_classes, scan_split
+from datamodules.sources.progress import progress_bar
 from datamodules.sources.tar_shards import CLASS_NAMES_FILE, LABEL_SUFFIX
 
 DEFAULT_SAMPLES_PER_SHARD = 1250  # ~140 MB of ImageNet JPEGs; 1,025 shards for the 1.28M training images
+PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a plain file-name start: no folders, no glob characters
+
+
+def check_prefix(prefix: str) -> str:
+    """Shards are written into the output folder only: a prefix holding a path (``../x``) would write elsewhere."""
+    if not PREFIX_PATTERN.fullmatch(prefix) or ".." in prefix:
+        raise DatasetError(
+            f"--prefix {prefix!r} is not a plain name (letters, digits, '_', '-', '.'; no '/' or '..'): shards are "
+            "written inside out_dir only; to write elsewhere, change out_dir."
+        )
+    return prefix
+
+
+def member_suffix(source: str) -> str:
+    """The tar member suffix of an image file; only formats the shard reader reads are packed."""
+    suffix = os.path.splitext(source)[1].lower().lstrip(".")
+    if suffix not in IMAGE_SUFFIXES:
+        raise DatasetError(
+            f"{source}: .{suffix} images are not read from shards ({listed_extensions()} are); convert it "
+            "(e.g. to PNG) or remove it, then write the shards again."
+        )
+    return suffix
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -39,14 +64,18 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_shard(path: Path, files: FileList, indices: np.ndarray, first_key: int) -> None:
     """One shard holding ``files[indices]`` as ``<key>.<ext>`` + ``<key>.cls``, written atomically."""
+    sources = [files.path(int(i)) for i in indices]
+    suffixes = [member_suffix(source) for source in sources]  # all refused before anything is written
     partial_path = path.with_name(path.name + ".partial")
-    with tarfile.open(partial_path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for offset, i in enumerate(indices):
-            source = files.path(int(i))
-            key = f"{first_key + offset:08d}"
-            suffix = os.path.splitext(source)[1].lower().lstrip(".")
-            _add_member(tar, f"{key}.{suffix}", Path(source).read_bytes())
-            _add_member(tar, f"{key}.{LABEL_SUFFIX}", str(int(files.labels[i])).encode())
+    try:
+        with tarfile.open(partial_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for offset, (i, source, suffix) in enumerate(zip(indices, sources, suffixes)):
+                key = f"{first_key + offset:08d}"
+                _add_member(tar, f"{key}.{suffix}", Path(source).read_bytes())
+                _add_member(tar, f"{key}.{LABEL_SUFFIX}", str(int(files.labels[i])).encode())
+    except BaseException:
+        partial_path.unlink(missing_ok=True)
+        raise
     os.replace(partial_path, path)
 
 
@@ -62,6 +91,7 @@ def write_shards(
     """Write ``out_dir/<prefix>-000000.tar``, ... from ``split_dir/<class>/<image>``; returns the shard paths."""
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    check_prefix(prefix)
     existing = sorted(out_dir.glob(f"{prefix}-*.tar"))
     if existing:
         raise DatasetError(f"{existing[0]} already exists; remove the old shards or choose another --prefix.")
@@ -75,12 +105,15 @@ def write_shards(
     paths = [out_dir / f"{prefix}-{n:06d}.tar" for n in range(len(starts))]
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(path, order[start : start + samples_per_shard], start) for path, start in zip(paths, starts)]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-            list(pool.map(partial(_write_job, files), jobs))
-    else:
-        for job in jobs:
-            _write_job(files, job)
+    with progress_bar(len(jobs), f"writing {prefix} shards", unit="shard") as bar:
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+                for _ in pool.map(partial(_write_job, files), jobs):
+                    bar.update()
+        else:
+            for job in jobs:
+                _write_job(files, job)
+                bar.update()
     names_file.write_text("".join(f"{name}\n" for name in classes))
     return paths
 

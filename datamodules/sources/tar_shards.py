@@ -1,12 +1,14 @@
 """Tar shards of images (the WebDataset layout), read by random access through a per-shard index.
 
 A shard is a plain tar file whose members form samples by key, the member name up to the first
-dot of its base name: ``<key>.jpg`` (or .jpeg, .png, .webp) holds the image and ``<key>.cls`` the
-class id as decimal text. Other members (``.json``, ...) are ignored. Hugging Face's
+dot of its base name: ``<key>.jpg`` (or any extension of ``decoding.formats``: .png, .webp, ...) holds the
+image and ``<key>.cls`` the class id as decimal text. Other members (``.json``, ...) are ignored, but a
+label whose sample has no image is an error: its image is in a format not read, or missing. Hugging Face's
 ``timm/imagenet-1k-wds`` has this layout, as do the shards ``python -m datamodules.sources.shard_writer`` writes.
 
 Each shard is scanned once for the byte offset and size of its images, and the result is cached
-as ``<shard>.idx.npz`` beside it, in the user's cache when that folder is read-only, or in
+as ``<shard>.idx.npz`` beside it (stamped with the shard's size, mtime and a hash of its first and last
+64 KiB, so a rewritten shard is scanned again), in the user's cache when that folder is read-only, or in
 ``index_dir``; reading a sample is then one ``os.preadv``.
 A dataset becomes a few hundred large files instead of a million small ones, which network file
 systems and object-store mounts serve far better, and a downloaded WebDataset copy is used as is.
@@ -28,13 +30,15 @@ from typing import Optional
 
 import numpy as np
 
+from datamodules.decoding.formats import IMAGE_SUFFIXES, listed_extensions
 from datamodules.errors import DatasetError
+from datamodules.sources.progress import progress_bar
 
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 LABEL_SUFFIX = "cls"
 CLASS_NAMES_FILE = "classes.txt"
 INDEX_SUFFIX = ".idx.npz"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the stamp holds a content hash
+STAMP_HASH_BYTES = 64 << 10  # hashed from each end of a shard
 MAX_OPEN_SHARDS = 64  # file descriptors per process; ImageNet has 1,024 training shards
 
 
@@ -113,7 +117,14 @@ def scan_shard(shard: Path) -> ShardIndex:
     except (tarfile.TarError, OSError) as exc:
         raise DatasetError(f"{shard} is not a readable tar file ({exc}); download or write it again.") from None
     if not images:
-        raise DatasetError(f"{shard} holds no images (.{', .'.join(IMAGE_SUFFIXES)}); is it an image shard?")
+        raise DatasetError(f"{shard} holds no images ({listed_extensions()}); is it an image shard?")
+    imageless = [key for key in labels if key not in images]
+    if imageless:
+        raise DatasetError(
+            f"{shard}: sample {imageless[0]!r} (and {len(imageless) - 1} more) has a .{LABEL_SUFFIX} but no image "
+            f"member read here ({listed_extensions()}); convert its image to one of them, or drop the sample, and "
+            "write the shard again."
+        )
     unlabelled = [key for key in images if key not in labels]
     if unlabelled:
         raise DatasetError(
@@ -140,9 +151,20 @@ def index_dirs(shard: Path, index_dir: Optional[Path]) -> list[Path]:
     return [index_dir] if index_dir is not None else [shard.parent, fallback_index_dir(shard.parent)]
 
 
+def _content_hash(shard: Path, size: int) -> int:
+    """A hash of the first and last ``STAMP_HASH_BYTES``: a shard rewritten within the same second and size
+    (same stat) still gets a new stamp, while reading it costs two small reads, not the whole shard."""
+    digest = hashlib.blake2b(digest_size=8)
+    with open(shard, "rb") as f:
+        digest.update(f.read(STAMP_HASH_BYTES))
+        f.seek(max(0, size - STAMP_HASH_BYTES))
+        digest.update(f.read(STAMP_HASH_BYTES))
+    return int(np.frombuffer(digest.digest(), dtype=np.int64)[0])
+
+
 def _stamp(shard: Path) -> np.ndarray:
     stat = shard.stat()
-    return np.array([INDEX_VERSION, stat.st_size, stat.st_mtime_ns], dtype=np.int64)
+    return np.array([INDEX_VERSION, stat.st_size, stat.st_mtime_ns, _content_hash(shard, stat.st_size)], dtype=np.int64)
 
 
 def load_cached_index(shard: Path, index_dir: Optional[Path]) -> Optional[ShardIndex]:
@@ -176,20 +198,29 @@ def save_index(shard: Path, index: ShardIndex, index_dir: Optional[Path]) -> Non
     raise OSError(" and ".join(failures))
 
 
-def load_indexes(shards: list[Path], index_dir: Optional[Path] = None, workers: int = 1) -> list[ShardIndex]:
+def load_indexes(
+    shards: list[Path], index_dir: Optional[Path] = None, workers: int = 1, progress: bool = False
+) -> list[ShardIndex]:
     """Every shard's index: cached ones are loaded, the rest scanned (``workers`` processes) and cached.
 
-    Scanning reads every tar header: about 5 s per 100,000 members per process on a 2-core CPU here.
+    Scanning reads every tar header: about 5 s per 100,000 members per process on a 2-core CPU here, so
+    ``progress`` shows a bar per shard scanned (the caller enables it on one rank only).
     """
     indexes = [load_cached_index(shard, index_dir) for shard in shards]
     stale = [i for i, index in enumerate(indexes) if index is None]
-    if len(stale) > 1 and workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        # parsing headers is Python-bound, so processes, and forked ones as DataLoader workers are:
-        # spawn would need every caller's script to guard its main module
-        with ProcessPoolExecutor(min(workers, len(stale)), mp_context=multiprocessing.get_context("fork")) as pool:
-            scanned = list(pool.map(scan_shard, [shards[i] for i in stale]))
-    else:
-        scanned = [scan_shard(shards[i]) for i in stale]
+    scanned: list[ShardIndex] = []
+    with progress_bar(len(stale), "indexing shards", unit="shard", enabled=progress and bool(stale)) as bar:
+        if len(stale) > 1 and workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            # parsing headers is Python-bound, so processes, and forked ones as DataLoader workers are:
+            # spawn would need every caller's script to guard its main module
+            with ProcessPoolExecutor(min(workers, len(stale)), mp_context=multiprocessing.get_context("fork")) as pool:
+                for index in pool.map(scan_shard, [shards[i] for i in stale]):
+                    scanned.append(index)
+                    bar.update()
+        else:
+            for i in stale:
+                scanned.append(scan_shard(shards[i]))
+                bar.update()
     unsaved: list[str] = []
     for i, index in zip(stale, scanned):
         indexes[i] = index
@@ -231,9 +262,11 @@ class TarShards:
         self._open: OrderedDict[int, int] = OrderedDict()
 
     @classmethod
-    def open(cls, root: Path, pattern: str, index_dir: Optional[Path] = None, workers: int = 1) -> "TarShards":
+    def open(
+        cls, root: Path, pattern: str, index_dir: Optional[Path] = None, workers: int = 1, progress: bool = False
+    ) -> "TarShards":
         shards = resolve_shards(root, pattern)
-        return cls(shards, load_indexes(shards, index_dir, workers))
+        return cls(shards, load_indexes(shards, index_dir, workers, progress))
 
     def __len__(self) -> int:
         return len(self.labels)

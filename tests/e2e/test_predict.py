@@ -38,6 +38,7 @@ def _write_inputs(folder):
     Image.fromarray(rng.integers(0, 256, (20, 50), dtype=np.uint8)).save(folder / "grey.png")
     Image.fromarray(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)).save(folder / "alpha.png")
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (folder / "empty.png").write_bytes(b"")  # cv2.error escaped the loader: the CSV kept only its header
     (folder / "more.txt").write_text("grey.png\n# comments are skipped\nnot_there.png\n")
     return data
 
@@ -62,9 +63,11 @@ def test_predict_writes_csv_rows_for_every_file(tmp_path):
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == csv_header(5)
     names = {row["path"].replace(str(tmp_path / "in") + "/", ""): row for row in rows}
-    expected = {"alpha.png", "corrupt.jpg", "grey.png", "photo.jpg", "exact/val0.png", "exact/val1.png", "exact/val2.png"}
-    assert set(names) == expected | {"not_there.png"} and len(rows) == 9, "grey.png is listed twice"
-    for name in ("corrupt.jpg", "not_there.png"):
+    expected = {"alpha.png", "corrupt.jpg", "empty.png", "grey.png", "photo.jpg"}
+    expected |= {"exact/val0.png", "exact/val1.png", "exact/val2.png"}
+    assert set(names) == expected | {"not_there.png"} and len(rows) == 10, "grey.png is listed twice"
+    assert names["empty.png"]["error"] == "empty file (0 bytes)"
+    for name in ("corrupt.jpg", "empty.png", "not_there.png"):
         assert names[name]["error"] and not names[name]["top1_class"]
     good = [row for row in rows if not row["error"]]
     assert len(good) == 7

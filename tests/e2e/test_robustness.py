@@ -359,3 +359,26 @@ def test_nan_loss_with_the_default_callbacks_exits_with_the_guard_message(in_tmp
     code, err = run_main(["fit", "--config", "smoke.yaml", *short_fit], monkeypatch, capsys)
     assert code == DIVERGED_EXIT != USER_ERROR_EXIT, err
     assert_short(err, "error: training loss is not finite (nan or inf) at global step 1")
+
+
+def test_training_with_empty_and_oversized_files_skips_them_under_on_corrupt_skip(tmp_path):
+    """A zero-byte image crashed training with a raw cv2.error naming no file, on_corrupt: skip or not."""
+    from data_helpers import random_image, write_image_folder
+    from PIL import Image
+
+    from datamodules import ImageFolderDataModule
+
+    root = write_image_folder(tmp_path, "train", ["a", "b", "c", "d"], per_class=4, size=(32, 32), fmt="PNG")
+    (root / "train" / "a" / "empty.png").write_bytes(b"")
+    Image.fromarray(random_image(100, 100, 0)).save(root / "train" / "b" / "huge.png")
+    data = ImageFolderDataModule(
+        root=str(root), num_classes=4, val_dir="train", image_size=32, batch_size=6, num_workers=1,
+        persistent_workers=False, max_image_pixels=64 * 64, preset="cifar", randaugment_layers=0,
+    )  # fmt: skip
+    seed_everything(0)
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(tiny_model(), data)
+    assert trainer.global_step == 3 and data.num_corrupt_skipped == 2  # counted across the loader worker
