@@ -49,7 +49,7 @@ class InterruptCheckpoint(Callback):
         filename: checkpoint written next to ``ModelCheckpoint``'s files.
         check_every_n_steps: with several ranks, how often they compare notes on a pending signal.
         requeue_on: signal names (``SIGUSR1``, ``SIGTERM``) after which rank 0 also runs ``scontrol requeue``
-            on the SLURM job (see ``configs/slurm.yaml``); Lightning's own SLURM requeue is then switched off.
+            on the SLURM job (see ``configs/run/slurm.yaml``); Lightning's own SLURM requeue is then switched off.
     """
 
     def __init__(
