@@ -94,3 +94,7 @@ def test_other_console_scripts_start(installed):
     assert "coatnet_0" in listed
     help_text = _run([str(installed["bin"] / "coatnet-ablate"), "--help"], installed["cwd"], installed["env"])
     assert "grid file" in help_text
+    # ablate starts each run as `python -m lightning_modules.cli fit ...`
+    module_cli = [sys.executable, "-m", "lightning_modules.cli", "fit", "--help"]
+    help_text = _run(module_cli, installed["cwd"], installed["env"])
+    assert "--config CONFIG" in help_text

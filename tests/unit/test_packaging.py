@@ -5,8 +5,11 @@ The wheel itself is built and run in ``tests/e2e/test_wheel_install.py``; these 
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 
@@ -52,16 +55,12 @@ def test_console_scripts_name_functions_of_the_packages(name):
     assert callable(getattr(importlib.import_module(module), function))
 
 
-def test_cli_module_runs_with_python_m_as_ablate_launches_it(tmp_path):
-    # ablate/launch.py starts every run as `python -m lightning_modules.cli`, which an installed wheel has too.
+def test_ablate_launches_the_cli_module_not_a_file_of_the_clone(tmp_path):
+    # An installed wheel has no cli.py; tests/e2e/test_wheel_install.py runs `python -m lightning_modules.cli` there.
     from ablate.launch import plan_run
 
     argv = plan_run(("smoke.yaml",), {}, tmp_path, "grid", "run", []).argv
     assert argv[:4] == [sys.executable, "-m", "lightning_modules.cli", "fit"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "lightning_modules.cli", "--help"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "fit" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_albumentations_is_imported_only_after_its_update_check_is_off(tmp_path):
@@ -87,3 +86,37 @@ print("after transforms:", seen)
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["after cli: []", "after transforms: ['1']"], proc.stdout
+
+
+def _distribution(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _module_level_imports(package: str) -> set[str]:
+    """Top-level names of the third-party modules ``package`` imports at module level (try blocks included)."""
+    names = set()
+    for path in (REPO_ROOT / package).rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            for statement in [node, *(node.body if isinstance(node, ast.Try) else [])]:
+                if isinstance(statement, ast.Import):
+                    names |= {alias.name.split(".")[0] for alias in statement.names}
+                elif isinstance(statement, ast.ImportFrom) and statement.level == 0 and statement.module:
+                    names.add(statement.module.split(".")[0])
+    first_party = {name.split(".")[0] for name in SETUPTOOLS["packages"]}
+    return {name for name in names if name not in sys.stdlib_module_names | first_party | {"__future__"}}
+
+
+@pytest.mark.parametrize(("package", "extras"), [
+    ("coatnet", ()), ("lightning_modules", ()), ("datamodules", ()), ("bench", ()), ("ablate", ("ablate",)),
+])
+def test_module_level_imports_are_declared_dependencies(package, extras):
+    # optuna and matplotlib serve ablate/ only: a plain install (no [ablate]) must train without them.
+    project = PYPROJECT["project"]
+    declared = {_distribution(item) for item in project["dependencies"]}
+    assert not declared & {"optuna", "matplotlib"}, "optuna and matplotlib belong in the ablate extra"
+    declared |= {_distribution(item) for extra in extras for item in project["optional-dependencies"][extra]}
+    providers = importlib.metadata.packages_distributions()
+    for module in sorted(_module_level_imports(package)):
+        assert module in providers, f"{package} imports {module}, which no installed distribution provides"
+        dists = {_distribution(dist) for dist in providers[module]}
+        assert dists & declared, f"{package} imports {module} at module level: declare one of {sorted(dists)}"
