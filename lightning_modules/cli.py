@@ -13,7 +13,7 @@ key (it is a dataclass, see ``lightning_modules.model_overrides``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import lightning
 import torch
@@ -54,7 +54,7 @@ def batch_limits_take_counts(parser: LightningArgumentParser) -> None:
     ``Union[float, int, None]`` created earlier; jsonargparse then tries float first and turns every 1 into 1.0.
     """
     for key in BATCH_LIMITS:
-        parser._option_string_actions[f"--{key}"]._typehint = Union[int, float, None]
+        parser._option_string_actions[f"--{key}"]._typehint = int | float | None
 
 
 class CoAtNetCLI(LightningCLI):
@@ -107,7 +107,7 @@ class CoAtNetCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         parser.add_argument(
             "--cpu_threads",
-            type=Optional[int],
+            type=int | None,
             default=None,
             help="torch intra-op threads for CPU runs (None: torch's default). Small models on a few shared "
             "cores run several times faster with 1 than with threads that wait on each other.",
