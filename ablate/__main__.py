@@ -1,6 +1,6 @@
 """Train one recipe over a grid (or a TPE search) of cli.py settings, then tabulate and plot the runs.
 
-    python -m ablate --config configs/ablations/layouts.yaml
+    python -m ablate --config configs/grids/layouts.yaml
     python -m ablate --config attention_bias.yaml --storage sqlite:///logs/ablate/studies.db
     python -m ablate --config lr_search.yaml --sampler tpe --n-trials 20
     python -m ablate --config layouts.yaml -- --trainer.max_epochs 1     # extra cli.py arguments for every run
@@ -40,10 +40,9 @@ from ablate.study import (
     retry_failed_runs,
     run_trials,
 )
+from lightning_modules.config_files import CONFIG_DIR, GRID_FOLDER
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
-GRID_DIR = CONFIG_DIR / "ablations"
+GRID_DIR = CONFIG_DIR / GRID_FOLDER
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -55,7 +54,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="grid file (a bare name is also looked up in configs/ablations/)")
+    parser.add_argument("--config", required=True, help="grid file (a bare name is also looked up in configs/grids/)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="grid", help="grid: every point once; tpe: search the file's search: ranges")
     parser.add_argument("--n-trials", type=int, help="trials this process runs (grid default: until the grid is done; needed for tpe)")
     parser.add_argument("--storage", help="Optuna journal file or RDB URL (sqlite:///x.db); default <log-dir>/<grid>/optuna.journal")

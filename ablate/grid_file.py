@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 from jsonargparse import get_loader
 
+from lightning_modules.config_files import ConfigNameError, find_config
+
 TOP_LEVEL_KEYS = ("name", "base", "fixed", "variants", "axes", "search")
 VARIANT_PARAM = "variant"
 GRID_SCALARS = (str, int, float, bool, type(None))
@@ -79,7 +81,7 @@ class GridSpec:
 def load_grid_file(path: Path, config_dir: Path) -> GridSpec:
     """Read and check a grid file; every problem is a ``GridFileError``."""
     if not path.is_file():
-        raise GridFileError(f"grid file {path} not found: pass an existing file, e.g. configs/ablations/layouts.yaml")
+        raise GridFileError(f"grid file {path} not found: pass an existing file, e.g. configs/grids/layouts.yaml")
     try:
         data = get_loader("yaml")(path.read_text())  # as cli.py reads YAML: 1e-4 is a number
     except yaml.YAMLError as err:
@@ -119,7 +121,11 @@ def _base_configs(path: Path, base: Any, config_dir: Path) -> tuple[str, ...]:
     if not files or not isinstance(files, list) or not all(isinstance(item, str) for item in files):
         raise GridFileError(f"{path}: base must name one or more config files, e.g. base: [cifar10_quick.yaml]")
     for item in files:
-        if not Path(item).is_file() and not (config_dir / item).is_file():
+        try:
+            found = find_config(item, config_dir)  # as the CLI will: bare preset names are searched in the folders
+        except ConfigNameError as err:
+            raise GridFileError(f"{path}: base {err}") from None
+        if not Path(found).is_file():
             raise GridFileError(f"{path}: base config {item} not found here or in {config_dir}; fix the name")
     return tuple(files)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ablate.metrics import epoch_accuracies
 
-CLI = Path(__file__).resolve().parents[1] / "cli.py"
+CLI_MODULE = "lightning_modules.cli"  # run with -m: works in a clone and from an installed wheel
 FINISHED_MARKER = "ablate_finished.json"
 WALL_TIME_FILE = "ablate_wall_time.json"
 POLL_SECONDS = 5.0
@@ -53,7 +53,7 @@ def cli_value(value: Any) -> str:
 def plan_run(base: tuple[str, ...], settings: dict[str, Any], log_dir: Path, grid: str, name: str,
              extra_args: list[str]) -> RunPlan:
     """The ``cli.py fit`` command line of one run: its configs, its settings and its own logger folder."""
-    argv = [sys.executable, str(CLI), "fit"]
+    argv = [sys.executable, "-m", CLI_MODULE, "fit"]
     for config in base:
         argv += ["--config", config]
     argv += [f"--{key}={cli_value(value)}" for key, value in settings.items()]

@@ -95,7 +95,7 @@ case $topic in
       mkdir -p /tmp/cifar10-jpeg && tar -xzf "$data" -C /tmp/cifar10-jpeg && data=/tmp/cifar10-jpeg
     fi
     step cifar10_fit $((BUDGET_S - SECONDS - 30)) python3 cli.py fit --config configs/cifar10.yaml \
-      --config configs/cifar10_folder.yaml --data.init_args.root="$data" \
+      --config configs/data/cifar10_folder.yaml --data.init_args.root="$data" \
       --trainer.logger.init_args.save_dir="$OUT/logs" --trainer.enable_progress_bar=false "$@"
     python3 -m bench.scalars "$OUT/logs" --csv "$OUT/cifar10_curves.csv" >> "$summary" 2>&1
     ;;

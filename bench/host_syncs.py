@@ -49,7 +49,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from cli import CoAtNetCLI
+from lightning_modules.cli import CoAtNetCLI
 from lightning_modules.config_files import config_values, read_config_file, resolve_config_paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

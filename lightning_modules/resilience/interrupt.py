@@ -49,7 +49,7 @@ class InterruptCheckpoint(Callback):
         filename: checkpoint written next to ``ModelCheckpoint``'s files.
         check_every_n_steps: with several ranks, how often they compare notes on a pending signal.
         requeue_on: signal names (``SIGUSR1``, ``SIGTERM``) after which rank 0 also runs ``scontrol requeue``
-            on the SLURM job (see ``configs/slurm.yaml``). Their handlers are installed in ``setup``, before
+            on the SLURM job (see ``configs/run/slurm.yaml``). Their handlers are installed in ``setup``, before
             Lightning's signal connector, which then leaves its own SLURM requeue (an ``hpc_ckpt`` saved in the
             middle of a step, and a second ``scontrol requeue``) out: it never replaces a handler that is there.
             Such a signal while the fit starts up stops it after its first step, saying so, and requeues.

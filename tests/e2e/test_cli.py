@@ -131,7 +131,8 @@ def test_validate_test_and_predict_on_best_checkpoint(smoke_run, monkeypatch):
 def test_bare_config_names_resolve_to_configs_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert find_config("smoke.yaml") == str(REPO_ROOT / "configs" / "smoke.yaml")
-    assert find_config("ablations/post_softmax.yaml") == str(REPO_ROOT / "configs" / "ablations" / "post_softmax.yaml")
+    assert find_config("model/post_softmax.yaml") == str(REPO_ROOT / "configs" / "model" / "post_softmax.yaml")
+    assert find_config("ddp.yaml") == str(REPO_ROOT / "configs" / "trainer" / "ddp.yaml"), "bare preset names resolve"
     assert find_config("missing.yaml") == "missing.yaml"
     Path("smoke.yaml").write_text("# local file wins\nseed_everything: 7\n")
     assert find_config("smoke.yaml") == "smoke.yaml"

@@ -159,7 +159,7 @@ def _checkpoint_of(path, *configs: str) -> None:
 
 def test_checkpoint_of_another_network_with_the_same_shapes_is_refused(in_tmp, monkeypatch, capsys):
     # Pre- and post-softmax attention have identical parameters: only the saved hyper-parameters tell them apart.
-    _checkpoint_of(in_tmp / "post.ckpt", "smoke.yaml", "ablations/post_softmax.yaml")
+    _checkpoint_of(in_tmp / "post.ckpt", "smoke.yaml", "model/post_softmax.yaml")
     validate = ["validate", "--config", "smoke.yaml", *QUICK, "--trainer.limit_val_batches=1", "--ckpt_path=post.ckpt"]
     code, err = run_main(validate, monkeypatch, capsys)
     assert code == USER_ERROR_EXIT
@@ -169,7 +169,7 @@ def test_checkpoint_of_another_network_with_the_same_shapes_is_refused(in_tmp, m
     code, err = run_main(resume, monkeypatch, capsys)
     assert code == USER_ERROR_EXIT and "holds another network" in err, "fit must not resume it as this network either"
     (in_tmp / "config.yaml").write_text("# the user's own file\n")
-    monkeypatch.setattr(sys, "argv", ["cli.py", *validate[:3], "--config", "ablations/post_softmax.yaml", *validate[3:]])
+    monkeypatch.setattr(sys, "argv", ["cli.py", *validate[:3], "--config", "model/post_softmax.yaml", *validate[3:]])
     assert "val/acc1" in cli.main().trainer.callback_metrics, "the matching config validates it"
     assert (in_tmp / "config.yaml").read_text() == "# the user's own file\n", "no logger: the config is not saved to cwd"
 

@@ -20,7 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_layouts_grid_names_the_paper_layouts_and_vit_rel() -> None:
-    spec = load_grid_file(CONFIG_DIR / "ablations" / "layouts.yaml", CONFIG_DIR)
+    spec = load_grid_file(CONFIG_DIR / "grids" / "layouts.yaml", CONFIG_DIR)
     assert spec.grid_space() == {"variant": ["C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T", "ViT-REL"]}
     assert spec.settings_of({"variant": "C-C-C-T"}) == {"model.model_overrides.layout": "CCCT"}
     assert spec.settings_of({"variant": "ViT-REL"})["model.model_overrides.stem.patch_size"] == 8

@@ -28,14 +28,23 @@ from coatnet import create_model
 from coatnet.blocks import BLOCKS, Block
 from lightning_modules.callbacks.throughput import ThroughputLogger
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.config_files import ConfigNameError, find_config
 from lightning_modules.model_overrides import overrides_dict
 
 CONFIG_DIR = REPO_ROOT / "configs"
-PRESETS = ["bf16.yaml", "ddp.yaml", "ema.yaml", "fsdp.yaml"]
-DATA_PRESETS = ["cifar10_folder.yaml", "imagenet_shards.yaml"]
 DEFAULTS = "defaults.yaml"  # what every run starts from: no model or data of its own
-RUN_PRESETS = ["slurm.yaml"]  # sets ckpt_path and the interrupt callback, no trainer keys
-RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in [*PRESETS, *DATA_PRESETS, *RUN_PRESETS, DEFAULTS])
+RECIPES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name != DEFAULTS)  # the top of configs/
+
+
+def _folder(role: str) -> list[str]:
+    """The presets of one role, as ``--config`` takes them: ``trainer/ddp.yaml``."""
+    return sorted(f"{role}/{p.name}" for p in (CONFIG_DIR / role).glob("*.yaml"))
+
+
+# role folder -> the top-level keys its presets may set (run presets: ckpt_path and callbacks, no trainer keys)
+ROLE_KEYS = {"trainer": {"trainer"}, "data": {"data"}, "model": {"model"}, "run": None}
+GRIDS = "grids"  # python -m ablate's grid files, not LightningCLI configs
+PRESETS, DATA_PRESETS, MODEL_PRESETS, RUN_PRESETS = (_folder(role) for role in ROLE_KEYS)
 IMAGENET_DROP_PATH = {"coatnet0.yaml": 0.2, "coatnet1.yaml": 0.3, "coatnet2.yaml": 0.5, "coatnet3.yaml": 0.7}
 
 
@@ -46,11 +55,33 @@ def _cli(*configs: str, extra: tuple[str, ...] = ()) -> CoAtNetCLI:
 
 
 def test_expected_configs_exist_and_are_commented():
-    expected = {"smoke.yaml", "cifar10.yaml", "cifar100.yaml", "cifar10_smoke.yaml", *PRESETS}
+    expected = {"smoke.yaml", "cifar10.yaml", "cifar100.yaml", "cifar10_smoke.yaml"}
     expected |= {f"coatnet{i}.yaml" for i in range(5)}
-    assert expected <= {p.name for p in CONFIG_DIR.glob("*.yaml")}
+    assert expected <= set(RECIPES)
+    assert {"trainer/bf16.yaml", "trainer/ddp.yaml", "trainer/ema.yaml", "trainer/fsdp.yaml"} <= set(PRESETS)
     for path in CONFIG_DIR.rglob("*.yaml"):
         assert path.read_text().startswith("#"), f"{path.name} needs a comment saying what it is for"
+
+
+def test_configs_are_sorted_into_role_folders():
+    assert {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()} == {*ROLE_KEYS, GRIDS}
+    assert all(p.parent.parent == CONFIG_DIR for p in CONFIG_DIR.glob("*/*/*")), "one level of folders"
+    for role, allowed in ROLE_KEYS.items():
+        for preset in _folder(role):
+            keys = set(yaml.safe_load((CONFIG_DIR / preset).read_text()))
+            if allowed is None:
+                assert not keys & {"trainer", "model", "data"}, f"{preset}: run presets set no trainer/model/data"
+            else:
+                assert keys == allowed, f"{preset} belongs in the folder of its keys {sorted(keys)}, not {role}/"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (CONFIG_DIR / GRIDS).glob("*.yaml")))
+def test_grid_files_are_ablate_grids_not_cli_configs(name):
+    from ablate.grid_file import load_grid_file
+
+    spec = load_grid_file(CONFIG_DIR / GRIDS / name, CONFIG_DIR)
+    assert spec.base and (spec.variants or spec.axes or spec.search)
+    assert not set(yaml.safe_load((CONFIG_DIR / GRIDS / name).read_text())) & {"trainer", "model", "data"}
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -101,14 +132,9 @@ def test_imagenet_recipes_follow_the_paper(name):
     assert global_batch == 4096, "peak lr 1e-3 belongs to a global batch of 4096"
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_presets_only_touch_trainer_keys(preset):
-    assert set(yaml.safe_load((CONFIG_DIR / preset).read_text())) == {"trainer"}
-
-
 def test_cifar_recipe_runs_on_an_image_folder_copy():
-    assert set(yaml.safe_load((CONFIG_DIR / "cifar10_folder.yaml").read_text())) == {"data"}
-    cli = _cli("cifar10.yaml", "cifar10_folder.yaml", extra=("--trainer.accelerator=cpu", "--trainer.precision=32-true"))
+    assert set(yaml.safe_load((CONFIG_DIR / "data/cifar10_folder.yaml").read_text())) == {"data"}
+    cli = _cli("cifar10.yaml", "data/cifar10_folder.yaml", extra=("--trainer.accelerator=cpu", "--trainer.precision=32-true"))
     data = cli.datamodule
     recipe_data = yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["data"]["init_args"]
     assert type(data).__name__ == "CIFARDataModule" and data.hparams.source == "folder"
@@ -127,8 +153,8 @@ def test_imagenet_recipe_reads_tar_shards_with_the_shard_preset(tmp_path):
     from datamodules.sampling.shard_sampler import ShardOrderSampler
     from datamodules.sources.shard_writer import write_shards
 
-    assert set(yaml.safe_load((CONFIG_DIR / "imagenet_shards.yaml").read_text())) == {"data"}
-    cli = _cli("coatnet0.yaml", "imagenet_shards.yaml", extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
+    assert set(yaml.safe_load((CONFIG_DIR / "data/imagenet_shards.yaml").read_text())) == {"data"}
+    cli = _cli("coatnet0.yaml", "data/imagenet_shards.yaml", extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
     data, recipe = cli.datamodule, yaml.safe_load((CONFIG_DIR / "coatnet0.yaml").read_text())["data"]["init_args"]
     assert (data.train_dir, data.val_dir) == ("imagenet1k-train-*.tar", "imagenet1k-validation-*.tar")
     for key in ("randaugment_magnitude", "batch_size", "num_workers", "color_jitter"):
@@ -139,7 +165,7 @@ def test_imagenet_recipe_reads_tar_shards_with_the_shard_preset(tmp_path):
     write_image_folder(tmp_path / "images", "val", classes, per_class=1, size=(48, 64))
     write_shards(tmp_path / "images" / "train", tmp_path / "wds", "imagenet1k-train", samples_per_shard=4, workers=1)
     write_shards(tmp_path / "images" / "val", tmp_path / "wds", "imagenet1k-validation", samples_per_shard=4, workers=1)
-    cli = _cli("coatnet0.yaml", "imagenet_shards.yaml", extra=(
+    cli = _cli("coatnet0.yaml", "data/imagenet_shards.yaml", extra=(
         "--trainer.accelerator=cpu", "--trainer.devices=1", f"--data.root={tmp_path / 'wds'}", "--data.num_classes=2",
         "--data.image_size=32", "--data.batch_size=2", "--data.num_workers=0",
     ))
@@ -151,7 +177,7 @@ def test_imagenet_recipe_reads_tar_shards_with_the_shard_preset(tmp_path):
 
 
 def test_ddp_bf16_and_ema_presets_compose_with_a_recipe():
-    cli = _cli("smoke.yaml", "ddp.yaml", "bf16.yaml", "ema.yaml")
+    cli = _cli("smoke.yaml", "trainer/ddp.yaml", "trainer/bf16.yaml", "trainer/ema.yaml")
     assert isinstance(cli.trainer.strategy, DDPStrategy)
     assert cli.trainer.precision == "bf16-mixed"
     assert any(isinstance(cb, EMAWeightAveraging) for cb in cli.trainer.callbacks)
@@ -161,7 +187,8 @@ def test_ddp_bf16_and_ema_presets_compose_with_a_recipe():
 def test_fsdp_preset_wraps_each_coatnet_block():
     # The Trainer refuses FSDP without a GPU, so only the strategy object is built from the config.
     cli = _cli("smoke.yaml")
-    cfg = cli.parser.parse_args(["--config", str(CONFIG_DIR / "smoke.yaml"), "--config", str(CONFIG_DIR / "fsdp.yaml")])
+    fsdp = str(CONFIG_DIR / "trainer/fsdp.yaml")
+    cfg = cli.parser.parse_args(["--config", str(CONFIG_DIR / "smoke.yaml"), "--config", fsdp])
     strategy = cli.parser.instantiate_classes(cfg).trainer.strategy
     assert isinstance(strategy, FSDPStrategy)
     policy = strategy.kwargs["auto_wrap_policy"]
@@ -174,7 +201,7 @@ def test_fsdp_preset_wraps_each_coatnet_block():
     assert strategy.kwargs["use_orig_params"], "weight-decay groups need the original parameter names"
 
 
-# ablation preset -> (recipe it is added to, what the built model must show)
+# model/ preset -> (recipe it is added to, what the built model must show)
 ABLATIONS = {
     "layout_cccc.yaml": ("cifar10.yaml", lambda config: config.layout == "CCCC"),
     "layout_ccct.yaml": ("cifar10.yaml", lambda config: config.layout == "CCCT"),
@@ -185,17 +212,14 @@ ABLATIONS = {
 }
 
 
-ABLATION_GRIDS = {"layouts.yaml", "attention_bias.yaml", "quick_search.yaml"}  # python -m ablate files, tested there
-
-
-def test_every_ablation_preset_is_tested():
-    assert {p.name for p in (CONFIG_DIR / "ablations").glob("*.yaml")} == set(ABLATIONS) | ABLATION_GRIDS
+def test_every_model_preset_is_tested():
+    assert MODEL_PRESETS == sorted(f"model/{name}" for name in ABLATIONS)
 
 
 @pytest.mark.parametrize("preset", sorted(ABLATIONS))
 def test_ablation_preset_changes_one_thing_and_keeps_the_recipe(preset):
     recipe, changed = ABLATIONS[preset]
-    cli = _cli(recipe, f"ablations/{preset}", extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
+    cli = _cli(recipe, f"model/{preset}", extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
     config = cli.model.model.config
     assert changed(config)
     recipe_model = yaml.safe_load((CONFIG_DIR / recipe).read_text())["model"]
@@ -203,6 +227,31 @@ def test_ablation_preset_changes_one_thing_and_keeps_the_recipe(preset):
     if recipe == "cifar10.yaml":
         assert config.stem.stride == 1, "the recipe's stride-1 stem was lost"
         assert cli.model.model(torch.empty(2, 3, 32, 32, device="meta")).shape == (2, 10)
+
+
+def test_bare_names_search_the_role_folders_and_old_paths_name_the_new_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert find_config("coatnet0.yaml") == str(CONFIG_DIR / "coatnet0.yaml")
+    assert find_config("ema.yaml") == find_config("trainer/ema.yaml") == str(CONFIG_DIR / "trainer" / "ema.yaml")
+    assert find_config("missing.yaml") == "missing.yaml", "jsonargparse reports a file that is nowhere"
+    with pytest.raises(ConfigNameError, match=r"ablations/layout_ccct.yaml moved .*: pass --config model/layout_ccct.yaml"):
+        find_config("ablations/layout_ccct.yaml")
+    with pytest.raises(ConfigNameError, match=r"grid file of python -m ablate"):
+        find_config("layouts.yaml")
+    for role in ("trainer", "data"):  # a name two folders hold must be spelled with its folder
+        (tmp_path / "configs" / role).mkdir(parents=True)
+        (tmp_path / "configs" / role / "fast.yaml").write_text("# x\n")
+    with pytest.raises(ConfigNameError, match=r"fast.yaml is in several folders .*: pass one of data/fast.yaml, trainer/fast.yaml"):
+        find_config("fast.yaml", tmp_path / "configs")
+    assert find_config("data/fast.yaml", tmp_path / "configs") == str(tmp_path / "configs" / "data" / "fast.yaml")
+
+
+def test_old_config_path_is_refused_in_one_line_naming_the_new_one(capsys):
+    with pytest.raises(SystemExit) as exited:
+        _cli("smoke.yaml", extra=("--config", "ablations/post_softmax.yaml"))
+    error = capsys.readouterr().err.split("error: ", 1)[1]
+    assert exited.value.code == 2 and error.count("\n") <= 1, error
+    assert "--config model/post_softmax.yaml" in error
 
 
 def _overrides(cli: CoAtNetCLI, *args: str) -> dict:
