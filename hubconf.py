@@ -3,7 +3,7 @@
 >>> model = torch.hub.load("path/to/this/clone", "coatnet_0", source="local", num_classes=10, img_size=384)
 
 Keyword arguments override config fields, as in ``coatnet.create_model``. The weights are freshly
-initialised: load trained ones with ``python -m coatnet convert`` or ``coatnet.checkpoint.load_weights``.
+initialised; the README's fine-tuning section says how to load trained ones.
 """
 
 from __future__ import annotations
