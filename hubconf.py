@@ -3,7 +3,7 @@
 >>> model = torch.hub.load("path/to/this/clone", "coatnet_0", source="local", num_classes=10, img_size=384)
 
 Keyword arguments override config fields, as in ``coatnet.create_model``. The weights are freshly
-initialised: load trained ones with ``python -m coatnet convert`` or ``coatnet.weights.load_weights``.
+initialised: load trained ones with ``coatnet.weights.load_weights`` (a file or ``hf-hub:ORG/NAME``).
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ Adding a block type is one class here (or in any module imported before the conf
             ...
 
 after which ``layout="CCXT"`` validates, builds, resizes (``set_grid``), recomputes under grad
-checkpointing and wraps under FSDP (``configs/fsdp.yaml`` names :class:`Block`). Settings of its own
-go in a new section dataclass, a field of :class:`coatnet.config.CoAtNetConfig`.
+checkpointing and wraps under FSDP (the ``fsdp.yaml`` preset names :class:`Block`). Settings of its own
+go in a new :class:`coatnet.config.Section` dataclass (each field's range and role declared with
+``coatnet.config.setting``), added as a field of :class:`coatnet.config.CoAtNetConfig`; the command line
+and the checkpoint match pick it up from there.
 """
 
 from __future__ import annotations

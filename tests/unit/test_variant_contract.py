@@ -15,26 +15,31 @@ import pytest
 import torch
 from torch import nn
 
-from coatnet import CoAtNet, create_model, fold_batchnorm, get_config, list_models
+from coatnet import CoAtNet, CoAtNetConfig, create_model, fold_batchnorm, get_config, list_models
 from coatnet.blocks import BLOCKS
 
 # (variant, layout to force or None): every variant as registered, then each block type on its own.
 CASES = [(name, None) for name in list_models()] + [("coatnet_nano", letter * 4) for letter in sorted(BLOCKS)]
 IMG = 64
+PAPER_VARIANTS = {f"coatnet_{n}" for n in range(5)}
 
 
-def tiny(name: str, layout: str | None = None, **extra) -> CoAtNet:
+def tiny_config(name: str, layout: str | None = None, **extra) -> CoAtNetConfig:
     """``name`` with 1-2 blocks per stage and widths of one or two heads; every other setting as registered."""
     config = get_config(name)
     stages = len(layout or config.layout)
     head_dim = config.transformer.head_dim
     widths = tuple(head_dim * (1 if i < stages // 2 else 2) for i in range(stages))
     stem = config.stem.widths[-1] if config.stem.patch_size else 16
-    return create_model(
+    return get_config(
         name, layout=layout or config.layout, depths=(1,) * (stages - 1) + (2,), widths=widths,
         stem={"widths": (stem // 2 or 1, stem) if not config.stem.patch_size else (widths[0], widths[0])},
         img_size=IMG, num_classes=5, **extra,
     )  # fmt: skip
+
+
+def tiny(name: str, layout: str | None = None, **extra) -> CoAtNet:
+    return CoAtNet(tiny_config(name, layout, **extra))
 
 
 def trained_looking(model: nn.Module) -> nn.Module:
@@ -82,7 +87,7 @@ def test_set_img_size_round_trip(name, layout):
         assert wide.shape == (1, 5) and model.pretrained_cfg["input_size"] == (3, IMG + 32, IMG)
         model.set_img_size(IMG)
         after = model(images())
-    assert model.config == tiny(name, layout).config
+    assert model.config == tiny_config(name, layout)
     assert {k: v.shape for k, v in model.state_dict().items()} == shapes
     assert all(torch.equal(v, untouched[k]) for k, v in model.state_dict().items() if k in untouched)
     if not any(".rel_pos.table" in k for k in shapes):  # an MLP bias or no attention: resolution-free
@@ -116,7 +121,8 @@ def test_grad_checkpointing_gives_the_eager_gradients(name, layout):
         assert torch.equal(other, buffer), f"{key} moved differently under recomputation"
 
 
-@pytest.mark.parametrize("name", list_models())
+# The paper's coatnet_0..4 are built at full size by test_model.py::test_paper_variants_param_count_and_shapes.
+@pytest.mark.parametrize("name", [name for name in list_models() if name not in PAPER_VARIANTS])
 def test_full_size_variant_builds_and_runs_on_meta(name):
     """The registered depths and widths themselves (head_dim divides every Transformer width, ...)."""
     size = 32 if get_config(name).stem.patch_size else IMG
