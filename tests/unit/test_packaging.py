@@ -21,7 +21,6 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
 SCRIPTS = PYPROJECT["project"]["scripts"]
-EXPORT_MOVED = (REPO_ROOT / "lightning_modules" / "export.py").is_file()
 
 
 def _package_folders() -> set[str]:
@@ -43,12 +42,7 @@ def test_configs_ship_inside_the_package_namespace():
     assert "py.typed" in SETUPTOOLS["package-data"]["coatnet"]
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(
-        name == "coatnet-export" and not EXPORT_MOVED, strict=True,
-        reason="export.py's implementation moves to lightning_modules/export.py on the weights branch",
-    )) for name in sorted(SCRIPTS)
-])
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_console_scripts_name_functions_of_the_packages(name):
     module, function = SCRIPTS[name].split(":")
     assert module.split(".")[0] in {package.split(".")[0] for package in SETUPTOOLS["packages"]}
