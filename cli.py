@@ -12,7 +12,6 @@ directory is also looked up in ``configs/``, so ``--config coatnet0.yaml`` works
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional, Union
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -42,7 +41,7 @@ from lightning_modules.resilience.resume_paths import (  # noqa: E402
 from lightning_modules.resilience.run_lock import RunFolderLock  # noqa: E402
 from lightning_modules.resilience.stop_checkpoint import StopCheckpoint  # noqa: E402
 from lightning_modules.user_errors import ConciseArgumentParser, exit_readably  # noqa: E402
-from lightning_modules.weights_preprocessing import apply_weights_preprocessing  # noqa: E402
+from lightning_modules.weights_preprocessing import apply_weights_preprocessing, weights_exist  # noqa: E402
 
 # The logger, checkpoint settings and checkpoint IO every run starts from; shown by --print_config.
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
@@ -138,7 +137,7 @@ class CoAtNetCLI(LightningCLI):
             return
         if self._checkpoint_to_restore:
             rank_zero_info(f"model.init_from is not loaded: the weights come from {self._checkpoint_to_restore}")
-            if not Path(init_from).is_file():
+            if not weights_exist(init_from):
                 rank_zero_warn(f"{init_from} is gone: the preprocessing (mean, std, ...) is the config's as given")
                 return
         apply_weights_preprocessing(config.data, init_from)
