@@ -31,8 +31,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from coatnet import CoAtNet, fold_batchnorm
-from coatnet.weights import load_for_finetune
 from coatnet.errors import CheckpointError
+from coatnet.weights import load_for_finetune
 from lightning_modules.hparam_ranges import (
     DecayFactor,
     Fraction,

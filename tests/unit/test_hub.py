@@ -185,7 +185,10 @@ def test_a_timm_repository_with_only_pytorch_model_bin_loads(timm_files, expecte
     from safetensors.torch import load
 
     torch.save(load(timm_files["model.safetensors"]), tmp_path / "pytorch_model.bin")
-    files = {"config.json": timm_files["config.json"], "pytorch_model.bin": (tmp_path / "pytorch_model.bin").read_bytes()}
+    files = {
+        "config.json": timm_files["config.json"],
+        "pytorch_model.bin": (tmp_path / "pytorch_model.bin").read_bytes(),
+    }
     endpoint(FakeHub({TIMM_REPO: files}))
     model, _ = load_weights(HUB_NAME)
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())
