@@ -31,7 +31,7 @@ from torch import Tensor
 from .attention import RelativeAttention, resize_table
 from .config import CoAtNetConfig, config_from_dict, config_to_dict
 from .errors import CheckpointError, CheckpointNotFoundError, first_line
-from .hub import hub_config, hub_weights_file, is_hub_name, repo_and_revision
+from .hub import WEIGHTS_FILES, hub_config, hub_weights_file, is_hub_name, repo_and_revision
 from .model import CoAtNet
 
 # ----------------------------------------------------------------------------- reading files
@@ -201,7 +201,7 @@ def build_uninitialised(config: CoAtNetConfig) -> CoAtNet:
 FORMAT = "coatnet-weights/1"
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct")
 WEIGHTS_SUFFIXES = (".safetensors", ".pth")
-PACKED_WEIGHTS = "model.safetensors"  # the weights file of a packed folder
+PACKED_WEIGHTS = WEIGHTS_FILES[0]  # the weights file of a packed folder, as of a Hub repository
 _CLASSIFIER = ("head.fc.weight", "head.fc.bias")
 
 
@@ -375,8 +375,6 @@ def _read_hub(name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Weights and metadata of a Hub repository; timm's are converted to this project's layout on the way."""
     config = checked_hub_config(name)
     path = hub_weights_file(name)
-    repo_id, _ = repo_and_revision(name)
-    source = {"hf_hub": repo_id, "revision": path.parent.name}  # the snapshot folder is named by the commit
     if not is_timm_config(config):
         state_dict, meta = read_weights_file(path)
         if meta is None:
@@ -400,7 +398,8 @@ def _read_hub(name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
         "variant": variant_for_timm_name(timm_name),
         "config": config_to_dict(model.config),
         "preprocessing": timm_config_preprocessing(config),
-        "source": {**source, "timm_name": timm_name},
+        # The snapshot folder is named by the commit.
+        "source": {"hf_hub": repo_and_revision(name)[0], "revision": path.parent.name, "timm_name": timm_name},
         "class_names": list(labels) if isinstance(labels, list) and len(labels) == model.config.num_classes else None,
     }
     return model.state_dict(), meta

@@ -12,7 +12,6 @@ key (it is a dataclass, see ``lightning_modules.model_overrides``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import lightning
@@ -42,7 +41,7 @@ from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.run_checkpoint import RunCheckpoint
 from lightning_modules.resilience.run_lock import RunLock
 from lightning_modules.user_errors import ConciseArgumentParser, exit_readably
-from lightning_modules.weights_preprocessing import apply_weights_preprocessing
+from lightning_modules.weights_preprocessing import apply_weights_preprocessing, weights_exist
 
 # The logger, checkpoint settings and checkpoint IO every run starts from; shown by --print_config.
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
@@ -139,7 +138,7 @@ class CoAtNetCLI(LightningCLI):
             return
         if self._checkpoint_to_restore:
             rank_zero_info(f"model.init_from is not loaded: the weights come from {self._checkpoint_to_restore}")
-            if not Path(init_from).is_file():
+            if not weights_exist(init_from):
                 rank_zero_warn(f"{init_from} is gone: the preprocessing (mean, std, ...) is the config's as given")
                 return
         apply_weights_preprocessing(config.data, init_from)

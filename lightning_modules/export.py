@@ -130,9 +130,10 @@ def _from_lightning_checkpoint(state: Mapping[str, Any], path: Path) -> tuple[nn
 def _from_weights_file(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     """The model and its recorded preprocessing and class names, as ``data_info``."""
     model, meta = load_weights(path)
-    info = {"image_size": list(model.img_size), **meta["preprocessing"], "variant": meta.get("variant")}
-    if meta.get("class_names") is not None:
-        info["class_names"] = meta["class_names"]
+    info = {"image_size": list(model.img_size), **meta["preprocessing"]}
+    for key in ("variant", "class_names"):
+        if meta.get(key) is not None:
+            info[key] = meta[key]
     return model, info
 
 
@@ -309,14 +310,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineErrorParser(description="Export a CoAtNet checkpoint (see the module docstring).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--ckpt", help="Lightning checkpoint of ImageClassifier, or a weights file of `python -m coatnet convert`"
+        "--ckpt",
+        help="Lightning checkpoint of ImageClassifier, a weights file of `python -m coatnet convert`, a folder of "
+        "--format safetensors, or a Hub repository (hf-hub:ORG/NAME)",
     )
     source.add_argument("--model", help="or a randomly initialised variant, e.g. coatnet_0 (for timing)")
     parser.add_argument("--image-size", type=int, help=f"input side with --model (default {DEFAULT_SIZE})")
     parser.add_argument("--num-classes", type=int, help=f"classes with --model (default {DEFAULT_CLASSES})")
     parser.add_argument(
         "--format", choices=FORMATS, default="onnx",
-        help="onnx (default), exported (a torch.export .pt2), torchscript (deprecated by PyTorch: torch.jit warns)",
+        help="onnx (default), exported (a torch.export .pt2), torchscript (deprecated by PyTorch: torch.jit "
+        "warns), safetensors (a folder of weights, config.json and model card to share: --output names the folder)",
     )
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {OPSET} to {MAX_OPSET}")

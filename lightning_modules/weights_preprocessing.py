@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from coatnet.hub import is_hub_name
 from coatnet.weights import preprocessing_of as preprocessing_of_weights
 
 # Evaluation choices a config may make for itself (timm's 384-pixel weights evaluate at crop_pct 1.0);
@@ -45,6 +47,11 @@ def apply_weights_preprocessing(data_config: Any, weights: str) -> None:
         rank_zero_info(f"preprocessing from {weights}: " + ", ".join(f"{k}={v}" for k, v in applied.items()))
     for key, value in kept.items():
         rank_zero_info(f"kept {key}={data_args[key]} from the config (the weights were evaluated at {key}={value})")
+
+
+def weights_exist(weights: str) -> bool:
+    """Whether ``init_from`` still names weights: a file, a packed folder, or a Hub repository (cached or not)."""
+    return is_hub_name(weights) or Path(weights).exists()
 
 
 def constructor_defaults(class_path: str | None) -> dict[str, Any]:

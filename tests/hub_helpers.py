@@ -1,8 +1,10 @@
 """A Hugging Face Hub without the network: repositories laid out in a local cache as huggingface_hub lays
-them out, and a tiny HTTP server on 127.0.0.1 that answers ``hf_hub_download`` as the Hub does."""
+them out, and a tiny HTTP server on 127.0.0.1 that answers ``hf_hub_download`` and ``HfApi`` uploads (repository
+creation, then a commit of regular, base64-encoded files) as the Hub does."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -54,12 +56,24 @@ def cache_repo(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
     return snapshot
 
 
-class FakeHub:
-    """``/{repo}/resolve/{revision}/{file}`` for the repositories given; records the paths asked for."""
+def point_hub_client_at(monkeypatch, url: str) -> None:
+    """Make this process's huggingface_hub use ``url`` as HF_ENDPOINT (it reads the variable at import)."""
+    from huggingface_hub import constants
 
-    def __init__(self, repos: dict[str, dict[str, bytes]]):
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+class FakeHub:
+    """``/{repo}/resolve/{revision}/{file}`` for the repositories given; records the paths asked for. Uploads
+    land in ``repos`` too (``created`` records each repository creation request); ``refuse_uploads`` answers 401."""
+
+    def __init__(self, repos: dict[str, dict[str, bytes]], refuse_uploads: bool = False):
         self.repos = repos
         self.requests: list[str] = []
+        self.created: list[dict] = []
+        self.refuse_uploads = refuse_uploads
 
     @contextmanager
     def serving(self) -> Iterator[str]:
@@ -72,6 +86,39 @@ class FakeHub:
 
             def do_GET(self) -> None:
                 self._answer(body=True)
+
+            def do_POST(self) -> None:
+                hub.requests.append(self.path)
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if hub.refuse_uploads:
+                    return self._json(401, {"error": "Invalid credentials in Authorization header"})
+                if self.path == "/api/repos/create":
+                    request = json.loads(data)
+                    hub.created.append(request)
+                    repo_id = f"{request['organization']}/{request['name']}"
+                    hub.repos.setdefault(repo_id, {})
+                    return self._json(200, {"url": f"{url}/{repo_id}"})
+                if self.path == "/api/validate-yaml":  # a README.md's metadata block, checked before the commit
+                    return self._json(200, {"errors": [], "warnings": []})
+                repo_id, _, action = self.path.removeprefix("/api/models/").rpartition("/")[0].rpartition("/")
+                if action == "preupload":
+                    files = json.loads(data)["files"]
+                    modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+                    return self._json(200, {"files": modes})
+                for line in data.splitlines():  # commit: a header line, then one line per file
+                    entry = json.loads(line)
+                    if entry.get("key") == "file":
+                        hub.repos[repo_id][entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
+                commit = commit_of(hub.repos[repo_id])
+                return self._json(200, {"commitUrl": f"{url}/{repo_id}/commit/{commit}", "commitOid": commit})
+
+            def _json(self, status: int, answer: dict) -> None:
+                body = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def _answer(self, body: bool) -> None:
                 hub.requests.append(self.path)
@@ -97,10 +144,11 @@ class FakeHub:
                 pass
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
+            yield url
         finally:
             server.shutdown()
             server.server_close()

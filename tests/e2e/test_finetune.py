@@ -123,6 +123,23 @@ def test_checkpoint_replaces_init_from_which_may_be_gone(tmp_path, monkeypatch):
     assert "val/acc1" in cli.trainer.callback_metrics
 
 
+def test_a_run_resumed_from_a_packed_folder_or_hub_name_keeps_their_preprocessing(tmp_path, monkeypatch):
+    """With --ckpt_path the weights come from the checkpoint, but a folder or hf-hub init_from still sets mean/std."""
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    folder = tmp_path / "packed"
+    folder.mkdir()
+    save_weights(folder / "model.safetensors", create_model("coatnet_nano", img_size=32), PREPROCESSING, "test")
+    base = ["--config", "smoke.yaml", "--trainer.logger=false", f"--model.init_from={folder}",
+            "--data.init_args.mean=[0.1,0.1,0.1]"]  # fmt: skip
+    module = CoAtNetCLI(args=base, run=False).model
+    checkpoint = tmp_path / "run.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2.6.0"}, checkpoint)  # fmt: skip
+    args = ["validate", *base, f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false"]  # fmt: skip
+    assert tuple(CoAtNetCLI(args=args).datamodule.mean) == (0.5, 0.5, 0.5)
+
+
 def test_requeued_fine_tune_resumes_with_last_after_the_weights_file_moved(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cli.py"])

@@ -18,6 +18,7 @@ from hub_helpers import (
     TIMM_REPO,
     FakeHub,
     cache_repo,
+    point_hub_client_at,
     timm_repo_files,
 )
 
@@ -62,17 +63,13 @@ def hub_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def endpoint(monkeypatch):
     """Point this process's huggingface_hub at a FakeHub: ``endpoint(hub)`` -> its URL, while the test runs."""
-    from huggingface_hub import constants
-
     servers = []
 
     def serve(hub: FakeHub) -> str:
         context = hub.serving()
         url = context.__enter__()
         servers.append(context)
-        monkeypatch.setattr(constants, "ENDPOINT", url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        point_hub_client_at(monkeypatch, url)
         return url
 
     yield serve
@@ -185,7 +182,10 @@ def test_a_timm_repository_with_only_pytorch_model_bin_loads(timm_files, expecte
     from safetensors.torch import load
 
     torch.save(load(timm_files["model.safetensors"]), tmp_path / "pytorch_model.bin")
-    files = {"config.json": timm_files["config.json"], "pytorch_model.bin": (tmp_path / "pytorch_model.bin").read_bytes()}
+    files = {
+        "config.json": timm_files["config.json"],
+        "pytorch_model.bin": (tmp_path / "pytorch_model.bin").read_bytes(),
+    }
     endpoint(FakeHub({TIMM_REPO: files}))
     model, _ = load_weights(HUB_NAME)
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from hub_helpers import cache_repo
+from hub_helpers import FakeHub, cache_repo, point_hub_client_at
 
 from coatnet import create_model
 from coatnet.weights import load_for_finetune, load_weights, preprocessing_of
@@ -86,51 +86,37 @@ def test_an_uploaded_folder_reads_back_as_a_hub_repository(run, tmp_path, monkey
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
 
 
-class _RecordingApi:
-    """Stands in for huggingface_hub.HfApi: records the calls and what the uploaded folder held."""
+def test_push_to_hub_uploads_the_folder_which_then_loads_from_the_hub(run, tmp_path, monkeypatch, capsys):
+    """Through huggingface_hub's HfApi against a Hub on 127.0.0.1: create the repository, commit the folder;
+    then `init_from hf-hub:` downloads it back."""
+    from huggingface_hub import constants
 
-    calls: list = []
-
-    def create_repo(self, repo_id, exist_ok, private):
-        self.calls.append(("create_repo", repo_id, exist_ok, private))
-        return f"https://hub.example/{repo_id}"
-
-    def upload_folder(self, repo_id, folder_path, commit_message):
-        from pathlib import Path
-
-        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
-        self.calls.append(("upload_folder", repo_id, files))
-
-
-def test_push_to_hub_creates_the_repository_and_uploads_the_folder(run, tmp_path, monkeypatch, capsys):
-    import huggingface_hub
-
-    ckpt, _ = run
-    _RecordingApi.calls = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", _RecordingApi)
-    assert _pack(ckpt, tmp_path / "packed", "--push-to-hub", "me/nano-run", "--private") == 0
-    (create, repo_id, exist_ok, private), (upload, uploaded_to, files) = _RecordingApi.calls
-    assert (create, repo_id, exist_ok, private) == ("create_repo", "me/nano-run", True, True)
-    assert upload == "upload_folder" and uploaded_to == "me/nano-run"
-    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
-    assert b"--model.init_from hf-hub:me/nano-run" in files["README.md"]
-    assert "--model.init_from hf-hub:me/nano-run" in capsys.readouterr().out
+    ckpt, trained = run
+    hub = FakeHub({})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with hub.serving() as url:
+        point_hub_client_at(monkeypatch, url)
+        assert _pack(ckpt, tmp_path / "packed", "--push-to-hub", "me/nano-run", "--private") == 0
+        assert "--model.init_from hf-hub:me/nano-run" in capsys.readouterr().out
+        model, meta = load_weights("hf-hub:me/nano-run")
+    (created,) = hub.created
+    assert (created["organization"], created["name"]) == ("me", "nano-run")
+    assert created.get("visibility") == "private" or created.get("private") is True
+    uploaded = hub.repos["me/nano-run"]
+    assert uploaded == {p.name: p.read_bytes() for p in (tmp_path / "packed").iterdir()}
+    assert b"--model.init_from hf-hub:me/nano-run" in uploaded["README.md"]
+    assert meta["class_names"] == INFO["class_names"]
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_a_failed_upload_is_one_line_and_keeps_the_folder(run, tmp_path, monkeypatch, capsys):
-    import huggingface_hub
-
-    class Refusing(_RecordingApi):
-        def create_repo(self, repo_id, exist_ok, private):
-            raise OSError("401 Unauthorized\ndetails")
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", Refusing)
-    with pytest.raises(SystemExit) as exited:
+    with FakeHub({}, refuse_uploads=True).serving() as url, pytest.raises(SystemExit) as exited:
+        point_hub_client_at(monkeypatch, url)
         export.main(["--ckpt", str(run[0]), "--format", "safetensors", "--output", str(tmp_path / "p"),
                      "--push-to-hub", "me/x"])  # fmt: skip
     err = capsys.readouterr().err.splitlines()
     assert exited.value.code == 2
-    assert err[0].startswith(f"error: uploading {tmp_path / 'p'} to me/x failed (OSError: 401")
+    assert err[0].startswith(f"error: uploading {tmp_path / 'p'} to me/x failed (HfHubHTTPError: ") and "401" in err[0]
     assert "hf auth login" in err[0] and (tmp_path / "p" / "model.safetensors").is_file()
 
 
