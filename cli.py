@@ -19,6 +19,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning  # noqa: E402
 import torch  # noqa: E402
+from jsonargparse.typing import PositiveInt  # noqa: E402
 from lightning.pytorch import Callback, LightningDataModule, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
@@ -109,7 +110,7 @@ class CoAtNetCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         parser.add_argument(
             "--cpu_threads",
-            type=Optional[int],
+            type=Optional[PositiveInt],
             default=None,
             help="torch intra-op threads for CPU runs (None: torch's default). Small models on a few shared "
             "cores run several times faster with 1 than with threads that wait on each other.",
