@@ -299,8 +299,8 @@ def hinted_parse_error(message: str) -> str | None:
     if linked := _LINKED_OVERRIDE.search(message):
         data_key = _DATA_KEY[linked["field"]]
         return (
-            f"model.model_overrides.{linked['field']}: the model takes it from the DataModule; "
-            f"set --data.init_args.{data_key} instead"
+            f"model.model_overrides: Option '{linked['field']}' is not accepted: the model takes it from the "
+            f"DataModule; set --data.init_args.{data_key} instead"
         )
     return None
 

@@ -365,7 +365,8 @@ def test_nan_loss_with_the_default_callbacks_exits_with_the_guard_message(in_tmp
     ("args", "needles"),
     [
         (["--model.model_overrides.img_size=[64,64]"],
-         ["error: model.model_overrides.img_size: the model takes it from the DataModule", "--data.init_args.image_size"]),
+         ["error: model.model_overrides: Option 'img_size' is not accepted: the model takes it from the DataModule",
+          "set --data.init_args.image_size instead"]),
         (["--trainer.accumulate_grad_batches=0"], ["error: trainer.accumulate_grad_batches=0 is out of range: allowed >= 1"]),
         (["--cpu_threads=-3"], ["error: cpu_threads=-3 is out of range: allowed > 0"]),
         (["--seed_everything=-5"], ["error: seed_everything=-5 is out of range: allowed 0 to 4294967295"]),
