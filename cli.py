@@ -32,17 +32,17 @@ from lightning_modules.classifier import ImageClassifier  # noqa: E402
 from lightning_modules.config_files import CONFIG_DIR, ConfigFileOrName  # noqa: E402
 from lightning_modules.hparam_ranges import check_optimizer  # noqa: E402
 from lightning_modules.pictures.callback import RunPictures  # noqa: E402
-from lightning_modules.resilience.nan_guard import NanGuard  # noqa: E402
 from lightning_modules.resilience.init_weights import weights_from_checkpoint  # noqa: E402
 from lightning_modules.resilience.interrupt import InterruptCheckpoint  # noqa: E402
 from lightning_modules.resilience.last_of_config import last_checkpoint_of_config  # noqa: E402
+from lightning_modules.resilience.nan_guard import NanGuard  # noqa: E402
 from lightning_modules.resilience.random_state import RandomState  # noqa: E402
 from lightning_modules.resilience.resume_paths import (  # noqa: E402
     continue_run_folder,
     resolve_ckpt_path,
 )
-from lightning_modules.resilience.run_lock import RunLock  # noqa: E402
 from lightning_modules.resilience.run_checkpoint import RunCheckpoint  # noqa: E402
+from lightning_modules.resilience.run_lock import RunLock  # noqa: E402
 from lightning_modules.user_errors import ConciseArgumentParser, exit_readably  # noqa: E402
 from lightning_modules.weights_preprocessing import apply_weights_preprocessing  # noqa: E402
 

@@ -19,7 +19,8 @@ def _loss(outputs: Any) -> torch.Tensor | None:
 
 
 class NanGuard(Callback):
-    """Config key ``nan_guard:``. Raises :class:`TrainingDiverged` naming the first global step whose training loss was not finite.
+    """Config key ``nan_guard:``. Raises :class:`TrainingDiverged` naming the first global step whose training loss
+    was not finite.
 
     Reading the loss on the host every step would make the CPU wait for the GPU each step and lose
     the overlap of Python work with device work. So the check stays on the device (a flag and the

@@ -24,8 +24,8 @@ from coatnet.checkpoint import save_weights
 from datamodules import DatasetError, SyntheticDataModule
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.resilience.atomic_io import AtomicCheckpointIO
-from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.interrupt import InterruptCheckpoint
+from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.random_state import RandomState
 from lightning_modules.user_errors import (
     DIVERGED_EXIT,
@@ -367,7 +367,8 @@ def test_nan_loss_with_the_default_callbacks_exits_with_the_guard_message(in_tmp
         (["--model.model_overrides.img_size=[64,64]"],
          ["error: model.model_overrides: Option 'img_size' is not accepted: the model takes it from the DataModule",
           "set --data.init_args.image_size instead"]),
-        (["--trainer.accumulate_grad_batches=0"], ["error: trainer.accumulate_grad_batches=0 is out of range: allowed >= 1"]),
+        (["--trainer.accumulate_grad_batches=0"],
+         ["error: trainer.accumulate_grad_batches=0 is out of range: allowed >= 1"]),
         (["--cpu_threads=-3"], ["error: cpu_threads=-3 is out of range: allowed > 0"]),
         (["--seed_everything=-5"], ["error: seed_everything=-5 is out of range: allowed 0 to 4294967295"]),
         (["--data.init_args.image_size=32000"], ["error: out of host memory", "GiB", "--data.init_args.image_size"]),
@@ -375,7 +376,8 @@ def test_nan_loss_with_the_default_callbacks_exits_with_the_guard_message(in_tmp
     ids=["img-size-override", "accumulate-0", "cpu-threads", "negative-seed", "huge-image-size"],
 )
 def test_more_settings_are_refused_in_one_line_naming_the_key(args, needles, in_tmp, monkeypatch, capsys):
-    code, err = run_main(["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", *args], monkeypatch, capsys)
+    argv = ["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", *args]
+    code, err = run_main(argv, monkeypatch, capsys)
     assert code == USER_ERROR_EXIT
     assert_short(err, *needles)
 
@@ -384,7 +386,8 @@ def test_an_argument_of_the_default_optimizer_says_to_name_the_class(in_tmp, mon
     recipe = (cli.CONFIG_DIR / "smoke.yaml").read_text()
     start = recipe.index("  optimizer:")
     (in_tmp / "plain.yaml").write_text(recipe[:start] + recipe[recipe.index("  warmup_steps"):])
-    code, err = run_main(["fit", "--config", "plain.yaml", *QUICK, "--model.optimizer.init_args.lr=0.1"], monkeypatch, capsys)
+    argv = ["fit", "--config", "plain.yaml", *QUICK, "--model.optimizer.init_args.lr=0.1"]
+    code, err = run_main(argv, monkeypatch, capsys)
     assert code == USER_ERROR_EXIT
     assert_short(err, "error: model.optimizer.init_args.lr: model.optimizer is the default optimizer",
                  "--model.optimizer torch.optim.AdamW --model.optimizer.init_args.lr VALUE")
