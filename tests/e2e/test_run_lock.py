@@ -84,3 +84,18 @@ def test_loggers_without_a_run_folder_lock_the_folder_of_their_run_and_resume_fr
     assert len(last) == 1 and (last[0].parent.parent / "fit.lock").is_file(), last
     resumed = trainer()
     assert resolve_ckpt_path(resumed, "last", fresh_start=True) == str(last[0])
+
+
+def test_last_checkpoint_of_a_wandb_config_is_looked_up_under_its_project(tmp_path):
+    """Known before the model is built, so a resumed fine-tuning run does not load ``init_from``; W&B's ``name`` is
+    the run's display name, its checkpoints go under the project."""
+    from jsonargparse import Namespace
+
+    from lightning_modules.resilience.last_of_config import last_checkpoint_of_config
+
+    last = tmp_path / "coatnet" / "abc123" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"global_step": 1}, last)
+    logger = Namespace(class_path="lightning.pytorch.loggers.WandbLogger",
+                       init_args=Namespace(save_dir=str(tmp_path), project="coatnet", name="first try"))
+    assert last_checkpoint_of_config(Namespace(trainer=Namespace(logger=logger))) == str(last)
