@@ -34,6 +34,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
 from coatnet.attention import RelativeAttention
+from lightning_modules.hparam_ranges import PositiveInt, check_ranges
 from lightning_modules.pictures.attention_maps import centre_query, query_attention
 from lightning_modules.pictures.destinations import keeps_pictures, log_picture
 from lightning_modules.pictures.drawing import (
@@ -107,11 +108,10 @@ class RunPictures(Callback):
         rel_pos_bias: bool = True,
         attention_maps: bool = True,
         hparams: bool = True,
-        max_images: int = 32,
+        max_images: PositiveInt = 32,
         max_matrix_classes: int = 100,
     ) -> None:
-        if max_images < 1:
-            raise ValueError("max_images must be >= 1")
+        check_ranges(RunPictures.__init__, locals())  # the CLI's parser checks them too (pictures.max_images)
         self.train_batch, self.val_predictions, self.confusion_matrix = train_batch, val_predictions, confusion_matrix
         self.class_accuracy, self.rel_pos_bias, self.hparams = class_accuracy, rel_pos_bias, hparams
         self.attention_maps = attention_maps

@@ -411,3 +411,15 @@ def test_ckpt_path_last_with_only_damaged_checkpoints_names_them_instead_of_star
     assert code == USER_ERROR_EXIT
     assert_short(err, "every checkpoint under logs/smoke is incomplete", "last.ckpt", "epoch001-acc1_0.5000.ckpt",
                  "Move them away to start fresh")
+
+
+@pytest.mark.parametrize("key", ["interrupt_checkpoint.check_every_n_steps", "nan_guard.check_every_n_steps",
+                                 "throughput.window", "pictures.max_images"])
+def test_callback_counts_below_one_are_refused_naming_their_config_key(key, in_tmp, monkeypatch, capsys):
+    """interrupt_checkpoint's 0 was accepted and divided by zero at the first DDP step; the others named no key."""
+    code, err = run_main(["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", f"--{key}=0"],
+                         monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, f"error: {key}=0 is out of range: allowed > 0")
+    with pytest.raises(ValueError, match="check_every_n_steps=0 is out of range: allowed > 0"):
+        InterruptCheckpoint(check_every_n_steps=0)  # Python callers, who skip the parser
