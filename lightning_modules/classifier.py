@@ -13,7 +13,6 @@ logged as ``lr/<group name>`` (``lr/decay``, ``lr/no_decay``; per layer with ``l
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -43,6 +42,7 @@ from lightning_modules.optim import (
     check_clipping_is_possible,
     layer_decay_groups,
     no_decay_names,
+    total_optimizer_steps,
     weight_decay_groups,
 )
 from lightning_modules.prediction import DATA_INFO_KEY, data_info
@@ -249,14 +249,12 @@ class ImageClassifier(LightningModule):
         check_clipping_is_possible(self.trainer, optimizer)
         for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
             group["lr"] *= group.get("lr_scale", 1.0)
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ValueError("The cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        total_steps = total_optimizer_steps(self.trainer)
         if self.hparams.warmup_steps > total_steps:
             rank_zero_warn(
-                f"model.warmup_steps={self.hparams.warmup_steps} is longer than the whole run ({int(total_steps)} "
+                f"model.warmup_steps={self.hparams.warmup_steps} is longer than the whole run ({total_steps} "
                 "optimizer steps): the learning rate never reaches its peak. Shorten the warm-up or train longer."
             )
-        schedule = WarmupCosine(self.hparams.warmup_steps, int(total_steps), self.hparams.min_lr_ratio)
+        schedule = WarmupCosine(self.hparams.warmup_steps, total_steps, self.hparams.min_lr_ratio)
         scheduler = {"scheduler": LambdaLR(optimizer, schedule), "interval": "step", "frequency": 1, "name": "lr"}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

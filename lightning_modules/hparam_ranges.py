@@ -17,6 +17,7 @@ from jsonargparse.typing import (
     ClosedUnitInterval,
     NonNegativeFloat,
     NonNegativeInt,
+    PositiveInt,
     restricted_number_type,
 )
 
@@ -24,7 +25,7 @@ Fraction = ClosedUnitInterval  # a probability, a ratio: [0, 1]
 ProperFraction = restricted_number_type("ProperFraction", float, [(">=", 0), ("<", 1)])  # drop rates, smoothing
 DecayFactor = restricted_number_type("DecayFactor", float, [(">", 0), ("<=", 1)])  # 1: no decay
 __all__ = [
-    "DecayFactor", "Fraction", "NonNegativeFloat", "NonNegativeInt", "ProperFraction",
+    "DecayFactor", "Fraction", "NonNegativeFloat", "NonNegativeInt", "PositiveInt", "ProperFraction",
     "allowed_range", "check_optimizer", "check_ranges",
 ]  # fmt: skip
 

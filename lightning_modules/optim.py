@@ -142,3 +142,17 @@ def check_clipping_is_possible(trainer: Trainer, optimizer: torch.optim.Optimize
             "clipping in Lightning: set model.optimizer.init_args.fused false (the default), use "
             "trainer.precision 32-true, or drop trainer.gradient_clip_val"
         )
+
+
+def total_optimizer_steps(trainer: Trainer) -> int:
+    """The optimizer steps of the whole run, which the schedule spans; a readable error where there is no such
+    number (Lightning would divide by ``accumulate_grad_batches`` 0, or return infinity)."""
+    if trainer.accumulate_grad_batches < 1:
+        raise ValueError(
+            f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} is out of range: allowed >= 1 "
+            "(batches per optimizer step; 1 accumulates nothing)"
+        )
+    total_steps = trainer.estimated_stepping_batches
+    if not math.isfinite(total_steps):
+        raise ValueError("The cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+    return int(total_steps)

@@ -161,6 +161,27 @@ def checkpoint_write_message(err: BaseException) -> str | None:
     )
 
 
+_CPU_ALLOCATION = re.compile(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes")
+_SEED_BOUNDS = re.compile(r"^(-?\d+) is not in bounds, numpy accepts from (\d+) to (\d+)")
+
+
+def cpu_memory_message(err: BaseException) -> str | None:
+    """One line for a host allocation that cannot succeed (an image size or batch far too large), else None."""
+    found = _CPU_ALLOCATION.search(str(err)) if isinstance(err, RuntimeError) else None
+    if found is None:
+        return None
+    return (
+        f"out of host memory: one tensor needed {int(found[1]) / 2**30:,.1f} GiB. Check the sizes: "
+        "--data.init_args.image_size and --data.init_args.batch_size (and the model's widths and depths)"
+    )
+
+
+def seed_message(err: BaseException) -> str | None:
+    """Lightning's "-5 is not in bounds" as the key, the value and the allowed range."""
+    found = _SEED_BOUNDS.match(str(err)) if isinstance(err, ValueError) else None
+    return f"seed_everything={found[1]} is out of range: allowed {found[2]} to {found[3]}" if found else None
+
+
 def user_message(err: BaseException) -> str | None:
     """The message to show for an error the user can fix, or ``None`` for a bug (keep the traceback)."""
     if isinstance(err, MisconfigurationException | ValueError) and "gpu" in str(err).lower():
@@ -168,7 +189,7 @@ def user_message(err: BaseException) -> str | None:
             return f"{err}\n{CPU_HINT}"
     if isinstance(err, torch.OutOfMemoryError):
         return out_of_memory_message(err)
-    if message := checkpoint_write_message(err):
+    if message := checkpoint_write_message(err) or cpu_memory_message(err) or seed_message(err):
         return message
     if isinstance(err, RuntimeError) and (summary := summarize_state_dict_error(str(err))):
         return summary
@@ -254,6 +275,36 @@ def wrapped_inner_error(message: str) -> str | None:
     return f"{keys[0]}.{inner['key']}{inner['rest']}" if inner else f"{keys[0]}: {wrapped['line']}"
 
 
+_OPTIMIZER_WITHOUT_CLASS = re.compile(
+    r'Parser key "(?P<key>[^"]+)":\s*Type .*? expects a function or a callable class: Dict must include a class_path'
+    r".*?NestedArg\(key='(?P<arg>[\w.]+)'",
+    re.DOTALL,
+)
+_LINKED_OVERRIDE = re.compile(
+    r'Parser key "model\.model_overrides".*?Option \'(?P<field>img_size|num_classes)\' is not accepted', re.DOTALL
+)
+_DATA_KEY = {"img_size": "image_size", "num_classes": "num_classes"}
+
+
+def hinted_parse_error(message: str) -> str | None:
+    """One line with the fix for two mistakes whose parser message names neither: an argument of the default
+    optimizer (a function, so it has no ``init_args``), and a model override that the DataModule sets."""
+    if optimizer := _OPTIMIZER_WITHOUT_CLASS.search(message):
+        key, arg = optimizer["key"], optimizer["arg"].removeprefix("init_args.")
+        return (
+            f"{key}.init_args.{arg}: {key} is the default optimizer, a function without arguments (AdamW, lr 1e-3, "
+            f"weight_decay 0.05); name the class first: --{key} torch.optim.AdamW --{key}.init_args.{arg} VALUE "
+            f"(add --{key}.init_args.weight_decay 0.05 to keep the default's decay)"
+        )
+    if linked := _LINKED_OVERRIDE.search(message):
+        data_key = _DATA_KEY[linked["field"]]
+        return (
+            f"model.model_overrides: Option '{linked['field']}' is not accepted: the model takes it from the "
+            f"DataModule; set --data.init_args.{data_key} instead"
+        )
+    return None
+
+
 def concise_parse_error(message: str) -> str:
     """The one relevant line or branch of jsonargparse's report on a bad value.
 
@@ -262,7 +313,9 @@ def concise_parse_error(message: str) -> str:
     LightningDataModule or None", so a wrong key or value under ``--data.init_args.*`` is reported against both
     alternatives, with the subtype list and the raw value: ten lines around the one that matters.
     """
-    if one_line := range_parse_error(message) or wrapped_inner_error(message) or nested_key_error(message):
+    if one_line := hinted_parse_error(message) or range_parse_error(message) or wrapped_inner_error(message) or (
+        nested_key_error(message)
+    ):
         return one_line
     match = _UNION_PROBLEM.match(message)
     if match is None:

@@ -14,6 +14,7 @@ from lightning.fabric.utilities.throughput import get_available_flops, measure_f
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 
+from lightning_modules.hparam_ranges import PositiveInt, check_ranges
 from lightning_modules.steps import split_batch
 
 
@@ -40,9 +41,8 @@ class ThroughputLogger(Callback):
     autotuning) is not logged.
     """
 
-    def __init__(self, window: int = 20) -> None:
-        if window < 1:
-            raise ValueError("window must be >= 1")
+    def __init__(self, window: PositiveInt = 20) -> None:
+        check_ranges(ThroughputLogger.__init__, locals())  # the CLI's parser checks it too (throughput.window)
         self.window = window
         self._t0: float | None = None
         self._batches = 0

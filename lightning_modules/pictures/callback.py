@@ -34,7 +34,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
 from coatnet.attention import RelativeAttention
-from lightning_modules.steps import split_batch
+from lightning_modules.hparam_ranges import PositiveInt, check_ranges
 from lightning_modules.pictures.attention_maps import centre_query, query_attention
 from lightning_modules.pictures.destinations import keeps_pictures, log_picture
 from lightning_modules.pictures.drawing import (
@@ -45,6 +45,7 @@ from lightning_modules.pictures.drawing import (
     top_confusions_table,
     upscale,
 )
+from lightning_modules.steps import split_batch
 
 FINAL_METRICS = ("val/acc1", "val/acc5", "val/loss")
 MIN_TILE_SIDE = 64  # small (CIFAR-sized) images are enlarged, pixel-exact, to stay readable
@@ -107,11 +108,10 @@ class RunPictures(Callback):
         rel_pos_bias: bool = True,
         attention_maps: bool = True,
         hparams: bool = True,
-        max_images: int = 32,
+        max_images: PositiveInt = 32,
         max_matrix_classes: int = 100,
     ) -> None:
-        if max_images < 1:
-            raise ValueError("max_images must be >= 1")
+        check_ranges(RunPictures.__init__, locals())  # the CLI's parser checks them too (pictures.max_images)
         self.train_batch, self.val_predictions, self.confusion_matrix = train_batch, val_predictions, confusion_matrix
         self.class_accuracy, self.rel_pos_bias, self.hparams = class_accuracy, rel_pos_bias, hparams
         self.attention_maps = attention_maps
@@ -152,9 +152,10 @@ class RunPictures(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":  # before a resumed fit restores the best values (load_state_dict)
             self._train_logged, self._best = False, {}
-        logger = self._tensorboard(trainer)
         if stage == "fit" and not any(keeps_pictures(lg) for lg in trainer.loggers):
-            rank_zero_warn("pictures: no logger keeps images (TensorBoard, W&B, MLflow, or one with a log_dir), nothing is drawn.")
+            rank_zero_warn(
+                "pictures: no logger keeps images (TensorBoard, W&B, MLflow, or one with a log_dir), nothing is drawn."
+            )
         if self._needs_logits and self._hook is None:
             # On the LightningModule, outside a compiled ``model``: registered once, so no recompilation.
             self._hook = pl_module.register_forward_hook(self._catch_logits)

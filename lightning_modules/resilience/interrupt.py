@@ -17,6 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_modules.hparam_ranges import PositiveInt, check_ranges
 from lightning_modules.resilience.announce import announce
 from lightning_modules.resilience.interrupted_validation import restart_validation
 from lightning_modules.resilience.slurm_requeue import requeue, slurm_job_id
@@ -56,8 +57,9 @@ class InterruptCheckpoint(Callback):
     """
 
     def __init__(
-        self, filename: str = "last.ckpt", check_every_n_steps: int = 10, requeue_on: list[str] | None = None
+        self, filename: str = "last.ckpt", check_every_n_steps: PositiveInt = 10, requeue_on: list[str] | None = None
     ) -> None:
+        check_ranges(InterruptCheckpoint.__init__, locals())  # the CLI's parser checks it too; 0 divided by zero
         self.filename = filename
         self.check_every_n_steps = check_every_n_steps
         self.requeue_on = {catchable_signal_named(name) for name in requeue_on or ()}

@@ -26,5 +26,7 @@ def last_checkpoint_of_config(config: Any) -> str | None:
     init_args = first.get("init_args") if hasattr(first, "get") else None
     if not init_args or not init_args.get("save_dir"):
         return None
-    run_dir = Path(init_args["save_dir"]) / str(init_args.get("name") or "lightning_logs")
+    # ModelCheckpoint's folder is <save_dir>/<logger.name>/<version>; a WandbLogger's name is its project
+    name_key = "project" if str(first.get("class_path", "")).endswith("WandbLogger") else "name"
+    run_dir = Path(init_args["save_dir"]) / str(init_args.get(name_key) or "lightning_logs")
     return resume_checkpoint_under(run_dir, version_folder(init_args.get("version")))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lightning_modules.hparam_ranges import PositiveInt, check_ranges
 from lightning_modules.user_errors import TrainingDiverged
 
 
@@ -19,7 +20,8 @@ def _loss(outputs: Any) -> torch.Tensor | None:
 
 
 class NanGuard(Callback):
-    """Config key ``nan_guard:``. Raises :class:`TrainingDiverged` naming the first global step whose training loss was not finite.
+    """Config key ``nan_guard:``. Raises :class:`TrainingDiverged` naming the first global step whose training loss
+    was not finite.
 
     Reading the loss on the host every step would make the CPU wait for the GPU each step and lose
     the overlap of Python work with device work. So the check stays on the device (a flag and the
@@ -33,9 +35,8 @@ class NanGuard(Callback):
     refused setting (2), so ``python -m ablate`` can record it as a result.
     """
 
-    def __init__(self, check_every_n_steps: int = 20) -> None:
-        if check_every_n_steps < 1:
-            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+    def __init__(self, check_every_n_steps: PositiveInt = 20) -> None:
+        check_ranges(NanGuard.__init__, locals())  # the CLI's parser checks it too (nan_guard.check_every_n_steps)
         self.check_every_n_steps = check_every_n_steps
         self._first_bad: torch.Tensor | None = None  # -1 while every loss was finite
         self._step = 0

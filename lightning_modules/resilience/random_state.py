@@ -11,7 +11,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 class RandomState(Callback):
-    """The run's random state (config key ``random_state:``): gives every DDP rank its own random streams, and saves and restores them with checkpoints.
+    """The run's random state (config key ``random_state:``): gives every DDP rank its own random streams, and saves
+    and restores them with checkpoints.
 
     ``seed_everything`` seeds every rank alike, so without a split each rank would draw the same
     drop-path masks, Mixup/CutMix pairs, device-side augmentations and loader-worker seeds for the

@@ -75,6 +75,12 @@ def resolve_ckpt_path(trainer: Trainer, ckpt_path: str | None, fresh_start: bool
     if (found := newest_checkpoint_under(run_dir, version)) is not None:
         announce(f"--ckpt_path last: no complete last.ckpt under {where}; resuming from the newest checkpoint, {found}")
         return found
+    if damaged := sorted(str(p) for p in run_dir.glob(f"{version or '*'}/checkpoints/*.ckpt") if not is_complete(p)):
+        shown = ", ".join(damaged[:3]) + (f" (+{len(damaged) - 3} more)" if len(damaged) > 3 else "")
+        raise CheckpointError(
+            f"--ckpt_path last: every checkpoint under {where} is incomplete (truncated or not a checkpoint): {shown}. "
+            "Move them away to start fresh, or pass a complete checkpoint as --ckpt_path"
+        )
     if not fresh_start:
         raise CheckpointError(f"--ckpt_path last: no last.ckpt under {where}; pass a checkpoint file")
     rank_zero_info(f"--ckpt_path last: no last.ckpt under {where} yet, starting fresh")

@@ -24,7 +24,8 @@ LOCK_NAME = "fit.lock"
 
 
 class RunFolderInUse(ValueError):
-    """Another live process holds the run folder's lock (a ValueError: the CLI prints it as one line)."""
+    """The run folder cannot be locked for this fit: another live process holds its lock, or ``fit.lock`` is no
+    file (a ValueError: the CLI prints it as one line)."""
 
 
 def lock_run_folder(folder: Path) -> int | None:
@@ -32,6 +33,8 @@ def lock_run_folder(folder: Path) -> int | None:
     system has no locks. Raises :class:`RunFolderInUse` naming the holder's PID when another process has it."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
+    if path.is_dir():
+        raise RunFolderInUse(f"{path} is a folder, but the run lock is a file there: remove it (rmdir {path})")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -33,8 +33,8 @@ from step_marker import wait_for_step
 from datamodules import ImageFolderDataModule, SyntheticDataModule
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.resilience.atomic_io import AtomicCheckpointIO
-from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.interrupt import InterruptCheckpoint
+from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.random_state import (
     RandomState,
     split_streams,

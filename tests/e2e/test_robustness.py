@@ -24,8 +24,8 @@ from coatnet.weights import save_weights
 from datamodules import DatasetError, SyntheticDataModule
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.resilience.atomic_io import AtomicCheckpointIO
-from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.interrupt import InterruptCheckpoint
+from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.random_state import RandomState
 from lightning_modules.user_errors import (
     DIVERGED_EXIT,
@@ -382,3 +382,67 @@ def test_training_with_empty_and_oversized_files_skips_them_under_on_corrupt_ski
     )  # fmt: skip
     trainer.fit(tiny_model(), data)
     assert trainer.global_step == 3 and data.num_corrupt_skipped == 2  # counted across the loader worker
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--model.model_overrides.img_size=[64,64]"],
+         ["error: model.model_overrides: Option 'img_size' is not accepted: the model takes it from the DataModule",
+          "set --data.init_args.image_size instead"]),
+        (["--trainer.accumulate_grad_batches=0"],
+         ["error: trainer.accumulate_grad_batches=0 is out of range: allowed >= 1"]),
+        (["--cpu_threads=-3"], ["error: cpu_threads=-3 is out of range: allowed > 0"]),
+        (["--seed_everything=-5"], ["error: seed_everything=-5 is out of range: allowed 0 to 4294967295"]),
+        (["--data.init_args.image_size=32000"], ["error: out of host memory", "GiB", "--data.init_args.image_size"]),
+    ],
+    ids=["img-size-override", "accumulate-0", "cpu-threads", "negative-seed", "huge-image-size"],
+)
+def test_more_settings_are_refused_in_one_line_naming_the_key(args, needles, in_tmp, monkeypatch, capsys):
+    argv = ["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", *args]
+    code, err = run_main(argv, monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, *needles)
+
+
+def test_an_argument_of_the_default_optimizer_says_to_name_the_class(in_tmp, monkeypatch, capsys):
+    recipe = (cli.CONFIG_DIR / "smoke.yaml").read_text()
+    start = recipe.index("  optimizer:")
+    (in_tmp / "plain.yaml").write_text(recipe[:start] + recipe[recipe.index("  warmup_steps"):])
+    argv = ["fit", "--config", "plain.yaml", *QUICK, "--model.optimizer.init_args.lr=0.1"]
+    code, err = run_main(argv, monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, "error: model.optimizer.init_args.lr: model.optimizer is the default optimizer",
+                 "--model.optimizer torch.optim.AdamW --model.optimizer.init_args.lr VALUE")
+
+
+def test_fit_lock_that_is_a_folder_is_named_with_the_fix(in_tmp, monkeypatch, capsys):
+    (in_tmp / "logs" / "smoke" / "version_0" / "fit.lock").mkdir(parents=True)
+    argv = ["fit", "--config", "smoke.yaml", "--trainer.max_steps=1", "--trainer.logger.init_args.version=0"]
+    code, err = run_main(argv, monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, "version_0/fit.lock is a folder, but the run lock is a file there: remove it (rmdir")
+
+
+def test_ckpt_path_last_with_only_damaged_checkpoints_names_them_instead_of_starting_fresh(in_tmp, monkeypatch, capsys):
+    folder = in_tmp / "logs" / "smoke" / "version_0" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    (folder / "epoch001-acc1_0.5000.ckpt").write_bytes(b"")
+    code, err = run_main(["fit", "--config", "smoke.yaml", *QUICK[:2], "--trainer.max_steps=1", "--ckpt_path=last"],
+                         monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, "every checkpoint under logs/smoke is incomplete", "last.ckpt", "epoch001-acc1_0.5000.ckpt",
+                 "Move them away to start fresh")
+
+
+@pytest.mark.parametrize("key", ["interrupt_checkpoint.check_every_n_steps", "nan_guard.check_every_n_steps",
+                                 "throughput.window", "pictures.max_images"])
+def test_callback_counts_below_one_are_refused_naming_their_config_key(key, in_tmp, monkeypatch, capsys):
+    """interrupt_checkpoint's 0 was accepted and divided by zero at the first DDP step; the others named no key."""
+    code, err = run_main(["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", f"--{key}=0"],
+                         monkeypatch, capsys)
+    assert code == USER_ERROR_EXIT
+    assert_short(err, f"error: {key}=0 is out of range: allowed > 0")
+    with pytest.raises(ValueError, match="check_every_n_steps=0 is out of range: allowed > 0"):
+        InterruptCheckpoint(check_every_n_steps=0)  # Python callers, who skip the parser

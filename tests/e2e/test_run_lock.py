@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, subprocess_env
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from lightning_modules.resilience.run_lock import RunFolderInUse, RunLock, lock_run_folder
 
@@ -84,3 +84,47 @@ def test_loggers_without_a_run_folder_lock_the_folder_of_their_run_and_resume_fr
     assert len(last) == 1 and (last[0].parent.parent / "fit.lock").is_file(), last
     resumed = trainer()
     assert resolve_ckpt_path(resumed, "last", fresh_start=True) == str(last[0])
+
+
+def test_last_checkpoint_of_a_wandb_config_is_looked_up_under_its_project(tmp_path):
+    """Known before the model is built, so a resumed fine-tuning run does not load ``init_from``; W&B's ``name`` is
+    the run's display name, its checkpoints go under the project."""
+    from jsonargparse import Namespace
+
+    from lightning_modules.resilience.last_of_config import last_checkpoint_of_config
+
+    last = tmp_path / "coatnet" / "abc123" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"global_step": 1}, last)
+    logger = Namespace(class_path="lightning.pytorch.loggers.WandbLogger",
+                       init_args=Namespace(save_dir=str(tmp_path), project="coatnet", name="first try"))
+    assert last_checkpoint_of_config(Namespace(trainer=Namespace(logger=logger))) == str(last)
+
+
+class RemoteOnlyLogger(Logger):
+    """A logger that keeps nothing on this machine (an MLflow or W&B server): no save_dir, no log_dir."""
+
+    name, version, save_dir, log_dir = "remote", "run-7", None, None
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def test_a_logger_without_any_local_folder_still_gets_its_checkpoint_folder_locked(tmp_path):
+    from lightning_modules.resilience.run_checkpoint import RunCheckpoint
+
+    holder = lock_run_folder(tmp_path / "remote" / "run-7")  # another fit of the same run
+    try:
+        trainer = Trainer(accelerator="cpu", max_steps=1, logger=RemoteOnlyLogger(), default_root_dir=tmp_path,
+                          callbacks=[RunLock(), RunCheckpoint(save_last=True)], enable_progress_bar=False,
+                          enable_model_summary=False)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4)), batch_size=2)
+        with pytest.raises(RunFolderInUse, match="remote/run-7"):
+            trainer.fit(Line(), loader)
+    finally:
+        os.close(holder)
+    trainer.fit(Line(), loader)
+    assert (tmp_path / "remote" / "run-7" / "checkpoints" / "last.ckpt").is_file(), "the folder that was locked"

@@ -34,6 +34,7 @@ from docs.render_pictures import MAX_BYTES, render_pictures
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.pictures.attention_maps import centre_query, query_attention
 from lightning_modules.pictures.callback import RunPictures
+from lightning_modules.pictures.destinations import save_png
 from lightning_modules.pictures.drawing import (
     DIVERGING,
     QUERY,
@@ -44,7 +45,6 @@ from lightning_modules.pictures.drawing import (
     head_maps,
     top_confusions_table,
 )
-from lightning_modules.pictures.destinations import save_png
 
 CLASSES = [f"pattern_{i}" for i in range(10)]
 
@@ -331,7 +331,8 @@ def test_every_recipe_logger_is_told_to_write_no_placeholder_hp_metric(tmp_path,
 
 def _fit_with(logger, tmp_path) -> None:
     """A one-step fit with one validation batch and the default pictures, logged to ``logger`` only."""
-    model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
+    model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32),
+                            model_overrides={"depths": (1, 1, 1, 1)})
     data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=8, test_size=8, batch_size=8)
     trainer = Trainer(
         accelerator="cpu", logger=logger, callbacks=[RunPictures()], max_steps=1, limit_val_batches=1,
