@@ -194,7 +194,7 @@ def write_csv(rows: list[ResultRow], path: Path) -> None:
 
 
 def _cell(value: float | None, style: str, scale: float = 1.0, suffix: str = "") -> str:
-    return "-" if value is None else format(value * scale, style) + suffix
+    return "-" if value is None else format(value * scale if scale != 1.0 else value, style) + suffix
 
 
 def _distinct(values: list[int | None]) -> str:

@@ -46,17 +46,22 @@ def ablate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def trained(proc: subprocess.CompletedProcess) -> list[str]:
+    """Run names of the ``ablate: [k/N] training NAME in FOLDER`` lines."""
+    return [line.split()[3] for line in proc.stdout.splitlines() if line.startswith("ablate: [") and " training " in line]
+
+
 @pytest.mark.slow
 def test_a_stopped_grid_trains_only_the_missing_run_then_writes_table_and_plot(tmp_path: Path) -> None:
     (tmp_path / "tiny.yaml").write_text(GRID)
     first = ablate(tmp_path, "--n-trials", "1")
-    trained_first = [line.split()[2] for line in first.stdout.splitlines() if line.startswith("ablate: training")]
+    trained_first = trained(first)
     assert len(trained_first) == 1
     grid_dir = tmp_path / "logs" / "tiny"
     assert (grid_dir / trained_first[0] / "checkpoints" / "last.ckpt").is_file()
 
     second = ablate(tmp_path)
-    trained_second = [line.split()[2] for line in second.stdout.splitlines() if line.startswith("ablate: training")]
+    trained_second = trained(second)
     assert trained_second == list({"C-C-T-T", "C-C-C-C"} - set(trained_first))
 
     rows = {row["run"]: row for row in csv.DictReader((grid_dir / "results.csv").open())}
