@@ -160,8 +160,6 @@ def launch(plan: RunPlan, on_epoch: Callable[[int, float], bool], env: dict[str,
         load = (float(before.get("load_avg_1min", 0.0)) * earlier + sum(loads) / len(loads) * now) / max(seconds, 1e-9)
         record = {"seconds": seconds, "load_avg_1min": round(load, 2), "cpu_count": os.cpu_count()}
         (plan.run_dir / WALL_TIME_FILE).write_text(json.dumps(record))
-    if process.returncode == 0 and not stopped:
-        mark_finished(plan.run_dir, "complete")
     return RunOutcome(process.returncode, stopped, seconds, attempt)
 
 

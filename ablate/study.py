@@ -272,6 +272,7 @@ class Objective:
     def _ending(self, trial: Trial, plan: RunPlan, outcome: RunOutcome) -> str:
         """complete or diverged, else the exception that says what happened to the fit."""
         if outcome.exit_code == 0:
+            mark_finished(plan.run_dir, "complete")
             return "complete"
         record = read_record(plan.run_dir)
         if record is None or record.get("attempt") != outcome.attempt:  # this launch never started training
