@@ -180,8 +180,8 @@ def noise_lines(summaries: list[PointSummary]) -> list[str]:
         a, b = upper.spread("final_val_acc1"), lower.spread("final_val_acc1")
         gap = 100 * (a.mean - b.mean)
         noise = 100 * max(a.spread or 0.0, b.spread or 0.0)
-        verdict = f"within noise (spread {noise:.2f})" if gap < noise else f"beyond the spread of {noise:.2f}"
-        parts.append(f" > {lower.point} (-{gap:.2f} points, {verdict})")
+        verdict = "within noise" if gap < noise else "beyond the spread"
+        parts.append(f" > {lower.point} ({gap:.2f} points lower, spread {noise:.2f}: {verdict})")
     return ["Ranking by mean final val top-1: " + "".join(parts) + ". A gap smaller than the larger seed-to-seed "
             "standard deviation of the two points is within noise."]
 

@@ -62,7 +62,7 @@ def test_seeds_are_aggregated_per_point_as_mean_and_spread(tmp_path: Path) -> No
     markdown = (tmp_path / "results.md").read_text()
     assert "| C-C-T-T | 2 complete | 1.28 | 0.015 | 10 | 3 | 1.500 ± 0.707 | 57.00 ± 2.83% | 52.00 ± 2.83% |" in markdown
     assert "Budget: every finished run trained 10 optimizer steps (3 epochs)." in markdown
-    assert "C-C-T-T > C-C-C-C (-22.00 points, beyond the spread of 2.83)" in markdown
+    assert "C-C-T-T > C-C-C-C (22.00 points lower, spread 2.83: beyond the spread)" in markdown
     assert "only when nothing else ran" in markdown  # the img/s caveat under the table
     with (tmp_path / "results.csv").open() as handle:
         first = next(csv.DictReader(handle))
@@ -80,7 +80,7 @@ def test_a_gap_smaller_than_the_spread_is_called_noise(tmp_path: Path) -> None:
     for seed, accuracy in enumerate((0.44, 0.44)):
         finished_run(tmp_path, study, "C-C-C-C", seed, accuracy)
     (line,) = noise_lines(point_summaries(result_rows(study, tmp_path)))
-    assert "C-C-T-T > C-C-C-C (-1.00 points, within noise (spread 7.07))" in line
+    assert "C-C-T-T > C-C-C-C (1.00 points lower, spread 7.07: within noise)" in line
 
 
 def test_unequal_budgets_and_runs_stopped_short_are_flagged(tmp_path: Path) -> None:
