@@ -227,7 +227,8 @@ def _check_range(path: Path, key: str, kind: str, options: dict[str, Any]) -> No
     for name in ("low", "high", "step"):
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, number)):
-            raise GridFileError(f"{where}: {name} must be {'a whole number' if kind == 'int' else 'a number'}, got {value!r}")
+            wanted = "a whole number" if kind == "int" else "a number"
+            raise GridFileError(f"{where}: {name} must be {wanted}, got {value!r}")
     low, high = options["low"], options["high"]
     if low > high:
         raise GridFileError(f"{where}: low ({low}) is above high ({high}); swap them")

@@ -22,7 +22,7 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
         return read_scalars(run_dir)
     except FileNotFoundError:  # the fit has not written its first event file yet
         return {}
-    except Exception as err:  # a damaged event file must not stop the study or its table
+    except Exception as err:  # noqa: BLE001 - a damaged event file must not stop the study or its table
         warn(f"the event files in {run_dir} cannot be read ({type(err).__name__}: {err}); its metrics are left out")
         return {}
 

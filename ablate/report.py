@@ -10,6 +10,7 @@ carries the load average it ran under.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import statistics
 from collections import Counter
@@ -27,7 +28,13 @@ from ablate.metrics import best_accuracy, final_accuracy, median_throughput
 from ablate.run_record import read_record
 from ablate.study import best_trials, trial_status
 
-UNFINISHED = ("running", "waiting")
+POINT_HEADER = ("| point | runs | params (M) | forward GFLOPs/image | optimizer steps | epochs | final train loss | "
+                "best val top-1 | final val top-1 | wall time (s) |")
+RUN_HEADER = ("| run | status | steps | epochs | final train loss | best val top-1 | final val top-1 | wall time (s) | "
+              "img/s (median) | load avg (1 min) | CPUs | note |")
+LOAD_CAVEAT = ("img/s and wall time measure the machine as much as the network: they compare variants only "
+               "when nothing else ran (load average near or below the CPU count, the run itself included). "
+               "Steps, epochs and accuracies do not depend on the load.")
 
 
 @dataclass(frozen=True)
@@ -176,7 +183,7 @@ def noise_lines(summaries: list[PointSummary]) -> list[str]:
     if all(s.spread("final_val_acc1").spread is None for s in ranked):
         return ["One run per point: there is no spread to tell differences from noise (use --seeds 2 or more)."]
     parts = [ranked[0].point]
-    for upper, lower in zip(ranked, ranked[1:]):
+    for upper, lower in itertools.pairwise(ranked):
         a, b = upper.spread("final_val_acc1"), lower.spread("final_val_acc1")
         gap = 100 * (a.mean - b.mean)
         noise = 100 * max(a.spread or 0.0, b.spread or 0.0)
@@ -204,37 +211,27 @@ def _distinct(values: list[int | None]) -> str:
 
 def write_markdown(rows: list[ResultRow], path: Path, title: str) -> None:
     summaries = point_summaries(rows)
-    lines = [
-        f"# {title}",
-        "",
-        "| point | runs | params (M) | forward GFLOPs/image | optimizer steps | epochs | final train loss | "
-        "best val top-1 | final val top-1 | wall time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = [f"# {title}", "", POINT_HEADER, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for summary in summaries:
         first = summary.runs[0]
-        lines.append(
-            f"| {summary.point} | {summary.statuses()} | {_cell(first.params, '.2f', 1e-6)} | "
-            f"{_cell(first.flops, '.3f', 1e-9)} | {_distinct([r.steps for r in summary.finished])} | "
-            f"{_distinct([r.epochs for r in summary.finished])} | {summary.spread('final_train_loss').cell(style='.3f')} | "
-            f"{summary.spread('best_val_acc1').cell(100, '.2f', '%')} | {summary.spread('final_val_acc1').cell(100, '.2f', '%')} | "
-            f"{summary.spread('wall_time_s').cell(style=',.0f')} |"
-        )
+        cells = [
+            summary.point, summary.statuses(), _cell(first.params, ".2f", 1e-6), _cell(first.flops, ".3f", 1e-9),
+            _distinct([r.steps for r in summary.finished]), _distinct([r.epochs for r in summary.finished]),
+            summary.spread("final_train_loss").cell(style=".3f"), summary.spread("best_val_acc1").cell(100, ".2f", "%"),
+            summary.spread("final_val_acc1").cell(100, ".2f", "%"), summary.spread("wall_time_s").cell(style=",.0f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Values are the mean ± sample standard deviation over a point's finished runs (its seeds).", "",
-              budget_line(rows), *noise_lines(summaries), "",
-              "| run | status | steps | epochs | final train loss | best val top-1 | final val top-1 | wall time (s) | "
-              "img/s (median) | load avg (1 min) | CPUs | note |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              budget_line(rows), *noise_lines(summaries), "", RUN_HEADER, "|---|---|" + "---:|" * 10 + "---|"]
     for row in rows:
-        lines.append(
-            f"| {row.run} | {row.status} | {_cell(row.steps, 'd')} | {_cell(row.epochs, 'd')} | "
-            f"{_cell(row.final_train_loss, '.3f')} | {_cell(row.best_val_acc1, '.2f', 100, '%')} | "
-            f"{_cell(row.final_val_acc1, '.2f', 100, '%')} | {row.wall_time_s:,.0f} | {_cell(row.images_per_sec, ',.0f')} | "
-            f"{_cell(row.load_avg_1min, '.2f')} | {_cell(row.cpu_count, 'd')} | {row.note} |"
-        )
-    lines += ["", "img/s and wall time measure the machine as much as the network: they compare variants only when "
-              "nothing else ran (load average near or below the CPU count, the run itself included). Steps, epochs "
-              "and accuracies do not depend on the load."]
+        cells = [
+            row.run, row.status, _cell(row.steps, "d"), _cell(row.epochs, "d"), _cell(row.final_train_loss, ".3f"),
+            _cell(row.best_val_acc1, ".2f", 100, "%"), _cell(row.final_val_acc1, ".2f", 100, "%"),
+            f"{row.wall_time_s:,.0f}", _cell(row.images_per_sec, ",.0f"), _cell(row.load_avg_1min, ".2f"),
+            _cell(row.cpu_count, "d"), row.note,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", LOAD_CAVEAT]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -172,7 +172,9 @@ def best_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     best: dict[str, FrozenTrial] = {}
     for trial in study.get_trials(deepcopy=False):
         name = trial.user_attrs.get("run")
-        if name is not None and (name not in best or STATUS_RANK[trial_status(trial)] >= STATUS_RANK[trial_status(best[name])]):
+        if name is None:
+            continue
+        if name not in best or STATUS_RANK[trial_status(trial)] >= STATUS_RANK[trial_status(best[name])]:
             best[name] = trial
     return best
 
@@ -308,7 +310,8 @@ class Objective:
             raise optuna.TrialPruned(f"{plan.name} diverged")
         accuracy = best_accuracy(plan.run_dir)
         if accuracy is None:
-            raise RunFailed(f"{plan.name}: no val/acc1 logged; does the recipe validate (trainer.limit_val_batches > 0)?")
+            raise RunFailed(f"{plan.name}: no val/acc1 logged; does the recipe validate "
+                            "(trainer.limit_val_batches > 0)?")
         return accuracy
 
     @staticmethod

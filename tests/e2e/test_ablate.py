@@ -58,7 +58,8 @@ def ablate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 def trained(proc: subprocess.CompletedProcess) -> list[str]:
     """Run names of the ``ablate: [k/N] training NAME in FOLDER`` lines."""
-    return [line.split()[3] for line in proc.stdout.splitlines() if line.startswith("ablate: [") and " training " in line]
+    lines = proc.stdout.splitlines()
+    return [line.split()[3] for line in lines if line.startswith("ablate: [") and " training " in line]
 
 
 @pytest.mark.slow

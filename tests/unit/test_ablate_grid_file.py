@@ -61,13 +61,13 @@ axes:
     ("name: .hidden\nbase: smoke.yaml\naxes: {model.lr: [1]}\n", "name '.hidden' is not a folder name"),
     ("base: smoke.yaml\nvariants: {..: {model.lr: 1}}\n", "variant '..' is not a folder name"),
     ("base: smoke.yaml\nvariants: {../../x: {model.lr: 1}}\n", "variant '../../x' is not a folder name"),
-    ("base: smoke.yaml\nsearch: {model.lr: {type: float, low: 0.1, high: 0.01}}\n", "search model.lr: low (0.1) is above high"),
-    ("base: smoke.yaml\nsearch: {model.lr: {type: float, low: 0.0, high: 0.01, log: true}}\n", "log: true needs low > 0"),
+    ("base: smoke.yaml\nsearch: {model.lr: {type: float, low: 0.1, high: 0.01}}\n", "low (0.1) is above high"),
+    ("base: smoke.yaml\nsearch: {model.lr: {type: float, low: 0, high: 0.01, log: true}}\n", "log: true needs low > 0"),
     ("base: smoke.yaml\nsearch: {model.n: {type: int, low: 1, high: 9, log: true, step: 2}}\n", "cannot be combined"),
     ("base: smoke.yaml\nsearch: {model.n: {type: int, low: 1.5, high: 9}}\n", "low must be a whole number"),
     ("base: smoke.yaml\nsearch: {model.x: {type: categorical, choices: []}}\n", "choices must be a non-empty list"),
     ("base: smoke.yaml\nbudget: {max_time: 1, epochs: 3}\naxes: {model.lr: [1]}\n", "budget takes max_epochs"),
-    ("base: smoke.yaml\nbudget: {max_epochs: 0}\naxes: {model.lr: [1]}\n", "budget max_epochs must be a whole number >= 1"),
+    ("base: smoke.yaml\nbudget: {max_epochs: 0}\naxes: {model.lr: [1]}\n", "max_epochs must be a whole number >= 1"),
     ("base: smoke.yaml\nseeds: 0\naxes: {model.lr: [1]}\n", "seeds must be a whole number >= 1"),
 ])
 def test_bad_grid_files_name_the_problem(tmp_path: Path, text: str, named: str) -> None:
@@ -103,7 +103,8 @@ variants: {C-C-T-T: {model.model_overrides.layout: CCTT}, C-C-C-C: {model.model_
     assert spec.grid_size() == 4
     point = {"variant": "C-C-C-C", "seed_everything": 1}
     assert spec.run_name(point) == "C-C-C-C_seed=1" and spec.point_name(point) == "C-C-C-C"
-    assert spec.settings_of(point) == {"trainer.max_epochs": 3, "model.model_overrides.layout": "CCCC", "seed_everything": 1}
+    assert spec.settings_of(point) == {
+        "trainer.max_epochs": 3, "model.model_overrides.layout": "CCCC", "seed_everything": 1}
     assert spec.with_seeds(1).grid_space() == {"variant": ["C-C-T-T", "C-C-C-C"]}
     assert spec.with_seeds(3).grid_space()["seed_everything"] == [0, 1, 2]
 
@@ -142,8 +143,10 @@ def test_seeds_with_a_search_are_refused_in_one_line(
 
 
 def test_without_optuna_ablate_names_the_extra_to_install() -> None:
-    code = "import sys, runpy; sys.modules['optuna'] = None; sys.argv = ['ablate', '--help']; runpy.run_module('ablate', run_name='__main__')"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    code = ("import sys, runpy; sys.modules['optuna'] = None; sys.argv = ['ablate', '--help']; "
+            "runpy.run_module('ablate', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: python -m ablate needs optuna and matplotlib (optuna is not installed): "
                                    "pip install -e '.[ablate]'")

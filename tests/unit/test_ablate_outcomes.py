@@ -87,9 +87,13 @@ def study_of(tmp_path: Path, fits: Fits) -> tuple[optuna.Study, Objective]:
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(GRID)
     spec = load_grid_file(grid_file, CONFIG_DIR)
-    study = optuna.create_study(storage=open_storage(str(tmp_path / "grid.journal")), sampler=make_sampler(spec, "grid", 0),
-                                study_name="grid", direction="maximize", load_if_exists=True)
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "grid.journal")), study_name="grid",
+                                sampler=make_sampler(spec, "grid", 0), direction="maximize", load_if_exists=True)
     return study, Objective(spec, "grid", tmp_path / "logs", [], launcher=fits)
+
+
+def statuses(study: optuna.Study, tmp_path: Path) -> dict[str, str]:
+    return {row.run: row.status for row in result_rows(study, tmp_path / "logs" / "grid")}
 
 
 def test_a_diverged_point_is_a_result_the_other_points_train_and_a_rerun_does_not_retry_it(tmp_path: Path) -> None:
@@ -115,7 +119,7 @@ def test_a_diverged_run_is_not_trained_again_even_by_a_new_study(tmp_path: Path)
     fresh, fresh_objective = study_of(tmp_path, fits)
     run_trials(fresh, fresh_objective, None)
     assert sorted(fits.trained) == ["A", "B"]
-    assert {row.run: row.status for row in result_rows(fresh, tmp_path / "logs" / "grid")} == {"A": "complete", "B": "diverged"}
+    assert statuses(fresh, tmp_path) == {"A": "complete", "B": "diverged"}
 
 
 def test_exit_2_without_a_record_of_this_attempt_is_a_refused_setting_that_stops_the_study(tmp_path: Path) -> None:
@@ -148,7 +152,7 @@ def test_a_run_folder_whose_lock_is_held_is_skipped_not_blamed_on_the_grid_file(
     assert fits.trained == ["A"]
     out = capsys.readouterr().out
     assert f"another fit (pid {os.getpid()}) is training in" in out and "fix the grid file" not in out
-    assert {row.run: row.status for row in result_rows(study, tmp_path / "logs" / "grid")} == {"A": "complete", "B": "busy"}
+    assert statuses(study, tmp_path) == {"A": "complete", "B": "busy"}
     assert retry_failed_runs(study) == []  # only runs that failed are retried; B is another process's
 
 
@@ -164,7 +168,7 @@ def test_a_fit_refused_by_the_lock_after_the_check_counts_as_busy(tmp_path: Path
         assert run_trials(study, objective, None) == []
     finally:
         os.close(holder[0])
-    assert {row.run: row.status for row in result_rows(study, tmp_path / "logs" / "grid")} == {"A": "complete", "B": "busy"}
+    assert statuses(study, tmp_path) == {"A": "complete", "B": "busy"}
 
 
 def test_a_finished_run_is_reported_finished_though_a_duplicate_trial_found_it_busy(tmp_path: Path) -> None:
@@ -174,11 +178,13 @@ def test_a_finished_run_is_reported_finished_though_a_duplicate_trial_found_it_b
     study.add_trial(optuna.trial.create_trial(  # a second process's trial of A, which found A training
         state=TrialState.FAIL, params={"variant": "A"}, user_attrs={"run": "A", "outcome": "busy"},
         distributions={"variant": optuna.distributions.CategoricalDistribution(["A", "B"])}))
-    assert {row.run: row.status for row in result_rows(study, tmp_path / "logs" / "grid")} == {"A": "complete", "B": "complete"}
+    assert statuses(study, tmp_path) == {"A": "complete", "B": "complete"}
     assert retry_failed_runs(study) == []
 
 
-def test_a_damaged_record_is_skipped_with_a_warning_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_damaged_record_is_skipped_with_a_warning_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fits = Fits()
     study, objective = study_of(tmp_path, fits)
     run_trials(study, objective, None)

@@ -51,7 +51,8 @@ def test_seeds_are_aggregated_per_point_as_mean_and_spread(tmp_path: Path) -> No
         finished_run(tmp_path, study, "C-C-C-C", seed, accuracy)
     rows = result_rows(study, tmp_path)
     assert [(row.run, row.seed, row.steps, row.epochs) for row in rows] == [
-        ("C-C-C-C_seed=0", 0, 10, 3), ("C-C-C-C_seed=1", 1, 10, 3), ("C-C-T-T_seed=0", 0, 10, 3), ("C-C-T-T_seed=1", 1, 10, 3)]
+        ("C-C-C-C_seed=0", 0, 10, 3), ("C-C-C-C_seed=1", 1, 10, 3),
+        ("C-C-T-T_seed=0", 0, 10, 3), ("C-C-T-T_seed=1", 1, 10, 3)]
     assert rows[2].best_val_acc1 == pytest.approx(0.55) and rows[2].final_val_acc1 == pytest.approx(0.50)
     summary = {s.point: s for s in point_summaries(rows)}["C-C-T-T"]
     accuracy, loss = summary.spread("final_val_acc1"), summary.spread("final_train_loss")
@@ -60,7 +61,8 @@ def test_seeds_are_aggregated_per_point_as_mean_and_spread(tmp_path: Path) -> No
 
     write_report(study, tmp_path, "grid")
     markdown = (tmp_path / "results.md").read_text()
-    assert "| C-C-T-T | 2 complete | 1.28 | 0.015 | 10 | 3 | 1.500 ± 0.707 | 57.00 ± 2.83% | 52.00 ± 2.83% |" in markdown
+    row = "| C-C-T-T | 2 complete | 1.28 | 0.015 | 10 | 3 | 1.500 ± 0.707 | 57.00 ± 2.83% | 52.00 ± 2.83% |"
+    assert row in markdown
     assert "Budget: every finished run trained 10 optimizer steps (3 epochs)." in markdown
     assert "C-C-T-T > C-C-C-C (22.00 points lower, spread 2.83: beyond the spread)" in markdown
     assert "only when nothing else ran" in markdown  # the img/s caveat under the table
