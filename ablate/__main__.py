@@ -44,6 +44,7 @@ from ablate.study import (
     Objective,
     RunConfigError,
     StudyFileError,
+    best_trials,
     fail_dead_trials,
     make_pruner,
     make_sampler,
@@ -52,6 +53,7 @@ from ablate.study import (
     quiet_run_errors,
     retry_failed_runs,
     run_trials,
+    trial_status,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +122,10 @@ def run(argv: list[str]) -> int:
                               args.n_trials)
     for path in write_report(study, grid_dir, f"{spec.name} ({study.study_name})"):
         print(f"ablate: wrote {path}", flush=True)
+    elsewhere = [name for name, trial in best_trials(study).items() if trial_status(trial) in ("busy", "running")]
+    if elsewhere:
+        print(f"ablate: still training in another process: {', '.join(sorted(elsewhere))}; rerun the same command "
+              "once they end to tabulate them", flush=True)
     if failures:
         print(f"ablate: failed runs: {', '.join(failures)}; rerun the same command to retry them", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from conftest import REPO_ROOT
 from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
 
+from ablate.__main__ import main
 from ablate.grid_file import load_grid_file
 from ablate.launch import RunOutcome, RunPlan
 from ablate.report import result_rows
@@ -193,3 +194,21 @@ def test_a_damaged_record_is_skipped_with_a_warning_naming_it(
     rows = {row.run: row for row in result_rows(study, tmp_path / "logs" / "grid")}
     assert rows["A"].steps is None and rows["A"].final_val_acc1 == pytest.approx(0.5) and rows["B"].steps == 4
     assert str(damaged) in capsys.readouterr().err
+
+
+def test_a_rerun_next_to_a_fit_left_running_names_that_fit_and_trains_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ablate killed with SIGKILL leaves its fit running; the rerun must say so, not blame the grid file."""
+    (tmp_path / "grid.yaml").write_text("name: grid\nbase: smoke.yaml\nvariants: {A: {}}\n")
+    held = lock_run_folder(tmp_path / "logs" / "grid" / "A")
+    monkeypatch.setattr("sys.argv", ["ablate", "--config", str(tmp_path / "grid.yaml"), "--log-dir", str(tmp_path / "logs")])
+    try:
+        assert main() == 0
+    finally:
+        os.close(held)
+    captured = capsys.readouterr()
+    assert f"another fit (pid {os.getpid()}) is training in" in captured.out
+    assert "still training in another process: A" in captured.out
+    assert "fix the grid file" not in captured.out + captured.err
+    assert "| A | busy |" in (tmp_path / "logs" / "grid" / "results.md").read_text()
