@@ -202,7 +202,8 @@ def test_a_rerun_next_to_a_fit_left_running_names_that_fit_and_trains_nothing(
     """An ablate killed with SIGKILL leaves its fit running; the rerun must say so, not blame the grid file."""
     (tmp_path / "grid.yaml").write_text("name: grid\nbase: smoke.yaml\nvariants: {A: {}}\n")
     held = lock_run_folder(tmp_path / "logs" / "grid" / "A")
-    monkeypatch.setattr("sys.argv", ["ablate", "--config", str(tmp_path / "grid.yaml"), "--log-dir", str(tmp_path / "logs")])
+    argv = ["ablate", "--config", str(tmp_path / "grid.yaml"), "--log-dir", str(tmp_path / "logs")]
+    monkeypatch.setattr("sys.argv", argv)
     try:
         assert main() == 0
     finally:
