@@ -48,11 +48,13 @@ class RunRecord(Callback):
         if trainer.log_dir is None or not trainer.is_global_zero:
             return
         self._path = Path(trainer.log_dir) / RECORD_FILE
+        earlier = read_record(self._path.parent) or {}
         self._record = {
             "attempt": os.environ.get(ATTEMPT_ENV),
             "status": "training",
             "max_epochs": trainer.max_epochs,
             "max_steps": trainer.max_steps,
+            "final_train_loss": earlier.get("final_train_loss"),  # kept if this attempt trains no batch
             **_network_size(pl_module),
         }
         self._write()
@@ -71,6 +73,11 @@ class RunRecord(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish(trainer, "finished")
 
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A resumed fit whose budget was already reached skips the training loop, and ``on_train_end``."""
+        if self._record is not None and self._record["status"] == "training":
+            self._finish(trainer, "finished")
+
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         status = "diverged" if isinstance(exception, TrainingDiverged) else "error"
         self._finish(trainer, status, f"{type(exception).__name__}: {str(exception).strip()[:300]}")
@@ -82,8 +89,9 @@ class RunRecord(Callback):
         reached = (trainer.max_steps != -1 and steps >= trainer.max_steps) or (
             trainer.max_epochs is not None and trainer.max_epochs != -1 and epochs >= trainer.max_epochs
         )
-        loss = float(self._loss_sum) / self._loss_batches if self._loss_batches else None
-        self._record.update(status=status, steps=steps, epochs=epochs, reached_budget=reached, final_train_loss=loss)
+        self._record.update(status=status, steps=steps, epochs=epochs, reached_budget=reached)
+        if self._loss_batches:
+            self._record["final_train_loss"] = float(self._loss_sum) / self._loss_batches
         if error is not None:
             self._record["error"] = error
         self._write()
