@@ -35,8 +35,8 @@ class Regression(LightningModule):
 
     def train_dataloader(self):
         generator = torch.Generator().manual_seed(0)
-        return DataLoader(TensorDataset(torch.randn(16, 4, generator=generator), torch.randn(16, 1, generator=generator)),
-                          batch_size=4)
+        inputs, targets = torch.randn(16, 4, generator=generator), torch.randn(16, 1, generator=generator)
+        return DataLoader(TensorDataset(inputs, targets), batch_size=4)
 
 
 def fit(tmp_path: Path, model: LightningModule, max_epochs: int, ckpt_path: str | None = None) -> Trainer:
@@ -51,7 +51,9 @@ def record(tmp_path: Path) -> dict:
     return json.loads((tmp_path / "grid" / "run" / RECORD_FILE).read_text())
 
 
-def test_a_finished_fit_records_its_steps_epochs_loss_and_attempt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_finished_fit_records_its_steps_epochs_loss_and_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(ATTEMPT_ENV, "attempt-1")
     fit(tmp_path, Regression(), max_epochs=2)
     saved = record(tmp_path)
