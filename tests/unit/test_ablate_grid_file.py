@@ -150,3 +150,18 @@ def test_without_optuna_ablate_names_the_extra_to_install() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: python -m ablate needs optuna and matplotlib (optuna is not installed): "
                                    "pip install -e '.[ablate]'")
+
+
+@pytest.mark.parametrize("grid", ["layouts.yaml", "layouts_small.yaml", "attention_bias.yaml", "quick_search.yaml"])
+def test_every_shipped_grid_sets_a_budget_and_no_wall_clock_limit(grid: str, tmp_path: Path) -> None:
+    spec = load_grid_file(CONFIG_DIR / "ablations" / grid, CONFIG_DIR)
+    assert spec.budget.get("max_epochs") or spec.budget.get("max_steps")
+    assert "max_time" not in spec.budget
+    plan = plan_run(spec.base, spec.settings_of({}), tmp_path, spec.name, "run", [])
+    assert "--trainer.max_time=null" in plan.argv
+
+
+def test_the_small_layouts_grid_is_the_layouts_grid_with_two_seeds() -> None:
+    layouts = load_grid_file(CONFIG_DIR / "ablations" / "layouts.yaml", CONFIG_DIR)
+    small = load_grid_file(CONFIG_DIR / "ablations" / "layouts_small.yaml", CONFIG_DIR)
+    assert small.variants == layouts.variants and small.seeds == (0, 1) and small.grid_size() == 10

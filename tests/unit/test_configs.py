@@ -180,7 +180,7 @@ ABLATIONS = {
 }
 
 
-ABLATION_GRIDS = {"layouts.yaml", "attention_bias.yaml", "quick_search.yaml"}  # python -m ablate files, tested there
+ABLATION_GRIDS = {"layouts.yaml", "layouts_small.yaml", "attention_bias.yaml", "quick_search.yaml"}  # tested by ablate
 
 
 def test_every_ablation_preset_is_tested():
