@@ -222,7 +222,7 @@ def write_markdown(rows: list[ResultRow], path: Path, title: str) -> None:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Values are the mean ± sample standard deviation over a point's finished runs (its seeds).", "",
-              budget_line(rows), *noise_lines(summaries), "", RUN_HEADER, "|---|---|" + "---:|" * 10 + "---|"]
+              budget_line(rows), *noise_lines(summaries), "", RUN_HEADER, "|---|---|" + "---:|" * 9 + "---|"]
     for row in rows:
         cells = [
             row.run, row.status, _cell(row.steps, "d"), _cell(row.epochs, "d"), _cell(row.final_train_loss, ".3f"),

@@ -66,6 +66,8 @@ def test_seeds_are_aggregated_per_point_as_mean_and_spread(tmp_path: Path) -> No
     assert "Budget: every finished run trained 10 optimizer steps (3 epochs)." in markdown
     assert "C-C-T-T > C-C-C-C (22.00 points lower, spread 2.83: beyond the spread)" in markdown
     assert "only when nothing else ran" in markdown  # the img/s caveat under the table
+    for table_line in (line for line in markdown.splitlines() if line.startswith("|")):  # one cell per column
+        assert table_line.count("|") in (11, 13), table_line
     with (tmp_path / "results.csv").open() as handle:
         first = next(csv.DictReader(handle))
     for column in ("steps", "epochs", "final_train_loss", "best_val_acc1", "final_val_acc1", "wall_time_s", "seed",
