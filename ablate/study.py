@@ -292,15 +292,27 @@ class Objective:
                         f"({record.get('error', 'no error recorded')})")
 
     def _refuse_busy(self, trial: Trial, plan: RunPlan) -> None:
-        holder = lock_holder(plan.run_dir)
+        holder = lock_holder(plan.run_dir) or self._other_ablate(trial, plan.name)
         if holder is None:
             return
         trial.set_user_attr("outcome", "busy")
-        message = (f"{plan.name}: another fit (pid {holder}) is training in {plan.run_dir} (it holds fit.lock), so "
-                   "it is skipped here; if no ablate is running it, an ablate that was killed left it: wait for it "
-                   f"to end (or kill {holder}), then rerun to tabulate it")
+        message = (f"{plan.name}: another process (pid {holder}) is training in {plan.run_dir}, so it is skipped "
+                   "here; if no ablate is running it, an ablate that was killed left its fit: wait for it to end "
+                   f"(or kill {holder}), then rerun to tabulate it")
         print(f"ablate: {message}", flush=True)
         raise RunBusy(message)
+
+    @staticmethod
+    def _other_ablate(trial: Trial, name: str) -> str | None:
+        """The pid of another live ablate on this machine whose running trial has this run: its fit may still be
+        starting up, before it takes the folder's lock. (Other machines' trials are left to the lock: a journal
+        keeps a dead machine's trial running forever.)"""
+        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = other.user_attrs
+            if (other.number != trial.number and attrs.get("run") == name and attrs.get("host") == socket.gethostname()
+                    and attrs.get("pid") != os.getpid() and _alive(attrs.get("pid"))):
+                return str(attrs["pid"])
+        return None
 
     def _result(self, trial: Trial, plan: RunPlan, ending: str) -> float:
         trial.set_user_attr("outcome", ending)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def test_a_run_folder_whose_lock_is_held_is_skipped_not_blamed_on_the_grid_file(
         os.close(held)
     assert fits.trained == ["A"]
     out = capsys.readouterr().out
-    assert f"another fit (pid {os.getpid()}) is training in" in out and "fix the grid file" not in out
+    assert f"another process (pid {os.getpid()}) is training in" in out and "fix the grid file" not in out
     assert statuses(study, tmp_path) == {"A": "complete", "B": "busy"}
     assert retry_failed_runs(study) == []  # only runs that failed are retried; B is another process's
 
@@ -209,7 +210,21 @@ def test_a_rerun_next_to_a_fit_left_running_names_that_fit_and_trains_nothing(
     finally:
         os.close(held)
     captured = capsys.readouterr()
-    assert f"another fit (pid {os.getpid()}) is training in" in captured.out
+    assert f"another process (pid {os.getpid()}) is training in" in captured.out
     assert "still training in another process: A" in captured.out
     assert "fix the grid file" not in captured.out + captured.err
     assert "| A | busy |" in (tmp_path / "logs" / "grid" / "results.md").read_text()
+
+
+def test_a_point_another_live_ablate_is_starting_is_skipped_before_its_fit_takes_the_lock(tmp_path: Path) -> None:
+    fits = Fits()
+    study, objective = study_of(tmp_path, fits)
+    study.add_trial(optuna.trial.create_trial(  # another ablate on this machine (alive: our parent) has just taken B
+        state=TrialState.RUNNING, params={"variant": "B"}, user_attrs={"run": "B", "host": socket.gethostname(),
+                                                                        "pid": os.getppid()},
+        distributions={"variant": optuna.distributions.CategoricalDistribution(["A", "B"])}))
+    study.enqueue_trial({"variant": "B"})  # what GridSampler hands out once every point has started
+    study.enqueue_trial({"variant": "A"})
+    run_trials(study, objective, 2)
+    assert fits.trained == ["A"]
+    assert statuses(study, tmp_path) == {"A": "complete", "B": "running"}
