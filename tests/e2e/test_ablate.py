@@ -110,3 +110,22 @@ def test_a_diverging_point_is_tabulated_as_diverged_while_the_others_train(tmp_p
 
     rerun = ablate(tmp_path)
     assert trained(rerun) == [] and "every run of tiny is finished" in rerun.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_sharing_a_journal_train_each_point_once_and_tabulate_both(tmp_path: Path) -> None:
+    write_grid(tmp_path, LAYOUTS)
+    command = [sys.executable, "-m", "ablate", "--config", str(tmp_path / "tiny.yaml"), "--log-dir", str(tmp_path / "logs")]
+    procs = [subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+        assert "fix the grid file" not in err
+    trained_by_both = [name for out, _ in outputs for name in trained(subprocess.CompletedProcess([], 0, out, ""))]
+    assert sorted(trained_by_both) == ["C-C-C-C", "C-C-T-T"]  # no point trained twice
+
+    table = ablate(tmp_path)
+    assert trained(table) == []
+    rows = {row["run"]: row["status"] for row in csv.DictReader((tmp_path / "logs" / "tiny" / "results.csv").open())}
+    assert rows == {"C-C-C-C": "complete", "C-C-T-T": "complete"}
