@@ -1,32 +1,29 @@
-"""What a finished run measured, read from its folder: event-file scalars and the checkpoint's network."""
+"""What a run measured, read from its TensorBoard event files (protobuf records, never unpickled).
+
+What the run did (steps, epochs, train loss, network size) is in the record the fit writes itself
+(``ablate.run_record``); checkpoints are not opened here, since unpickling a file someone else put in a
+shared log folder would run their code.
+"""
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from ablate.run_record import warn
 from bench.scalars import read_scalars
-from coatnet import CoAtNet
-from coatnet.summary import summarize
-from lightning_modules.model_overrides import network_config
 
 ACCURACY_TAG = "val/acc1"
 THROUGHPUT_TAG = "train/images_per_sec"
-
-
-@dataclass(frozen=True)
-class NetworkSize:
-    params: int
-    flops: int  # of one forward pass on one image, 2 FLOPs per multiply-add
 
 
 def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     try:
         return read_scalars(run_dir)
     except FileNotFoundError:  # the fit has not written its first event file yet
+        return {}
+    except Exception as err:  # noqa: BLE001 - a damaged event file must not stop the study or its table
+        warn(f"the event files in {run_dir} cannot be read ({type(err).__name__}: {err}); its metrics are left out")
         return {}
 
 
@@ -43,19 +40,13 @@ def best_accuracy(run_dir: Path) -> float | None:
     return max(values) if values else None
 
 
+def final_accuracy(run_dir: Path) -> float | None:
+    """``val/acc1`` of the last epoch validated."""
+    accuracies = epoch_accuracies(run_dir)
+    return accuracies[max(accuracies)] if accuracies else None
+
+
 def median_throughput(run_dir: Path) -> float | None:
     """Median ``train/images_per_sec``: robust to the slow windows around validation and start-up."""
     values = [value for _, value in _scalars(run_dir).get(THROUGHPUT_TAG, [])]
     return statistics.median(values) if values else None
-
-
-def network_size(run_dir: Path) -> NetworkSize | None:
-    """Parameters and forward FLOPs of the network the run's ``last.ckpt`` was trained as (None: no checkpoint)."""
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if not checkpoint.is_file():
-        return None
-    saved = torch.load(checkpoint, map_location="meta", weights_only=False)
-    config = network_config(saved["hyper_parameters"])
-    model = CoAtNet(config)
-    parts = summarize(model, config.img_size, config.in_chans)
-    return NetworkSize(sum(p.numel() for p in model.parameters()), 2 * sum(part.macs for part in parts))

@@ -5,10 +5,19 @@ GridSampler gives each trial a grid point no one has finished or started (a poin
 handed out again once the rest are taken), TPE proposes values inside the file's ``search:`` ranges
 and MedianPruner stops TPE trials whose ``val/acc1`` after an epoch is below the median of earlier
 trials at that epoch.
+
+How a run ends decides what happens next. Finished: its best ``val/acc1`` is the trial's value.
+Diverged (the fit's NaN guard stopped it, as its record says): a result, shown in the table and never
+trained again (the trial is pruned). Refused before training (cli.py exit 2 and no record of this
+attempt): its settings are wrong, so are every other run's, and the study stops. Busy (another fit holds
+the run folder's ``fit.lock``): skipped, another process is training it. Anything else failed: the
+other runs go on and a rerun tries it again. A run trained by several trials (a retry, a duplicate from a
+second process) is reported by its best one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -22,8 +31,18 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ablate.grid_file import GridFileError, GridSpec, SearchRange
-from ablate.launch import RunOutcome, RunPlan, is_finished, launch, plan_run
+from ablate.launch import (
+    RunOutcome,
+    RunPlan,
+    finished_outcome,
+    is_finished,
+    launch,
+    lock_holder,
+    mark_finished,
+    plan_run,
+)
 from ablate.metrics import best_accuracy
+from ablate.run_record import read_record
 
 USER_ERROR_EXIT = 2
 HEARTBEAT_SECONDS = 60  # RDB storages only: a trial without a beat for GRACE_SECONDS is failed by any worker
@@ -36,8 +55,20 @@ class RunFailed(RuntimeError):
     """A fit crashed or was killed; the study goes on with the other runs."""
 
 
+class RunBusy(RunFailed):
+    """Another live fit holds the run folder's lock: the run is being trained elsewhere, this trial skips it."""
+
+
 class RunConfigError(RuntimeError):
     """cli.py refused the run's settings (exit 2): every other run would be refused too."""
+
+
+class StudyFileError(ValueError):
+    """The study's storage cannot be read; the message names the file and the fix."""
+
+
+# A run's status is the best of its trials' (a duplicate that found the run busy does not hide its result).
+STATUS_RANK = {"complete": 5, "diverged": 4, "pruned": 4, "running": 3, "waiting": 2, "fail": 1, "busy": 0}
 
 
 class _RunErrorsWithoutTraceback(logging.Filter):
@@ -60,10 +91,29 @@ def open_storage(storage: str) -> BaseStorage:
     if "://" in storage:
         return RDBStorage(storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    check_journal(Path(storage))
     return JournalStorage(JournalFileBackend(storage))
 
 
+def check_journal(path: Path) -> None:
+    """Refuse a journal with a line that is not JSON (a torn write, an edit): Optuna raises on it mid-study."""
+    if not path.is_file():
+        return
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise StudyFileError(
+                    f"{path}: line {number} is not an Optuna journal record, so the study cannot be read; move the "
+                    "file away and rerun (finished runs are not trained again, the others resume from last.ckpt)"
+                ) from None
+
+
 def make_sampler(spec: GridSpec, sampler: str, seed: int) -> optuna.samplers.BaseSampler:
+    if sampler != "grid" and spec.seeds:
+        raise GridFileError(f"{spec.path}: seeds repeat grid points; a search (--sampler tpe) takes "
+                            "seed_everything as a search: range instead")
     if sampler == "grid":
         if not spec.grid_space():
             raise GridFileError(f"{spec.path} has no variants: or axes: for --sampler grid; add some, or use --sampler tpe")
@@ -107,17 +157,36 @@ def fail_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[str]:
     return names
 
 
-def retry_failed_runs(study: optuna.Study) -> list[str]:
-    """Enqueue again every run whose latest trial failed (crashed, or killed with its process), with the same
-    values and run name, so its folder's last.ckpt is resumed. GridSampler counts a failed point as done,
-    so without this a grid would never finish it."""
-    latest: dict[str, FrozenTrial] = {}
+def trial_status(trial: FrozenTrial) -> str:
+    """complete, diverged, pruned, running, waiting, fail, or busy (skipped: another fit had the run folder)."""
+    outcome = trial.user_attrs.get("outcome")
+    if trial.state == TrialState.PRUNED and outcome == "diverged":
+        return "diverged"
+    if trial.state == TrialState.FAIL and outcome == "busy":
+        return "busy"
+    return trial.state.name.lower()
+
+
+def best_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Run name -> its trial with the best status (the latest among equals)."""
+    best: dict[str, FrozenTrial] = {}
     for trial in study.get_trials(deepcopy=False):
-        if "run" in trial.user_attrs:
-            latest[trial.user_attrs["run"]] = trial
-    retried = [name for name, trial in latest.items() if trial.state == TrialState.FAIL]
+        name = trial.user_attrs.get("run")
+        if name is None:
+            continue
+        if name not in best or STATUS_RANK[trial_status(trial)] >= STATUS_RANK[trial_status(best[name])]:
+            best[name] = trial
+    return best
+
+
+def retry_failed_runs(study: optuna.Study) -> list[str]:
+    """Enqueue again every run that only failed (crashed, or killed with its process), with the same values
+    and run name, so its folder's last.ckpt is resumed. GridSampler counts a failed point as done, so
+    without this a grid would never finish it. Diverged runs are results and are not retried."""
+    best = best_trials(study)
+    retried = [name for name, trial in best.items() if trial_status(trial) == "fail"]
     for name in retried:
-        study.enqueue_trial(latest[name].params, user_attrs={"run": name})
+        study.enqueue_trial(best[name].params, user_attrs={"run": name})
     return retried
 
 
@@ -138,7 +207,7 @@ def run_trials(study: optuna.Study, objective: Objective, n_trials: int | None) 
                        callbacks=[lambda _, trial: done.append(trial)])
         if len(done) == before:
             break
-    return [str(t.user_attrs.get("run", t.number)) for t in done if t.state == TrialState.FAIL]
+    return [str(t.user_attrs.get("run", t.number)) for t in done if trial_status(t) == "fail"]
 
 
 def nothing_left(study: optuna.Study) -> bool:
@@ -163,36 +232,98 @@ def _alive(pid: Any) -> bool:
 class Objective:
     """Trains one run per trial and returns its best ``val/acc1``; a finished run folder is not trained again."""
 
-    def __init__(self, spec: GridSpec, sampler: str, log_dir: Path, extra_args: list[str], launcher: Launcher = launch):
+    def __init__(self, spec: GridSpec, sampler: str, log_dir: Path, extra_args: list[str], launcher: Launcher = launch,
+                 n_trials: int | None = None):
         self.spec, self.sampler, self.log_dir = spec, sampler, log_dir
         self.extra_args, self.launcher = extra_args, launcher
+        self.total = spec.grid_size() if sampler == "grid" else n_trials
+        self.started = 0  # trials of this process
 
     def run_name(self, trial: Trial, params: dict[str, Any]) -> str:
         if "run" in trial.user_attrs:  # an interrupted search trial enqueued again
             return trial.user_attrs["run"]
         return self.spec.run_name(params) if self.sampler == "grid" else f"trial-{trial.number:04d}"
 
+    def progress(self, trial: Trial, name: str) -> str:
+        """``[k/N]``: grid points handed out so far (by any process) of the grid's, or this process's trials."""
+        self.started += 1
+        if self.sampler != "grid":
+            return f"[{self.started}/{self.total or '?'}]"
+        names = {t.user_attrs.get("run") for t in trial.study.get_trials(deepcopy=False)} - {None}
+        return f"[{len(names | {name})}/{self.total}]"
+
     def __call__(self, trial: Trial) -> float:
         params = suggest(trial, self.spec)
         name = self.run_name(trial, params)
         trial.set_user_attr("run", name)
+        trial.set_user_attr("point", self.spec.point_name(params) if self.sampler == "grid" else name)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        progress = self.progress(trial, name)
         plan = plan_run(self.spec.base, self.spec.settings_of(params), self.log_dir, self.spec.name, name, self.extra_args)
         if is_finished(plan.run_dir):
-            print(f"ablate: {name} is finished, not trained again", flush=True)
-        else:
-            print(f"ablate: training {name} in {plan.run_dir}", flush=True)
-            outcome = self.launcher(plan, lambda epoch, accuracy: self._report(trial, epoch, accuracy))
-            if outcome.stopped_early:
-                raise optuna.TrialPruned(f"{name}: val/acc1 below the median of earlier trials")
-            if outcome.exit_code == USER_ERROR_EXIT:
-                raise RunConfigError(f"cli.py refused the settings of run {name} (its error is above); fix the grid file")
-            if outcome.exit_code != 0:
-                raise RunFailed(f"{name}: cli.py fit exited {outcome.exit_code}")
+            print(f"ablate: {progress} {name} is finished, not trained again", flush=True)
+            return self._result(trial, plan, finished_outcome(plan.run_dir))
+        self._refuse_busy(trial, plan)
+        print(f"ablate: {progress} training {name} in {plan.run_dir}", flush=True)
+        outcome = self.launcher(plan, lambda epoch, accuracy: self._report(trial, epoch, accuracy))
+        if outcome.stopped_early:
+            raise optuna.TrialPruned(f"{name}: val/acc1 below the median of earlier trials")
+        return self._result(trial, plan, self._ending(trial, plan, outcome))
+
+    def _ending(self, trial: Trial, plan: RunPlan, outcome: RunOutcome) -> str:
+        """complete or diverged, else the exception that says what happened to the fit."""
+        if outcome.exit_code == 0:
+            mark_finished(plan.run_dir, "complete")
+            return "complete"
+        record = read_record(plan.run_dir)
+        if record is None or record.get("attempt") != outcome.attempt:  # this launch never started training
+            if outcome.exit_code != USER_ERROR_EXIT:
+                raise RunFailed(f"{plan.name}: cli.py fit exited {outcome.exit_code} before training")
+            if is_finished(plan.run_dir):  # another process finished it while this one was starting
+                return finished_outcome(plan.run_dir)
+            self._refuse_busy(trial, plan)
+            raise RunConfigError(f"cli.py refused the settings of run {plan.name} before training (its error is "
+                                 "above); fix the grid file or its base config, then rerun")
+        if record.get("status") == "diverged":
+            mark_finished(plan.run_dir, "diverged")
+            return "diverged"
+        raise RunFailed(f"{plan.name}: cli.py fit exited {outcome.exit_code} during training "
+                        f"({record.get('error', 'no error recorded')})")
+
+    def _refuse_busy(self, trial: Trial, plan: RunPlan) -> None:
+        holder = lock_holder(plan.run_dir) or self._other_ablate(trial, plan.name)
+        if holder is None:
+            return
+        trial.set_user_attr("outcome", "busy")
+        message = (f"{plan.name}: another process (pid {holder}) is training in {plan.run_dir}, so it is skipped "
+                   "here; if no ablate is running it, an ablate that was killed left its fit: wait for it to end "
+                   f"(or kill {holder}), then rerun to tabulate it")
+        print(f"ablate: {message}", flush=True)
+        raise RunBusy(message)
+
+    @staticmethod
+    def _other_ablate(trial: Trial, name: str) -> str | None:
+        """The pid of another live ablate on this machine whose running trial has this run: its fit may still be
+        starting up, before it takes the folder's lock. (Other machines' trials are left to the lock: a journal
+        keeps a dead machine's trial running forever.)"""
+        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = other.user_attrs
+            if (other.number != trial.number and attrs.get("run") == name and attrs.get("host") == socket.gethostname()
+                    and attrs.get("pid") != os.getpid() and _alive(attrs.get("pid"))):
+                return str(attrs["pid"])
+        return None
+
+    def _result(self, trial: Trial, plan: RunPlan, ending: str) -> float:
+        trial.set_user_attr("outcome", ending)
+        if ending == "diverged":
+            print(f"ablate: {plan.name} diverged (its training loss became nan or inf); it is shown as diverged in "
+                  "the table and not trained again, the other runs go on", flush=True)
+            raise optuna.TrialPruned(f"{plan.name} diverged")
         accuracy = best_accuracy(plan.run_dir)
         if accuracy is None:
-            raise RunFailed(f"{name}: no val/acc1 logged; does the recipe validate (trainer.limit_val_batches > 0)?")
+            raise RunFailed(f"{plan.name}: no val/acc1 logged; does the recipe validate "
+                            "(trainer.limit_val_batches > 0)?")
         return accuracy
 
     @staticmethod
