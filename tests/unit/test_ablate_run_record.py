@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from ablate.run_record import ATTEMPT_ENV, RECORD_FILE, RunRecord
-from lightning_modules.resilience.finite_loss import FiniteLossGuard
+from lightning_modules.resilience.nan_guard import NanGuard
 
 
 class Regression(LightningModule):
@@ -41,7 +41,7 @@ class Regression(LightningModule):
 
 def fit(tmp_path: Path, model: LightningModule, max_epochs: int, ckpt_path: str | None = None) -> Trainer:
     trainer = Trainer(max_epochs=max_epochs, logger=CSVLogger(tmp_path, name="grid", version="run"),
-                      callbacks=[RunRecord(), FiniteLossGuard(check_every_n_steps=1)], enable_progress_bar=False,
+                      callbacks=[RunRecord(), NanGuard(check_every_n_steps=1)], enable_progress_bar=False,
                       enable_model_summary=False, accelerator="cpu", devices=1)
     trainer.fit(model, ckpt_path=ckpt_path)
     return trainer
