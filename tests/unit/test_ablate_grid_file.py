@@ -116,7 +116,7 @@ def test_a_wall_clock_limit_of_the_base_config_is_dropped_unless_the_grid_sets_o
     assert "--trainer.callbacks+=ablate.run_record.RunRecord" in inherited.argv  # the record the table reads
     asked = plan_run(("cifar10_quick.yaml",), {"trainer.max_time": "00:00:10:00"}, tmp_path, "grid", "run", [])
     assert "--trainer.max_time=null" not in asked.argv and "--trainer.max_time=00:00:10:00" in asked.argv
-    layouts = load_grid_file(CONFIG_DIR / "ablations" / "layouts.yaml", CONFIG_DIR)
+    layouts = load_grid_file(CONFIG_DIR / "grids" / "layouts.yaml", CONFIG_DIR)
     assert layouts.settings_of({"variant": "C-C-T-T"})["trainer.max_epochs"] == 4
 
 
@@ -154,7 +154,7 @@ def test_without_optuna_ablate_names_the_extra_to_install() -> None:
 
 @pytest.mark.parametrize("grid", ["layouts.yaml", "layouts_small.yaml", "attention_bias.yaml", "quick_search.yaml"])
 def test_every_shipped_grid_sets_a_budget_and_no_wall_clock_limit(grid: str, tmp_path: Path) -> None:
-    spec = load_grid_file(CONFIG_DIR / "ablations" / grid, CONFIG_DIR)
+    spec = load_grid_file(CONFIG_DIR / "grids" / grid, CONFIG_DIR)
     assert spec.budget.get("max_epochs") or spec.budget.get("max_steps")
     assert "max_time" not in spec.budget
     plan = plan_run(spec.base, spec.settings_of({}), tmp_path, spec.name, "run", [])
@@ -162,6 +162,6 @@ def test_every_shipped_grid_sets_a_budget_and_no_wall_clock_limit(grid: str, tmp
 
 
 def test_the_small_layouts_grid_is_the_layouts_grid_with_two_seeds() -> None:
-    layouts = load_grid_file(CONFIG_DIR / "ablations" / "layouts.yaml", CONFIG_DIR)
-    small = load_grid_file(CONFIG_DIR / "ablations" / "layouts_small.yaml", CONFIG_DIR)
+    layouts = load_grid_file(CONFIG_DIR / "grids" / "layouts.yaml", CONFIG_DIR)
+    small = load_grid_file(CONFIG_DIR / "grids" / "layouts_small.yaml", CONFIG_DIR)
     assert small.variants == layouts.variants and small.seeds == (0, 1) and small.grid_size() == 10
