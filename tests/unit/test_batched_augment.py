@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.augmentation.albumentations_ops import TRANSFORMS, rand_augment
+from albumentations_policy import TRANSFORMS, rand_augment
 from datamodules.augmentation.batched_ops import (
     EXECUTORS,
     GEOMETRIC_OPS,

@@ -1,0 +1,49 @@
+"""The recipe's executor: flip, RandAugment, colour jitter and random erasing (and the pad-crop) on a batch.
+
+One executor serves every path: batched on the device (``on_device``, and after GPU decoding), and per image
+in loader workers (``PerImageAugment``, a batch of one with that sample's own generator). The CPU and device
+paths therefore run the same ops, op for op; only the random-resized crop, which decides how much of a file
+to decode, happens before it, where the image is decoded.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from datamodules.augmentation.batched_ops import BatchRandAugment
+from datamodules.augmentation.recipe import CropKind, TrainAugment
+from datamodules.augmentation.tensor_ops import pad_crop_flip, random_erase, random_hflip
+from datamodules.sampling.draws import current_draws
+
+
+class AugmentExecutor:
+    """``recipe`` after the crop, on uint8 (or float 0..255) [B,3,H,W] images on any device; same dtype out.
+
+    With ``crop="pad"`` the pad-crop runs here too (it keeps the image size). Draws come from ``generator``,
+    or from the global streams (those checkpoints save) when it is None.
+    """
+
+    def __init__(self, recipe: TrainAugment, crop: CropKind) -> None:
+        self.recipe, self.crop = recipe, crop
+        self.policy = BatchRandAugment(recipe.randaugment_layers, recipe.randaugment_magnitude, recipe.color_jitter)
+
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        recipe = self.recipe
+        if self.crop == "pad":
+            images = pad_crop_flip(images, recipe.crop_padding, recipe.pad_mode, recipe.hflip, generator)
+        else:
+            images = random_hflip(images, recipe.hflip, generator)
+        images = self.policy(images, generator)
+        return random_erase(images, recipe.random_erasing, generator=generator)
+
+
+class PerImageAugment:
+    """The executor in a loader worker: one CHW image, with its sample's draws (``sampling.draws``)."""
+
+    def __init__(self, recipe: TrainAugment, crop: CropKind) -> None:
+        self.executor = AugmentExecutor(recipe, crop)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.executor(image[None], current_draws().torch)[0]
