@@ -18,7 +18,6 @@ from datamodules.base import (
     ImageSize,
 )
 from datamodules.errors import DatasetError
-from datamodules.sources.cifar_folder import find_split, load_image_folder
 from datamodules.sources.cifar_release import (
     RELEASES,
     Variant,
@@ -27,7 +26,6 @@ from datamodules.sources.cifar_release import (
     load_batches,
     load_class_names,
 )
-from datamodules.sources.folder_scan import check_same_classes, list_classes
 from datamodules.sampling.draws import PerSampleDraws
 from datamodules.sources.in_memory import TensorImageDataset
 
@@ -144,6 +142,10 @@ class CIFARDataModule(ImageClassificationDataModule):
         return train, load_batches(folder, (self.release.test_file,), self.release)
 
     def _load_folder(self) -> tuple[tuple[torch.Tensor, torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        # imported here: only this source decodes files, so a pickle run loads no image decoder
+        from datamodules.sources.cifar_folder import find_split, load_image_folder
+        from datamodules.sources.folder_scan import check_same_classes, list_classes
+
         classes = list_classes(self.root / "train")
         if len(classes) != self.num_classes:
             raise DatasetError(

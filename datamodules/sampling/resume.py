@@ -44,6 +44,16 @@ class _DeferredPass:
         return next(self.inner)
 
 
+def batches_done_this_epoch(trainer: Any) -> int:
+    """Batches of the current training epoch that Lightning counts as done (non-zero after a mid-epoch resume).
+
+    Reads the fit loop's progress counter (``fit_loop.epoch_loop.batch_progress``, internal to Lightning and
+    guarded by ``tests/unit/test_lightning_private_names.py``)."""
+    if trainer is None or not trainer.training:
+        return 0
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+
 class ResumingDataLoader(DataLoader):
     """A training loader whose pass starts at the first ``next()``, not at ``iter()``.
 
