@@ -341,12 +341,16 @@ class BatchRandAugment:
         signs = torch.randint(0, 2, (self.layers, batch), generator=generator).float() * 2 - 1
         return ops, signs
 
+    def jitter_factors(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Brightness, contrast and saturation factors, [3, batch] float64, uniform in [max(0, 1 - j), 1 + j]."""
+        low, high = max(0.0, 1.0 - self.color_jitter), 1.0 + self.color_jitter
+        return low + (high - low) * torch.rand(3, batch, device=device, dtype=torch.float64, generator=generator)
+
     def jitter(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Colour jitter with per-image factors (brightness, then contrast, then saturation)."""
-        low, high = max(0.0, 1.0 - self.color_jitter), 1.0 + self.color_jitter
-        for adjust in (adjust_brightness, adjust_contrast, adjust_saturation):
-            draw = torch.rand(images.shape[0], device=images.device, dtype=torch.float64, generator=generator)
-            images = adjust(images, low + (high - low) * draw)
+        factors = self.jitter_factors(images.shape[0], images.device, generator)
+        for adjust, factor in zip((adjust_brightness, adjust_contrast, adjust_saturation), factors):
+            images = adjust(images, factor)
         return images
 
     def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

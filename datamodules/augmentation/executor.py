@@ -1,18 +1,20 @@
 """The recipe's executor: flip, RandAugment, colour jitter and random erasing (and the pad-crop) on a batch.
 
 One executor serves every path: batched on the device (``on_device``, and after GPU decoding), and per image
-in loader workers (``PerImageAugment``, a batch of one with that sample's own generator). The CPU and device
-paths therefore run the same ops, op for op; only the random-resized crop, which decides how much of a file
-to decode, happens before it, where the image is decoded.
+in loader workers (``PerImageAugment``: the same steps and draws, from that sample's own generator, with the
+policy run as OpenCV calls). Only the random-resized crop, which decides how much of a file to decode,
+happens before it, where the image is decoded.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from datamodules.augmentation.batched_ops import BatchRandAugment
+from datamodules.augmentation.opencv_ops import OpenCVRandAugment
 from datamodules.augmentation.recipe import CropKind, TrainAugment
 from datamodules.augmentation.tensor_ops import pad_crop_flip, random_erase, random_hflip
 from datamodules.sampling.draws import current_draws
@@ -40,10 +42,23 @@ class AugmentExecutor:
 
 
 class PerImageAugment:
-    """The executor in a loader worker: one CHW image, with its sample's draws (``sampling.draws``)."""
+    """The executor in a loader worker: one CHW image, with its sample's draws (``sampling.draws``).
+
+    The same steps in the same order with the same draws as ``AugmentExecutor``; the RandAugment policy and
+    jitter run as OpenCV calls (``opencv_ops``), which on one image on a CPU core cost far less than tensor ops.
+    """
 
     def __init__(self, recipe: TrainAugment, crop: CropKind) -> None:
         self.executor = AugmentExecutor(recipe, crop)
+        self.policy = OpenCVRandAugment(self.executor.policy)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return self.executor(image[None], current_draws().torch)[0]
+    def __call__(self, image: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        recipe, generator = self.executor.recipe, generator or current_draws().torch
+        images = image[None]
+        if self.executor.crop == "pad":
+            images = pad_crop_flip(images, recipe.crop_padding, recipe.pad_mode, recipe.hflip, generator)
+        else:
+            images = random_hflip(images, recipe.hflip, generator)
+        hwc = np.ascontiguousarray(images[0].permute(1, 2, 0).numpy())
+        images = torch.from_numpy(np.ascontiguousarray(self.policy(hwc, generator).transpose(2, 0, 1)))[None]
+        return random_erase(images, recipe.random_erasing, generator=generator)[0]

@@ -7,6 +7,7 @@ import dataclasses
 import io
 from typing import Callable
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -157,9 +158,10 @@ def test_reduced_size_decode_gives_the_crop_of_the_upright_full_image(orientatio
     height, width = seen[0]
     assert (height, width) == (upright.height, upright.width)
     box = (width // 4, height // 8, width // 4 + width // 2, height // 8 + height // 2)
-    reference = torch.from_numpy(np.array(upright.resize((32, 32), Image.Resampling.BILINEAR, box=box))).permute(2, 0, 1)
+    full_crop = np.asarray(upright)[box[1] : box[3], box[0] : box[2]]
+    reference = torch.from_numpy(cv2.resize(full_crop, (32, 32), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
-    assert (out.int() - reference.int()).abs().float().mean() < 4  # DCT-scaled decode vs full decode: same picture
+    assert (out.int() - reference.int()).abs().float().mean() < 4  # DCT-scaled decode vs full decode: same picture (turned: about 40)
 
 
 def test_reduced_size_decode_keeps_16_bit_scaling_and_reports_corrupt_files() -> None:
