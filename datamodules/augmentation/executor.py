@@ -54,11 +54,11 @@ class PerImageAugment:
 
     def __call__(self, image: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         recipe, generator = self.executor.recipe, generator or current_draws().torch
-        images = image[None]
         if self.executor.crop == "pad":
-            images = pad_crop_flip(images, recipe.crop_padding, recipe.pad_mode, recipe.hflip, generator)
-        else:
-            images = random_hflip(images, recipe.hflip, generator)
-        hwc = np.ascontiguousarray(images[0].permute(1, 2, 0).numpy())
-        images = torch.from_numpy(np.ascontiguousarray(self.policy(hwc, generator).transpose(2, 0, 1)))[None]
-        return random_erase(images, recipe.random_erasing, generator=generator)[0]
+            image = pad_crop_flip(image[None], recipe.crop_padding, recipe.pad_mode, recipe.hflip, generator)[0]
+            hwc = image.permute(1, 2, 0).numpy()
+        else:  # the draw random_hflip takes, with the flip as a view
+            flip = recipe.hflip > 0 and bool(torch.rand(1, generator=generator)[0] < recipe.hflip)
+            hwc = image.permute(1, 2, 0).numpy()[:, ::-1] if flip else image.permute(1, 2, 0).numpy()
+        augmented = torch.from_numpy(self.policy(np.ascontiguousarray(hwc), generator)).permute(2, 0, 1)
+        return random_erase(augmented[None], recipe.random_erasing, generator=generator)[0].contiguous()

@@ -173,3 +173,24 @@ def test_reduced_size_decode_keeps_16_bit_scaling_and_reports_corrupt_files() ->
     assert abs(out.float().mean().item() - 127.5) < 1  # scaled to 8 bits, not clipped to white
     with pytest.raises(OSError):
         decode_resized_crop(_jpeg(random_image(64, 64, 0))[:200], lambda h, w: CropBox(0, 0, h, w), (32, 32), "bilinear")
+
+
+def test_worker_draws_depend_on_seed_epoch_and_index_only(data_root) -> None:
+    """Exact resume: the same batches whatever the worker count, and a pass resumed after k batches is the tail."""
+    recipe = BASE.replace(scale=(0.2, 1.0), hflip=0.5, randaugment_layers=2, randaugment_magnitude=12, on_device=False)
+
+    def batches(workers: int, skip: int = 0, epoch: int = 0) -> list[torch.Tensor]:
+        dm = ImageFolderDataModule(
+            root=str(data_root), num_classes=2, image_size=32, batch_size=2, num_workers=workers,
+            persistent_workers=False, augment=recipe,
+        )
+        dm.setup()
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        loader.batches_done = lambda: skip
+        return [images for images, _ in loader]
+
+    full = batches(0)
+    assert len(full) == 3 and all(torch.equal(a, b) for a, b in zip(full, batches(2)))
+    assert all(torch.equal(a, b) for a, b in zip(full[1:], batches(0, skip=1)))
+    assert not any(torch.equal(a, b) for a, b in zip(full, batches(0, epoch=1)))
