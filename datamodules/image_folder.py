@@ -231,8 +231,8 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         if self.preset == "cifar":
             resized = ResizeTo(self.image_size, self.interpolation, self._per_image_augment())
             return TrainEncodedImages(source, decode_bytes, resized, self.corrupt)
-        crop = TrainCropDecode(self.image_size, self.interpolation, self.augment)
-        return TrainEncodedImages(source, crop, self._per_image_augment(), self.corrupt)
+        crop = TrainCropDecode(self.image_size, self.interpolation, self.augment, then=self._per_image_augment())
+        return TrainEncodedImages(source, crop, None, self.corrupt)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:

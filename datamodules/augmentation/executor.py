@@ -52,13 +52,15 @@ class PerImageAugment:
         self.executor = AugmentExecutor(recipe, crop)
         self.policy = OpenCVRandAugment(self.executor.policy)
 
-    def __call__(self, image: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor | np.ndarray, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """A CHW uint8 tensor or an HWC uint8 array (as the crop decoder makes it) -> CHW uint8 tensor."""
         recipe, generator = self.executor.recipe, generator or current_draws().torch
         if self.executor.crop == "pad":
-            image = pad_crop_flip(image[None], recipe.crop_padding, recipe.pad_mode, recipe.hflip, generator)[0]
-            hwc = image.permute(1, 2, 0).numpy()
+            chw = image if isinstance(image, torch.Tensor) else torch.from_numpy(image).permute(2, 0, 1)
+            hwc = pad_crop_flip(chw[None], recipe.crop_padding, recipe.pad_mode, recipe.hflip, generator)[0].permute(1, 2, 0)
         else:  # the draw random_hflip takes, with the flip as a view
-            flip = recipe.hflip > 0 and bool(torch.rand(1, generator=generator)[0] < recipe.hflip)
-            hwc = image.permute(1, 2, 0).numpy()[:, ::-1] if flip else image.permute(1, 2, 0).numpy()
-        augmented = torch.from_numpy(self.policy(np.ascontiguousarray(hwc), generator)).permute(2, 0, 1)
-        return random_erase(augmented[None], recipe.random_erasing, generator=generator)[0].contiguous()
+            hwc = image.permute(1, 2, 0) if isinstance(image, torch.Tensor) else torch.from_numpy(image)
+            if recipe.hflip > 0 and bool(torch.rand(1, generator=generator)[0] < recipe.hflip):
+                hwc = hwc.flip(1)
+        augmented = torch.from_numpy(self.policy(np.ascontiguousarray(hwc.numpy()), generator)).permute(2, 0, 1)
+        return random_erase(augmented[None], recipe.random_erasing, generator=generator)[0]

@@ -39,16 +39,18 @@ def resize(image: np.ndarray, size: tuple[int, int], interpolation: Interpolatio
 
 class TrainCropDecode:
     """Encoded bytes -> the recipe's random-resized crop at ``size`` (CHW uint8), decoded at reduced size where
-    the crop allows (``scaled_jpeg``). The box comes from the sample's own draws (``sampling.draws``)."""
+    the crop allows (``scaled_jpeg``), then ``then`` (which takes the HWC array) if given. The box comes from
+    the sample's own draws (``sampling.draws``)."""
 
-    def __init__(self, size: tuple[int, int], interpolation: Interpolation, recipe: TrainAugment) -> None:
-        self.size, self.interpolation, self.recipe = size, interpolation, recipe
+    def __init__(self, size: tuple[int, int], interpolation: Interpolation, recipe: TrainAugment, then: Any = None) -> None:
+        self.size, self.interpolation, self.recipe, self.then = size, interpolation, recipe, then
 
     def choose_box(self, height: int, width: int) -> CropBox:
         return sample_resized_crop(height, width, self.recipe.scale, self.recipe.ratio, current_draws().numpy)
 
     def __call__(self, data: np.ndarray) -> torch.Tensor:
-        return decode_resized_crop(data, self.choose_box, self.size, self.interpolation)
+        crop = decode_resized_crop(data, self.choose_box, self.size, self.interpolation)
+        return to_chw_tensor(crop) if self.then is None else self.then(crop)
 
 
 class EvalTransform:

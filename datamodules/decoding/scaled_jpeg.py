@@ -45,8 +45,8 @@ def _region(box: CropBox, scale: tuple[float, float], height: int, width: int) -
     return left, top, right, bottom
 
 
-def _resize(crop: np.ndarray, size: tuple[int, int], interpolation: str, bgr: bool = False) -> torch.Tensor:
-    """HWC crop -> CHW uint8 at ``size``: area-averaged by a whole factor while it shrinks 2x or more, then the
+def _resize(crop: np.ndarray, size: tuple[int, int], interpolation: str, bgr: bool = False) -> np.ndarray:
+    """HWC crop (RGB, or BGR as OpenCV decodes) -> HWC uint8 RGB at ``size``: area-averaged by a whole factor while it shrinks 2x or more, then the
     recipe's filter for the last step (less than 2x, where it barely aliases).
 
     OpenCV's area filter by a whole factor is its fast path; by a fractional one it costs several decodes.
@@ -59,7 +59,7 @@ def _resize(crop: np.ndarray, size: tuple[int, int], interpolation: str, bgr: bo
         whole = crop[: crop.shape[0] // fy * fy, : crop.shape[1] // fx * fx]
         crop = cv2.resize(whole, None, fx=1 / fx, fy=1 / fy, interpolation=cv2.INTER_AREA)
     out = cv2.resize(crop, (size[1], size[0]), interpolation=CV2_INTERPOLATION[interpolation])
-    return torch.from_numpy(np.ascontiguousarray((out[..., ::-1] if bgr else out).transpose(2, 0, 1)))
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if bgr else out
 
 
 def _dct_scale(box: CropBox, size: tuple[int, int]) -> int:
@@ -77,8 +77,8 @@ def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
 
 def decode_resized_crop(
     data: np.ndarray, choose_box: ChooseBox, size: tuple[int, int], interpolation: str
-) -> torch.Tensor:
-    """Encoded bytes -> the chosen crop, upright, as CHW uint8 RGB at ``size``; raises on corrupt data."""
+) -> np.ndarray:
+    """Encoded bytes -> the chosen crop, upright, as HWC uint8 RGB at ``size``; raises on corrupt data."""
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             header = (image.format, image.mode, image.size, exif_orientation(image))
@@ -89,7 +89,7 @@ def decode_resized_crop(
         full = decode_rgb(data)
         box = choose_box(*full.shape[-2:])
         left, top, right, bottom = _region(box, (1.0, 1.0), *full.shape[-2:])
-        return _resize(full[:, top:bottom, left:right].permute(1, 2, 0).numpy(), size, interpolation)
+        return _resize(np.ascontiguousarray(full[:, top:bottom, left:right].permute(1, 2, 0).numpy()), size, interpolation)
     _, _, (width, height), orientation = header
     upright_hw = (width, height) if orientation >= 5 else (height, width)
     box = choose_box(*upright_hw)

@@ -154,7 +154,7 @@ def test_reduced_size_decode_gives_the_crop_of_the_upright_full_image(orientatio
         seen.append((height, width))
         return CropBox(height // 8, width // 4, height // 2, width // 2)
 
-    out = decode_resized_crop(data, choose, (32, 32), "bilinear")
+    out = torch.from_numpy(decode_resized_crop(data, choose, (32, 32), "bilinear")).permute(2, 0, 1)
     height, width = seen[0]
     assert (height, width) == (upright.height, upright.width)
     box = (width // 4, height // 8, width // 4 + width // 2, height // 8 + height // 2)
@@ -169,7 +169,7 @@ def test_reduced_size_decode_keeps_16_bit_scaling_and_reports_corrupt_files() ->
     buffer = io.BytesIO()
     Image.fromarray(ramp).save(buffer, "PNG")
     data = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
-    out = decode_resized_crop(data, lambda h, w: CropBox(0, 0, h, w), (64, 64), "bilinear")
+    out = torch.from_numpy(decode_resized_crop(data, lambda h, w: CropBox(0, 0, h, w), (64, 64), "bilinear"))
     assert abs(out.float().mean().item() - 127.5) < 1  # scaled to 8 bits, not clipped to white
     with pytest.raises(OSError):
         decode_resized_crop(_jpeg(random_image(64, 64, 0))[:200], lambda h, w: CropBox(0, 0, h, w), (32, 32), "bilinear")

@@ -74,8 +74,10 @@ def test_recipe_instantiates_with_linked_data_settings(name, tmp_path, monkeypat
     raw_trainer = yaml.safe_load((CONFIG_DIR / name).read_text())["trainer"]
     if raw_trainer["accelerator"] != "cpu":  # fixed input sizes: cuDNN's autotuner pays for itself
         assert raw_trainer.get("benchmark") is True, f"{name} runs on GPUs: set trainer.benchmark: true"
-    if callable(getattr(type(data), "train_transform", None)):  # the image-folder CPU pipeline is built in setup
-        assert data.train_transform() is not None
+    if hasattr(data, "augment"):  # one recipe drives the worker and device executors
+        assert data.device_augment.recipe is data.augment
+    if callable(getattr(type(data), "eval_transform", None)):  # the image-folder CPU pipeline is built in setup
+        assert data.eval_transform() is not None
     assert not list(Path(tmp_path).iterdir()), "instantiation must not create files"
 
 
