@@ -201,7 +201,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """The data contract: loaders yield uint8 [B,3,H,W] images (dtype and shape are metadata: no host sync).
 
         Float images would be divided by 255 again in ``normalize`` and train on near-black inputs."""
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3:
+        is_tensor = isinstance(images, torch.Tensor)
+        if is_tensor and images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3:
             return
         found = f"{images.dtype} {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise DatasetError(

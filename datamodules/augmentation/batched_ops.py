@@ -1,8 +1,8 @@
 """Batched RandAugment (plus optional colour jitter) on image tensors, for augmenting on the GPU.
 
 Executes the policy of ``datamodules.augmentation.policy`` (its op list and settings) on the device, as
-``opencv_ops`` does per image in CPU workers. Each op repeats the arithmetic of the albumentations/OpenCV op it stands for
-(rounding, truncation, histogram quirks; ``tests/albumentations_policy.py`` is the reference it is tested
+``opencv_ops`` does per image in CPU workers. Each op repeats the arithmetic of the albumentations/OpenCV
+op it stands for (rounding, truncation, histogram quirks; ``tests/albumentations_policy.py`` is the reference it is tested
 against), so results match what the OpenCV-based pipeline produced. Between ops images are float32
 holding integers 0..255: exactly the uint8 values the CPU pipeline would hold.
 """
@@ -341,7 +341,9 @@ class BatchRandAugment:
         signs = torch.randint(0, 2, (self.layers, batch), generator=generator).float() * 2 - 1
         return ops, signs
 
-    def jitter_factors(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def jitter_factors(
+        self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """Brightness, contrast and saturation factors, [3, batch] float64, uniform in [max(0, 1 - j), 1 + j]."""
         low, high = max(0.0, 1.0 - self.color_jitter), 1.0 + self.color_jitter
         return low + (high - low) * torch.rand(3, batch, device=device, dtype=torch.float64, generator=generator)

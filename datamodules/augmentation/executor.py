@@ -57,7 +57,8 @@ class PerImageAugment:
         recipe, generator = self.executor.recipe, generator or current_draws().torch
         if self.executor.crop == "pad":
             chw = image if isinstance(image, torch.Tensor) else torch.from_numpy(image).permute(2, 0, 1)
-            hwc = pad_crop_flip(chw[None], recipe.crop_padding, recipe.pad_mode, recipe.hflip, generator)[0].permute(1, 2, 0)
+            cropped = pad_crop_flip(chw[None], recipe.crop_padding, recipe.pad_mode, recipe.hflip, generator)
+            hwc = cropped[0].permute(1, 2, 0)
         else:  # the draw random_hflip takes, with the flip as a view
             hwc = image.permute(1, 2, 0) if isinstance(image, torch.Tensor) else torch.from_numpy(image)
             if recipe.hflip > 0 and bool(torch.rand(1, generator=generator)[0] < recipe.hflip):

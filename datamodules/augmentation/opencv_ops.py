@@ -78,9 +78,8 @@ def _geometric(name: str) -> CpuOp:
     def apply(image: np.ndarray, strength: float, sign: float) -> np.ndarray:
         height, width = image.shape[:2]
         forward = matrix(torch.tensor([sign]), strength, height, width)[0, :2].numpy()
-        return cv2.warpAffine(
-            image, forward, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(GREY,) * 3
-        )
+        border = {"borderMode": cv2.BORDER_CONSTANT, "borderValue": (GREY,) * 3}
+        return cv2.warpAffine(image, forward, (width, height), flags=cv2.INTER_LINEAR, **border)
 
     return apply
 

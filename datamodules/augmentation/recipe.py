@@ -95,7 +95,8 @@ def as_recipe(value: TrainAugment | Mapping[str, Any] | None, default: TrainAugm
         return value
     unknown = sorted(set(value) - {f.name for f in dataclasses.fields(TrainAugment)})
     if unknown:
-        raise ValueError(f"augment has no key {unknown[0]!r}; its keys are {[f.name for f in dataclasses.fields(TrainAugment)]}")
+        keys = [f.name for f in dataclasses.fields(TrainAugment)]
+        raise ValueError(f"augment has no key {unknown[0]!r}; its keys are {keys}")
     return default.replace(**value)
 
 

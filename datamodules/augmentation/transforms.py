@@ -42,7 +42,9 @@ class TrainCropDecode:
     the crop allows (``scaled_jpeg``), then ``then`` (which takes the HWC array) if given. The box comes from
     the sample's own draws (``sampling.draws``)."""
 
-    def __init__(self, size: tuple[int, int], interpolation: Interpolation, recipe: TrainAugment, then: Any = None) -> None:
+    def __init__(
+        self, size: tuple[int, int], interpolation: Interpolation, recipe: TrainAugment, then: Any = None
+    ) -> None:
         self.size, self.interpolation, self.recipe, self.then = size, interpolation, recipe, then
 
     def choose_box(self, height: int, width: int) -> CropBox:

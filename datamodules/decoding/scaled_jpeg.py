@@ -37,7 +37,8 @@ ChooseBox = Callable[[int, int], CropBox]  # (upright height, width) -> the crop
 
 
 def _region(box: CropBox, scale: tuple[float, float], height: int, width: int) -> tuple[int, int, int, int]:
-    """``box`` (in full-size pixels) in an image decoded at ``scale`` = (y, x) of that size: (left, top, right, bottom)."""
+    """``box`` (in full-size pixels) in an image decoded at ``scale`` = (y, x) of that size, as
+    (left, top, right, bottom)."""
     sy, sx = scale
     top, left = int(box.top * sy), int(box.left * sx)
     bottom = max(top + 1, min(height, round((box.top + box.height) * sy)))
@@ -46,8 +47,8 @@ def _region(box: CropBox, scale: tuple[float, float], height: int, width: int) -
 
 
 def _resize(crop: np.ndarray, size: tuple[int, int], interpolation: str, bgr: bool = False) -> np.ndarray:
-    """HWC crop (RGB, or BGR as OpenCV decodes) -> HWC uint8 RGB at ``size``: area-averaged by a whole factor while it shrinks 2x or more, then the
-    recipe's filter for the last step (less than 2x, where it barely aliases).
+    """HWC crop (RGB, or BGR as OpenCV decodes) -> HWC uint8 RGB at ``size``: area-averaged by a whole factor
+    while it shrinks 2x or more, then the recipe's filter for the last step (less than 2x, where it barely aliases).
 
     OpenCV's area filter by a whole factor is its fast path; by a fractional one it costs several decodes.
     After a DCT-scaled decode the crop is already less than twice the output, so only crops that could not be
@@ -89,7 +90,8 @@ def decode_resized_crop(
         full = decode_rgb(data)
         box = choose_box(*full.shape[-2:])
         left, top, right, bottom = _region(box, (1.0, 1.0), *full.shape[-2:])
-        return _resize(np.ascontiguousarray(full[:, top:bottom, left:right].permute(1, 2, 0).numpy()), size, interpolation)
+        crop = np.ascontiguousarray(full[:, top:bottom, left:right].permute(1, 2, 0).numpy())
+        return _resize(crop, size, interpolation)
     _, _, (width, height), orientation = header
     upright_hw = (width, height) if orientation >= 5 else (height, width)
     box = choose_box(*upright_hw)
