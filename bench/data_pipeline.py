@@ -109,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for source in args.sources:
             for workers in args.workers:
                 rate = measure(root, source, "cpu", workers, args.batch_size, device)
-                rows.append(("cpu decode + albumentations", source, device.type, workers, rate))
+                rows.append(("cpu decode + crop, recipe on the device", source, device.type, workers, rate))
             workers = max(args.workers)
             rows.append((gpu_label, source, device.type, workers, measure(root, source, "gpu", workers, args.batch_size, device)))
     print(f"\n{args.num_images} JPEGs {IMAGE_HW[1]}x{IMAGE_HW[0]} q90 -> 224x224, batch {args.batch_size}, "

@@ -2,24 +2,36 @@
 
 Every module yields ``(uint8 images [B,3,H,W], int64 labels [B])`` from its
 loaders and normalises to float32 on the device in ``on_after_batch_transfer``.
+
+``from datamodules import CIFARDataModule`` imports that DataModule's module only when it is asked for,
+so a CIFAR run loads neither the tar-shard reader nor the device decoder.
 """
 
-import os
+from __future__ import annotations
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
+import importlib
+from typing import Any
 
-from datamodules.base import ImageClassificationDataModule  # noqa: E402
-from datamodules.cifar import CIFARDataModule  # noqa: E402
-from datamodules.errors import DatasetError  # noqa: E402
-from datamodules.image_folder import ImageFolderDataModule  # noqa: E402
-from datamodules.predict_files import PredictFilesDataModule  # noqa: E402
-from datamodules.synthetic import SyntheticDataModule  # noqa: E402
+from datamodules.errors import DatasetError
 
-__all__ = [
-    "CIFARDataModule",
-    "DatasetError",
-    "ImageClassificationDataModule",
-    "ImageFolderDataModule",
-    "PredictFilesDataModule",
-    "SyntheticDataModule",
-]
+_MODULES = {
+    "CIFARDataModule": "datamodules.cifar",
+    "ImageClassificationDataModule": "datamodules.base",
+    "ImageFolderDataModule": "datamodules.image_folder",
+    "PredictFilesDataModule": "datamodules.predict_files",
+    "SyntheticDataModule": "datamodules.synthetic",
+}
+
+__all__ = ["DatasetError", *sorted(_MODULES)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULES))

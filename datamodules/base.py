@@ -7,27 +7,17 @@ in ``on_after_batch_transfer``.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.util
 import os
-import random
-import signal
-import threading
 from typing import Any, Callable, Optional
 
 import lightning as L
-import numpy as np
 import torch
-from torch.utils.data import (
-    DataLoader,
-    Dataset,
-    DistributedSampler,
-    Sampler,
-    get_worker_info,
-)
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.errors import DatasetError
-from datamodules.sampling.resume import ResumingDataLoader, SkipsTrainedSamples
+from datamodules.sampling.epoch_sampler import EpochShuffleSampler
+from datamodules.sampling.resume import ResumingDataLoader, batches_done_this_epoch
+from datamodules.sampling.workers import seed_worker
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,60 +64,6 @@ def check_normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> None
             f"std={list(std)} is not on the 0..1 scale images are normalised on; "
             f"values in (0, 1] are needed (divided by 255: std={_on_unit_scale(std)})."
         )
-
-
-class EpochShuffleSampler(SkipsTrainedSamples, DistributedSampler):
-    """A shuffle order that depends only on (seed, epoch), split across ranks like ``DistributedSampler``.
-
-    Lightning calls ``set_epoch`` before every epoch and leaves a ``DistributedSampler`` in place
-    under DDP, so a run resumed at epoch k sees the same order as one that never stopped. With one
-    rank the order is the whole permutation; with several, rank r takes every r-th index of it.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.dataset), generator=generator).tolist()  # type: ignore[arg-type]
-        return iter(self._untrained(order[self.rank : self.total_size : self.num_replicas]))
-
-
-def seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own numpy/python/albumentations random stream.
-
-    Forked workers inherit identical generator states; without reseeding every
-    worker would apply the same augmentations. Workers also ignore SIGINT/SIGTERM: the main
-    process handles them (it saves a checkpoint first) and a dead worker would abort that.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    info = get_worker_info()
-    seed = (info.seed if info is not None else torch.initial_seed()) % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    dataset = info.dataset if info is not None else None
-    reseed = getattr(dataset, "reseed", None)
-    if callable(reseed):
-        reseed(seed)
-
-
-def kill_daemonic_children() -> None:
-    """SIGKILL loader workers still alive at interpreter exit.
-
-    multiprocessing ends daemonic children at exit with SIGTERM, which ``seed_worker`` makes them
-    ignore, so a script or notebook that exits while a persistent-worker loader lives would hang.
-    PyTorch's SIGCHLD handler, which reports dead workers of a running loader, is reset first.
-    """
-    workers = [child for child in multiprocessing.active_children() if child.daemon]
-    if workers and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for worker in workers:
-        worker.kill()
-
-
-# runs before multiprocessing's own exit handler terminates and joins the children
-multiprocessing.util.Finalize(None, kill_daemonic_children, exitpriority=100)
 
 
 class ImageClassificationDataModule(L.LightningDataModule):
@@ -221,11 +157,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         )
 
     def _batches_done_this_epoch(self) -> int:
-        """Batches of the current training epoch that Lightning counts as done (non-zero after a mid-epoch resume)."""
-        trainer = self.trainer
-        if trainer is None or not trainer.training:
-            return 0
-        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return batches_done_this_epoch(self.trainer)
 
     def _sampler(self, dataset: Dataset, train: bool) -> Optional[Sampler[int]]:
         """Training order, one share per rank (None: in order; Lightning splits that across ranks)."""
@@ -261,8 +193,22 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
+        self.check_batch(images)
         images = self.device_transform(images, self._is_training())
         return self.normalize(images), labels
+
+    def check_batch(self, images: Any) -> None:
+        """The data contract: loaders yield uint8 [B,3,H,W] images (dtype and shape are metadata: no host sync).
+
+        Float images would be divided by 255 again in ``normalize`` and train on near-black inputs."""
+        is_tensor = isinstance(images, torch.Tensor)
+        if is_tensor and images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3:
+            return
+        found = f"{images.dtype} {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DatasetError(
+            f"{type(self).__name__}'s loader yields {found} images; loaders must yield uint8 [B,3,H,W] in 0..255 "
+            "(normalisation happens on the device): return uint8 from the dataset (e.g. PILToTensor, not ToTensor)."
+        )
 
     def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (str(device), self.mean, self.std)

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from datamodules.augmentation.batched_ops import BatchRandAugment
-from datamodules.augmentation.tensor_ops import PadMode, pad_crop_flip, random_erase
-from datamodules.augmentation.transforms import CifarTrainTransform
+from datamodules.augmentation.executor import AugmentExecutor, PerImageAugment
+from datamodules.augmentation.recipe import TrainAugment, as_recipe
 from datamodules.base import (
     DEFAULT_NUM_WORKERS,
     ImageClassificationDataModule,
@@ -20,7 +19,6 @@ from datamodules.base import (
 )
 from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.errors import DatasetError
-from datamodules.sources.cifar_folder import find_split, load_image_folder
 from datamodules.sources.cifar_release import (
     RELEASES,
     Variant,
@@ -29,12 +27,17 @@ from datamodules.sources.cifar_release import (
     load_batches,
     load_class_names,
 )
-from datamodules.sources.folder_scan import check_same_classes, list_classes
+from datamodules.sampling.draws import PerSampleDraws
 from datamodules.sources.in_memory import TensorImageDataset
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 NATIVE_SIZE = (32, 32)
+CIFAR_AUGMENT = TrainAugment(randaugment_layers=0)  # pad-crop 4 (reflect) and flip
+
+
+class TrainTensorImages(PerSampleDraws, TensorImageDataset):
+    """Training images whose per-image augmentation draws depend only on (seed, epoch, index)."""
 
 
 class CIFARDataModule(ImageClassificationDataModule):
@@ -53,13 +56,10 @@ class CIFARDataModule(ImageClassificationDataModule):
             (a decompression bomb); default Pillow's 89,478,485.
         val_split: "test" validates on the official test batch; "holdout" validates on
             the last ``holdout_per_class`` training images of each class (no tuning on test).
-        crop_padding, pad_mode: random crop from the image padded by this many pixels.
-        hflip: probability of a horizontal flip.
-        randaugment_layers, randaugment_magnitude: RandAugment-style policy (0 layers = off).
-        random_erasing: per-image probability of erasing a random rectangle.
-        augment_on_device: do RandAugment, crop/flip and erasing batched on the device in
-            ``on_after_batch_transfer`` (same distribution as the worker path); workers then
-            only index memory.
+        augment: the training augmentation recipe (``TrainAugment``: pad-crop, flip, RandAugment, jitter,
+            erasing, and ``on_device``: batched on the device in ``on_after_batch_transfer``, workers then only
+            index memory; false runs the same executor per image in the workers). Its scale and ratio
+            (random-resized crop) do not apply: CIFAR images are pad-cropped.
         image_size: model input size; other than 32 means upsampling on the device.
         batch_size: images per batch PER DEVICE.
         eval_batch_size: images per validation/test batch (default: batch_size).
@@ -80,13 +80,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         val_split: Literal["test", "holdout"] = "test",
         holdout_per_class: int = 500,
-        crop_padding: int = 4,
-        pad_mode: PadMode = "reflect",
-        hflip: float = 0.5,
-        randaugment_layers: int = 0,
-        randaugment_magnitude: float = 9.0,
-        random_erasing: float = 0.0,
-        augment_on_device: bool = False,
+        augment: TrainAugment = CIFAR_AUGMENT,
         image_size: ImageSize = 32,
         batch_size: int = 128,
         eval_batch_size: Optional[int] = None,
@@ -122,21 +116,10 @@ class CIFARDataModule(ImageClassificationDataModule):
         self.download_url, self.download_md5 = download_url, download_md5
         self.max_image_pixels = check_max_pixels(max_image_pixels)
         self.val_split, self.holdout_per_class = val_split, holdout_per_class
-        self.augment_on_device = augment_on_device
-        self.crop_padding, self.pad_mode, self.hflip = crop_padding, pad_mode, hflip
-        self.random_erasing = random_erasing
-        self.device_augment = BatchRandAugment(randaugment_layers, randaugment_magnitude)
-        self.train_transform = CifarTrainTransform(
-            padding=crop_padding,
-            pad_mode=pad_mode,
-            hflip=hflip,
-            randaugment_layers=0 if augment_on_device else randaugment_layers,
-            randaugment_magnitude=randaugment_magnitude,
-            random_erasing=0.0 if augment_on_device else random_erasing,
-            crop_flip=not augment_on_device,
-            seed=seed,
-        )
+        self.augment = as_recipe(augment, CIFAR_AUGMENT)
+        self.device_augment = AugmentExecutor(self.augment, "pad")
         self.save_hyperparameters(logger=False)
+        self.hparams["augment"] = self.augment.as_dict()  # plain values: checkpoints load with weights_only
 
     def prepare_data(self) -> None:
         """Runs on one process per node: download/extract if needed."""
@@ -154,7 +137,8 @@ class CIFARDataModule(ImageClassificationDataModule):
             self.test_set = TensorImageDataset(*test) if test is not None else None
         else:
             self.val_set = self.test_set = TensorImageDataset(*test)
-        self.train_set = TensorImageDataset(train_x, train_y, self.train_transform)
+        per_image = None if self.augment.on_device else PerImageAugment(self.augment, "pad")
+        self.train_set = TrainTensorImages(train_x, train_y, per_image)
 
     def _load_pickles(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         folder = ensure_release(self.root, self.release, self.download, self.download_url, self.download_md5)
@@ -163,6 +147,10 @@ class CIFARDataModule(ImageClassificationDataModule):
         return train, load_batches(folder, (self.release.test_file,), self.release)
 
     def _load_folder(self) -> tuple[tuple[torch.Tensor, torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        # imported here: only this source decodes files, so a pickle run loads no image decoder
+        from datamodules.sources.cifar_folder import find_split, load_image_folder
+        from datamodules.sources.folder_scan import check_same_classes, list_classes
+
         classes = list_classes(self.root / "train")
         if len(classes) != self.num_classes:
             raise DatasetError(
@@ -189,11 +177,9 @@ class CIFARDataModule(ImageClassificationDataModule):
         return super().test_dataloader()
 
     def device_transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        """Batched RandAugment/crop/flip/erasing (when ``augment_on_device``) and upsampling to ``image_size``."""
-        if train and self.augment_on_device:
+        """The augmentation recipe batched (when ``augment.on_device``) and upsampling to ``image_size``."""
+        if train and self.augment.on_device:
             images = self.device_augment(images)
-            images = pad_crop_flip(images, self.crop_padding, self.pad_mode, self.hflip)
-            images = random_erase(images, self.random_erasing)
         if tuple(images.shape[-2:]) != self.image_size:
             images = F.interpolate(images.float(), size=self.image_size, mode=self.interpolation, align_corners=False)
         return images

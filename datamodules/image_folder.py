@@ -10,15 +10,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.augmentation.batched_ops import BatchRandAugment
-from datamodules.augmentation.crops import DEFAULT_RATIO
-from datamodules.augmentation.tensor_ops import Interpolation, PadMode, host_to_device
-from datamodules.augmentation.transforms import (
-    CifarTrainTransform,
-    EvalTransform,
-    ImageNetTrainTransform,
-    ResizeTo,
-)
+from datamodules.augmentation.executor import AugmentExecutor, PerImageAugment
+from datamodules.augmentation.recipe import TrainAugment, as_recipe
+from datamodules.augmentation.tensor_ops import Interpolation, host_to_device
+from datamodules.augmentation.transforms import EvalTransform, ResizeTo, TrainCropDecode
 from datamodules.base import (
     DEFAULT_NUM_WORKERS,
     IMAGENET_MEAN,
@@ -43,6 +38,7 @@ from datamodules.decoding.encoded_images import (
     decode_bytes,
 )
 from datamodules.errors import DatasetError
+from datamodules.sampling.draws import PerSampleDraws
 from datamodules.sampling.shard_sampler import ShardOrderSampler
 from datamodules.sources.folder_scan import (
     check_same_classes,
@@ -51,6 +47,12 @@ from datamodules.sources.folder_scan import (
     scan_split,
 )
 from datamodules.sources.tar_shards import TarShards, is_shard_pattern, read_class_names
+
+FOLDER_AUGMENT = TrainAugment(color_jitter=0.4)  # random-resized crop, flip, RandAugment 2 layers m9, jitter 0.4
+
+
+class TrainEncodedImages(PerSampleDraws, EncodedImageDataset):
+    """Training files whose crop and augmentation draws depend only on (seed, epoch, index)."""
 
 
 class ImageFolderDataModule(ImageClassificationDataModule):
@@ -73,22 +75,22 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         image_size: model input side or (height, width) (see ``ImageClassificationDataModule``).
         crop_pct: eval centre crop covers this fraction of the resized short side.
         interpolation: resampling filter for resizing up (shrinking uses an area/antialiased filter).
-        randaugment_layers, randaugment_magnitude: RandAugment-style policy (0 layers = off).
-        color_jitter: brightness/contrast/saturation jitter strength (0 = off; "imagenet" preset).
-        scale: area fraction range of the train random-resized crop.
-        hflip: horizontal flip probability.
+        augment: the training augmentation recipe (``TrainAugment``). With ``augment.on_device`` (the default)
+            workers decode and crop only (at reduced size where the crop allows) and hand over uint8 crops;
+            flip, RandAugment, jitter and erasing run batched on the device. false runs the same executor per
+            image in the workers.
         on_corrupt: "skip" replaces unreadable files (warning + ``num_corrupt_skipped``); "error" stops.
         max_image_pixels: files whose header declares more pixels (width x height) are corrupt files
             (decompression bombs), refused before decoding on every path; default Pillow's 89,478,485.
-        decode: "cpu" decodes and augments in workers; "gpu" has workers read bytes only and
-            decodes JPEGs batched on the batch's device, where crop, flip, resize and the
-            RandAugment/jitter policy (``BatchRandAugment``, same distribution) run too.
+        decode: "cpu" decodes and crops in workers; "gpu" has workers read bytes only and
+            decodes JPEGs batched on the batch's device, where crop, resize and the recipe's
+            executor (whatever ``augment.on_device`` says) run too.
         overlap_decode: with ``decode: gpu`` on CUDA, decode, crop and augment each batch on a second
             CUDA stream: the host queues the next batch while the GPU still runs the previous step
             (no step waits for the device), so that work can fill the GPU's idle gaps instead of
             running after the step. false runs it on the training stream.
-        preset: "imagenet" (random-resized crop recipe) or "cifar" (pad-crop + flip recipe).
-        crop_padding, pad_mode: pad-crop settings of the "cifar" preset.
+        preset: "imagenet" (random-resized crop: ``augment.scale``/``ratio``; eval centre crop) or "cifar"
+            (whole image resized, then ``augment.crop_padding``/``pad_mode`` pad-crop).
         batch_size: images per batch PER DEVICE.
         eval_batch_size: images per validation/test batch (default: batch_size).
         Others: see ``ImageClassificationDataModule``.
@@ -108,11 +110,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         interpolation: Interpolation = "bicubic",
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
-        randaugment_layers: int = 2,
-        randaugment_magnitude: float = 9.0,
-        color_jitter: float = 0.4,
-        scale: tuple[float, float] = (0.08, 1.0),
-        hflip: float = 0.5,
+        augment: TrainAugment = FOLDER_AUGMENT,
         shard_index_dir: Optional[str] = None,
         shuffle_window: int = 4,
         on_corrupt: OnCorrupt = "skip",
@@ -120,8 +118,6 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         decode: Literal["cpu", "gpu"] = "cpu",
         overlap_decode: bool = True,
         preset: Literal["imagenet", "cifar"] = "imagenet",
-        crop_padding: int = 4,
-        pad_mode: PadMode = "reflect",
         batch_size: int = 128,
         eval_batch_size: Optional[int] = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
@@ -141,8 +137,6 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             std=std,
             seed=seed,
         )
-        if not 0.0 < scale[0] <= scale[1] <= 1.0:
-            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
         if val_holdout_per_class < 0:
             raise ValueError(f"val_holdout_per_class must be >= 0, got {val_holdout_per_class}")
         if val_holdout_per_class > 0 and is_shard_pattern(train_dir):
@@ -155,18 +149,15 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.shard_index_dir = Path(shard_index_dir) if shard_index_dir is not None else None
         self.shuffle_window = shuffle_window
         self.crop_pct, self.interpolation = crop_pct, interpolation
-        self.randaugment_layers, self.randaugment_magnitude = randaugment_layers, randaugment_magnitude
-        self.color_jitter, self.scale, self.hflip = color_jitter, tuple(scale), hflip
+        self.augment = as_recipe(augment, FOLDER_AUGMENT)
         self.decode, self.overlap_decode, self.preset = decode, overlap_decode, preset
-        self.crop_padding, self.pad_mode = crop_padding, pad_mode
+        self.crop: Literal["resized", "pad"] = "pad" if preset == "cifar" else "resized"
         self.corrupt = CorruptFiles(on_corrupt)
         self.max_image_pixels = check_max_pixels(max_image_pixels)
-        jitter = color_jitter if preset == "imagenet" else 0.0
-        self.cropper = DeviceCropper(
-            self.image_size, self.scale, DEFAULT_RATIO, interpolation, hflip, crop_pct, preset, crop_padding,
-            augment=BatchRandAugment(randaugment_layers, randaugment_magnitude, jitter),
-        )
+        self.cropper = DeviceCropper(self.image_size, interpolation, crop_pct, self.augment, preset)
+        self.device_augment = AugmentExecutor(self.augment, self.crop)
         self.save_hyperparameters(logger=False)
+        self.hparams["augment"] = self.augment.as_dict()  # plain values: checkpoints load with weights_only
 
     @property
     def num_corrupt_skipped(self) -> int:
@@ -174,27 +165,8 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         return self.corrupt.count
 
     # ---------------------------------------------------------------- transforms
-    def train_transform(self) -> Any:
-        if self.preset == "cifar":
-            then = CifarTrainTransform(
-                padding=self.crop_padding,
-                pad_mode=self.pad_mode,
-                hflip=self.hflip,
-                randaugment_layers=self.randaugment_layers,
-                randaugment_magnitude=self.randaugment_magnitude,
-                seed=self.seed,
-            )
-            return ResizeTo(self.image_size, self.interpolation, then)
-        return ImageNetTrainTransform(
-            size=self.image_size,
-            scale=self.scale,
-            interpolation=self.interpolation,
-            hflip=self.hflip,
-            randaugment_layers=self.randaugment_layers,
-            randaugment_magnitude=self.randaugment_magnitude,
-            color_jitter=self.color_jitter,
-            seed=self.seed,
-        )
+    def _per_image_augment(self) -> Optional[PerImageAugment]:
+        return None if self.augment.on_device else PerImageAugment(self.augment, self.crop)
 
     def eval_transform(self) -> Any:
         if self.preset == "cifar":
@@ -260,9 +232,17 @@ class ImageFolderDataModule(ImageClassificationDataModule):
     def _dataset(self, source: EncodedSource, train: bool) -> EncodedImageDataset:
         if self.decode == "gpu":
             return EncodedImageDataset(source, bytes_tensor, None, self.corrupt, with_path=True)
-        transform = self.train_transform() if train else self.eval_transform()
         decode = partial(decode_bytes, max_pixels=self.max_image_pixels)
-        return EncodedImageDataset(source, decode, transform, self.corrupt)
+        if not train:
+            return EncodedImageDataset(source, decode, self.eval_transform(), self.corrupt)
+        if self.preset == "cifar":
+            resized = ResizeTo(self.image_size, self.interpolation, self._per_image_augment())
+            return TrainEncodedImages(source, decode, resized, self.corrupt)
+        crop = TrainCropDecode(
+            self.image_size, self.interpolation, self.augment, then=self._per_image_augment(),
+            max_pixels=self.max_image_pixels,
+        )  # fmt: skip
+        return TrainEncodedImages(source, crop, None, self.corrupt)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -311,9 +291,14 @@ class ImageFolderDataModule(ImageClassificationDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
-        if isinstance(images, EncodedImages):
-            images, labels = self.decode_on_device(images, labels)
+        if not isinstance(images, EncodedImages):
+            return super().on_after_batch_transfer(batch, dataloader_idx)
+        images, labels = self.decode_on_device(images, labels)
         return self.normalize(images), labels
+
+    def device_transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """Flip, RandAugment, jitter and erasing batched on the device (``augment.on_device``) for CPU-decoded crops."""
+        return self.device_augment(images) if train and self.augment.on_device else images
 
     def decode_on_device(self, batch: EncodedImages, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode + crop on ``labels.device``: float [B,3,H,W] in 0..255 and the matching labels."""

@@ -181,4 +181,5 @@ class PredictFilesDataModule(ImageClassificationDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, list[str], list[str]]:
         images, paths, errors = batch
+        self.check_batch(images)
         return self.normalize(images), list(paths), list(errors)

@@ -1,16 +1,16 @@
 """Batched RandAugment (plus optional colour jitter) on image tensors, for augmenting on the GPU.
 
-Executes the policy of ``datamodules.augmentation.policy`` (its op list and settings), as
-``albumentations_ops`` does per image on the CPU. Each op repeats the arithmetic of the
-albumentations/OpenCV op it stands for (rounding, truncation, histogram quirks), so the CPU and
-device paths draw from the same augmentation distribution. Between ops images are float32
+Executes the policy of ``datamodules.augmentation.policy`` (its op list and settings) on the device, as
+``opencv_ops`` does per image in CPU workers. Each op repeats the arithmetic of the albumentations/OpenCV
+op it stands for (rounding, truncation, histogram quirks; ``tests/albumentations_policy.py`` is the reference it is tested
+against), so results match what the OpenCV-based pipeline produced. Between ops images are float32
 holding integers 0..255: exactly the uint8 values the CPU pipeline would hold.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -332,31 +332,40 @@ class BatchRandAugment:
         self.strength = strength
         self.color_jitter = color_jitter
 
-    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch: int, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Op indices and signs (+-1), both [layers, batch], drawn on the host (see ``apply_layer``).
 
         Each image's ops are sorted, as albumentations' SomeOf applies its draws in list order.
         """
-        ops = torch.randint(len(OP_NAMES), (self.layers, batch)).sort(0).values
-        signs = torch.randint(0, 2, (self.layers, batch)).float() * 2 - 1
+        ops = torch.randint(len(OP_NAMES), (self.layers, batch), generator=generator).sort(0).values
+        signs = torch.randint(0, 2, (self.layers, batch), generator=generator).float() * 2 - 1
         return ops, signs
 
-    def jitter(self, images: torch.Tensor) -> torch.Tensor:
-        """Colour jitter with per-image factors (brightness, then contrast, then saturation)."""
+    def jitter_factors(
+        self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
+        """Brightness, contrast and saturation factors, [3, batch] float64, uniform in [max(0, 1 - j), 1 + j]."""
         low, high = max(0.0, 1.0 - self.color_jitter), 1.0 + self.color_jitter
-        for adjust in (adjust_brightness, adjust_contrast, adjust_saturation):
-            factor = low + (high - low) * torch.rand(images.shape[0], device=images.device, dtype=torch.float64)
+        return low + (high - low) * torch.rand(3, batch, device=device, dtype=torch.float64, generator=generator)
+
+    def jitter(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Colour jitter with per-image factors (brightness, then contrast, then saturation)."""
+        factors = self.jitter_factors(images.shape[0], images.device, generator)
+        for adjust, factor in zip((adjust_brightness, adjust_contrast, adjust_saturation), factors):
             images = adjust(images, factor)
         return images
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Augment uint8 or float (0..255) images; same dtype, shape and device, integer values."""
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Augment uint8 or float (0..255) images; same dtype, shape and device, integer values.
+
+        ``generator`` (a CPU one, for CPU images) replaces the global streams: loader workers pass one seeded per
+        sample, so their draws depend on nothing else."""
         if self.layers == 0 and self.color_jitter == 0:
             return images
         out = _saturate(images.float())
-        ops, signs = self.sample(images.shape[0])
+        ops, signs = self.sample(images.shape[0], generator)
         for layer_ops, layer_signs in zip(ops, signs):
             out = apply_layer(out, layer_ops, layer_signs, self.strength)
         if self.color_jitter > 0:
-            out = self.jitter(out)
+            out = self.jitter(out, generator)
         return out.to(images.dtype)

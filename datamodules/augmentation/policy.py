@@ -1,8 +1,10 @@
 """The RandAugment-style policy, written once: its ops in order, which take a random sign, and each op's
 setting at a given strength.
 
-Two executors run it: ``albumentations_ops`` (per image, CPU workers) and ``batched_ops`` (whole batches,
-any device). Both read the op list and every setting from here, so they cannot drift apart.
+Two executors run it: ``batched_ops`` (whole batches, any device) and ``opencv_ops`` (one image, CPU
+workers); ``tests/albumentations_policy.py`` builds the same policy from albumentations ops as the tests'
+reference. All read the op list and every setting from here, so they cannot drift apart. A new op is one
+``PolicyOp`` here plus its function in both executors (and in the reference).
 
 Each op reaches its reference strength at magnitude 10 (strength s = magnitude / 10 = 1); larger
 magnitudes (up to 30) extrapolate linearly, as in the TensorFlow RandAugment behind the paper's

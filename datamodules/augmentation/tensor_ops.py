@@ -7,7 +7,7 @@ batch, so both apply the same augmentation distribution.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,19 +41,21 @@ def _source_index(offset: torch.Tensor, length: int, padding: int, pad_mode: Pad
     return idx.clamp(0, length - 1), valid
 
 
-def pad_crop_flip(images: torch.Tensor, padding: int, pad_mode: PadMode, flip_p: float) -> torch.Tensor:
+def pad_crop_flip(
+    images: torch.Tensor, padding: int, pad_mode: PadMode, flip_p: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """Random crop of a ``padding``-padded image back to its size, then random h-flip.
 
     Done as one gather (no padded copy is materialised), so it stays uint8 and
-    costs one pass over the batch.
+    costs one pass over the batch. Draws come from ``generator`` (default: the device's global stream).
     """
     batch, _, height, width = images.shape
     device = images.device
-    oy = torch.randint(0, 2 * padding + 1, (batch,), device=device)
-    ox = torch.randint(0, 2 * padding + 1, (batch,), device=device)
+    oy = torch.randint(0, 2 * padding + 1, (batch,), device=device, generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (batch,), device=device, generator=generator)
     rows, row_ok = _source_index(oy, height, padding, pad_mode)
     cols, col_ok = _source_index(ox, width, padding, pad_mode)
-    flip = torch.rand(batch, device=device) < flip_p
+    flip = torch.rand(batch, device=device, generator=generator) < flip_p
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     col_ok = torch.where(flip[:, None], col_ok.flip(1), col_ok)
     b = torch.arange(batch, device=device)[:, None, None]
@@ -63,31 +65,40 @@ def pad_crop_flip(images: torch.Tensor, padding: int, pad_mode: PadMode, flip_p:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def random_hflip(images: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p``."""
+    if p <= 0:
+        return images
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < p
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
 def random_erase(
     images: torch.Tensor,
     p: float,
     scale: tuple[float, float] = (0.02, 1.0 / 3.0),
     ratio: tuple[float, float] = (0.3, 3.3),
+    generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """With probability ``p`` per image, overwrite one random rectangle with uniform noise."""
     if p <= 0:
         return images
     batch, _, height, width = images.shape
     device = images.device
-    area = torch.empty(batch, device=device).uniform_(*scale) * height * width
-    log_ratio = torch.empty(batch, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    area = torch.empty(batch, device=device).uniform_(*scale, generator=generator) * height * width
+    log_ratio = torch.empty(batch, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
     aspect = log_ratio.exp()
     h = (area / aspect).sqrt().round().clamp(1, height)
     w = (area * aspect).sqrt().round().clamp(1, width)
-    top = (torch.rand(batch, device=device) * (height - h + 1)).floor()
-    left = (torch.rand(batch, device=device) * (width - w + 1)).floor()
+    top = (torch.rand(batch, device=device, generator=generator) * (height - h + 1)).floor()
+    left = (torch.rand(batch, device=device, generator=generator) * (width - w + 1)).floor()
     ys = torch.arange(height, device=device)[None, :]
     xs = torch.arange(width, device=device)[None, :]
     in_rows = (ys >= top[:, None]) & (ys < (top + h)[:, None])
     in_cols = (xs >= left[:, None]) & (xs < (left + w)[:, None])
-    apply = torch.rand(batch, device=device) < p
+    apply = torch.rand(batch, device=device, generator=generator) < p
     mask = (in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None])[:, None]
-    noise = torch.randint(0, 256, images.shape, device=device, dtype=torch.uint8).to(images.dtype)
+    noise = torch.randint(0, 256, images.shape, device=device, dtype=torch.uint8, generator=generator).to(images.dtype)
     return torch.where(mask, noise, images)
 
 

@@ -1,29 +1,24 @@
-"""Per-sample CPU transforms: decoded HWC uint8 numpy image -> CHW uint8 tensor.
+"""Per-sample CPU steps of loader workers: decoded HWC uint8 numpy image (or encoded bytes) -> CHW uint8 tensor.
 
-Nothing here normalises; that happens on the device (see ``base``).
+Nothing here normalises; that happens on the device (see ``base``). The recipe's augmentations run in
+``executor``; here are the steps that must happen where the image is decoded: the random-resized crop
+(``TrainCropDecode``) and the evaluation crop.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
 
-from datamodules.augmentation.albumentations_ops import rand_augment
-from datamodules.augmentation.crops import (
-    DEFAULT_RATIO,
-    eval_crop_box,
-    sample_resized_crop,
-)
-from datamodules.augmentation.tensor_ops import (
-    Interpolation,
-    PadMode,
-    pad_crop_flip,
-    random_erase,
-)
+from datamodules.augmentation.crops import CropBox, eval_crop_box, sample_resized_crop
+from datamodules.augmentation.recipe import TrainAugment
+from datamodules.augmentation.tensor_ops import Interpolation
+from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS
+from datamodules.decoding.scaled_jpeg import decode_resized_crop
+from datamodules.sampling.draws import current_draws
 
 CV2_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
@@ -31,11 +26,6 @@ CV2_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     """HWC uint8 array -> contiguous CHW uint8 tensor."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-
-
-def to_hwc_array(image: torch.Tensor) -> np.ndarray:
-    """CHW uint8 tensor -> contiguous HWC uint8 array (for albumentations)."""
-    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
 
 
 def resize(image: np.ndarray, size: tuple[int, int], interpolation: Interpolation) -> np.ndarray:
@@ -48,63 +38,28 @@ def resize(image: np.ndarray, size: tuple[int, int], interpolation: Interpolatio
     return cv2.resize(image, (width, height), interpolation=flag)
 
 
-class SharedRandomResizedCrop(A.RandomResizedCrop):
-    """albumentations RandomResizedCrop whose box comes from ``crops.sample_resized_crop``.
-
-    Keeps the CPU path statistically identical to the device path.
-    """
-
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        height, width = params["shape"][:2]
-        box = sample_resized_crop(height, width, self.scale, self.ratio, self.random_generator)
-        return {"crop_coords": (box.left, box.top, box.left + box.width, box.top + box.height)}
-
-
-class _Reseedable:
-    """Owns an albumentations pipeline that loader workers reseed (see ``base.seed_worker``)."""
-
-    pipeline: Optional[A.Compose]
-
-    def reseed(self, seed: int) -> None:
-        if self.pipeline is not None:
-            self.pipeline.set_random_seed(seed)
-
-
-class ImageNetTrainTransform(_Reseedable):
-    """Random-resized crop, h-flip, optional RandAugment-style policy and colour jitter."""
+class TrainCropDecode:
+    """Encoded bytes -> the recipe's random-resized crop at ``size`` (CHW uint8), decoded at reduced size where
+    the crop allows (``scaled_jpeg``), then ``then`` (which takes the HWC array) if given. The box comes from
+    the sample's own draws (``sampling.draws``)."""
 
     def __init__(
         self,
         size: tuple[int, int],
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = DEFAULT_RATIO,
-        interpolation: Interpolation = "bicubic",
-        hflip: float = 0.5,
-        randaugment_layers: int = 2,
-        randaugment_magnitude: float = 9.0,
-        color_jitter: float = 0.4,
-        seed: Optional[int] = None,
+        interpolation: Interpolation,
+        recipe: TrainAugment,
+        then: Any = None,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        ops: list[Any] = [
-            SharedRandomResizedCrop(
-                size=size,
-                scale=scale,
-                ratio=ratio,
-                interpolation=CV2_INTERPOLATION[interpolation],
-                area_for_downscale="image",
-            )
-        ]
-        if hflip > 0:
-            ops.append(A.HorizontalFlip(p=hflip))
-        if randaugment_layers > 0:
-            ops.append(rand_augment(randaugment_layers, randaugment_magnitude))
-        if color_jitter > 0:
-            j = color_jitter
-            ops.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=(0.0, 0.0), p=1.0))
-        self.pipeline = A.Compose(ops, seed=seed)
+        self.size, self.interpolation, self.recipe, self.then = size, interpolation, recipe, then
+        self.max_pixels = max_pixels
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        return to_chw_tensor(self.pipeline(image=image)["image"])
+    def choose_box(self, height: int, width: int) -> CropBox:
+        return sample_resized_crop(height, width, self.recipe.scale, self.recipe.ratio, current_draws().numpy)
+
+    def __call__(self, data: np.ndarray) -> torch.Tensor:
+        crop = decode_resized_crop(data, self.choose_box, self.size, self.interpolation, self.max_pixels)
+        return to_chw_tensor(crop) if self.then is None else self.then(crop)
 
 
 class EvalTransform:
@@ -119,51 +74,12 @@ class EvalTransform:
         return to_chw_tensor(resize(crop, self.size, self.interpolation))
 
 
-class CifarTrainTransform(_Reseedable):
-    """CIFAR recipe on a CHW uint8 tensor: [RandAugment] -> pad-crop + flip -> [random erasing].
-
-    ``crop_flip=False`` leaves crop and flip to the device (``augment_on_device``).
-    """
-
-    def __init__(
-        self,
-        padding: int = 4,
-        pad_mode: PadMode = "reflect",
-        hflip: float = 0.5,
-        randaugment_layers: int = 0,
-        randaugment_magnitude: float = 9.0,
-        random_erasing: float = 0.0,
-        crop_flip: bool = True,
-        seed: Optional[int] = None,
-    ) -> None:
-        self.padding, self.pad_mode, self.hflip = padding, pad_mode, hflip
-        self.random_erasing, self.crop_flip = random_erasing, crop_flip
-        self.pipeline = (
-            A.Compose([rand_augment(randaugment_layers, randaugment_magnitude)], seed=seed)
-            if randaugment_layers > 0
-            else None
-        )
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if self.pipeline is not None:
-            image = to_chw_tensor(self.pipeline(image=to_hwc_array(image))["image"])
-        if not self.crop_flip:
-            return image
-        batch = pad_crop_flip(image[None], self.padding, self.pad_mode, self.hflip)
-        return random_erase(batch, self.random_erasing)[0]
-
-
 class ResizeTo:
     """Adapter: HWC array at any size -> CHW tensor at ``size``, then an optional CHW transform."""
 
     def __init__(self, size: tuple[int, int], interpolation: Interpolation, then: Any = None) -> None:
         self.size, self.interpolation, self.then = size, interpolation, then
 
-    def reseed(self, seed: int) -> None:
-        if self.then is not None:
-            self.then.reseed(seed)
-
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         tensor = to_chw_tensor(resize(image, self.size, self.interpolation))
         return tensor if self.then is None else self.then(tensor)
-

@@ -18,16 +18,10 @@ import numpy as np
 import torch
 
 from datamodules.augmentation.crops import CropBox, eval_crop_box, sample_resized_crop
-from datamodules.augmentation.tensor_ops import (
-    Interpolation,
-    crop_resize,
-    pad_crop_flip,
-)
-from datamodules.decoding.decoders import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    decode_jpegs,
-    decode_rgb,
-)
+from datamodules.augmentation.executor import AugmentExecutor
+from datamodules.augmentation.recipe import TrainAugment
+from datamodules.augmentation.tensor_ops import Interpolation, crop_resize
+from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, decode_jpegs, decode_rgb
 from datamodules.decoding.encoded_images import (
     DECODE_ERRORS,
     CorruptFiles,
@@ -84,52 +78,41 @@ def decode_batch(
 
 
 class DeviceCropper:
-    """Train: random-resized crop + flip; eval: centre crop. Resizes each image to ``size`` on its device.
+    """Train: the recipe's random-resized crop, then its executor (flip, RandAugment, jitter, erasing), as the
+    CPU path; eval: centre crop. Resizes each image to ``size`` on its device.
 
-    ``augment`` (a batched policy such as ``BatchRandAugment``) runs on training batches where the
-    CPU path runs its policy: after crop and flip ("imagenet"), before pad-crop and flip ("cifar").
+    With ``preset="cifar"`` the whole image is resized and the executor's pad-crop replaces the resized crop.
+    Every augmentation setting is read from ``recipe``.
     """
 
     def __init__(
         self,
         size: tuple[int, int],
-        scale: tuple[float, float],
-        ratio: tuple[float, float],
         interpolation: Interpolation,
-        hflip: float,
         crop_pct: float,
+        recipe: TrainAugment,
         preset: Literal["imagenet", "cifar"] = "imagenet",
-        crop_padding: int = 4,
-        augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ) -> None:
-        self.size, self.scale, self.ratio, self.interpolation = size, scale, ratio, interpolation
-        self.hflip, self.crop_pct, self.preset, self.crop_padding = hflip, crop_pct, preset, crop_padding
-        self.augment = augment if augment is not None else (lambda images: images)
+        self.size, self.interpolation, self.crop_pct, self.preset = size, interpolation, crop_pct, preset
+        self.recipe = recipe
+        self.augment = AugmentExecutor(recipe, "pad" if preset == "cifar" else "resized")
 
     @staticmethod
     def batch_rng() -> np.random.Generator:
-        """One batch's crop and flip stream, seeded from torch's global CPU stream: checkpoints save that
+        """One batch's crop stream, seeded from torch's global CPU stream: checkpoints save that
         stream and DDP ranks split it (``RandomState``), so resumed runs and ranks draw as they should."""
         return np.random.default_rng(int(torch.randint(2**62, ()).item()))
 
     def __call__(self, images: list[torch.Tensor], train: bool) -> torch.Tensor:
         """List of CHW uint8 images (any sizes) -> float [B,3,H,W] in 0..255."""
         if self.preset == "cifar":
-            out = torch.stack([crop_resize(im, CropBox(0, 0, *im.shape[-2:]), self.size, self.interpolation) for im in images])
-            if train:
-                out = pad_crop_flip(self.augment(out.round_()), self.crop_padding, "reflect", self.hflip)
-            return out
-        crops = []
-        rng = self.batch_rng() if train else None
-        for image in images:
-            height, width = image.shape[-2:]
-            if train:
-                box = sample_resized_crop(height, width, self.scale, self.ratio, rng)
-                flip = bool(rng.random() < self.hflip)
-            else:
-                box, flip = eval_crop_box(height, width, self.size, self.crop_pct), False
-            crops.append(crop_resize(image, box, self.size, self.interpolation, flip))
-        out = torch.stack(crops)
+            boxes = [CropBox(0, 0, *im.shape[-2:]) for im in images]
+        elif train:
+            rng = self.batch_rng()
+            boxes = [sample_resized_crop(*im.shape[-2:], self.recipe.scale, self.recipe.ratio, rng) for im in images]
+        else:
+            boxes = [eval_crop_box(*im.shape[-2:], self.size, self.crop_pct) for im in images]
+        out = torch.stack([crop_resize(im, box, self.size, self.interpolation) for im, box in zip(images, boxes)])
         return self.augment(out.round_()) if train else out
 
 

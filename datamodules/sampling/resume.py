@@ -11,9 +11,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from datamodules.sampling.draws import draw_indices
+
 
 class SkipsTrainedSamples:
-    """Sampler mixin: the next pass leaves out its first ``skip_next(n)`` samples, once."""
+    """Sampler mixin (for a ``DistributedSampler``): the next pass leaves out its first ``skip_next(n)``
+    samples, once. Indices carry their (seed, epoch) key, from which each sample's augmentation is drawn."""
 
     _skip = 0
 
@@ -22,7 +25,7 @@ class SkipsTrainedSamples:
 
     def _untrained(self, order: list[int]) -> list[int]:
         skip, self._skip = self._skip, 0
-        return order[skip:]
+        return draw_indices(order[skip:], self.seed, self.epoch)  # type: ignore[attr-defined]
 
 
 class _DeferredPass:
@@ -39,6 +42,16 @@ class _DeferredPass:
         if self.inner is None:
             self.inner = self.loader.start_pass()
         return next(self.inner)
+
+
+def batches_done_this_epoch(trainer: Any) -> int:
+    """Batches of the current training epoch that Lightning counts as done (non-zero after a mid-epoch resume).
+
+    Reads the fit loop's progress counter (``fit_loop.epoch_loop.batch_progress``, internal to Lightning and
+    guarded by ``tests/unit/test_lightning_private_names.py``)."""
+    if trainer is None or not trainer.training:
+        return 0
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
 
 class ResumingDataLoader(DataLoader):

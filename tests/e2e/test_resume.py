@@ -125,9 +125,9 @@ class BatchRecorder(Callback):
 
 
 def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers: int = 0,
-          jpegs: Path | None = None, max_steps: int = -1, val_size: int = 16) -> tuple[ImageClassifier, dict]:
-    """3 epochs of 3 batches, on synthetic images or (``jpegs``) a JPEG folder decoded and cropped on the device;
-    ``val_size`` / 16 validation batches."""
+          jpegs: Path | None = None, max_steps: int = -1, val_size: int = 16, decode: str = "gpu") -> tuple[ImageClassifier, dict]:
+    """3 epochs of 3 batches, on synthetic images or (``jpegs``) a JPEG folder decoded and cropped on the device
+    (or, ``decode="cpu"``, in the loader workers); ``val_size`` / 16 validation batches."""
     seed_everything(0, workers=True)
     model = ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32),
                             model_overrides={"depths": (1, 1, 1, 1)}, warmup_steps=2, mixup_alpha=0.2)
@@ -136,7 +136,7 @@ def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers:
                                    batch_size=16, num_workers=num_workers)
     else:
         data = ImageFolderDataModule(root=str(jpegs), num_classes=4, image_size=32, val_holdout_per_class=1,
-                                     decode="gpu", batch_size=16, num_workers=num_workers)
+                                     decode=decode, batch_size=16, num_workers=num_workers)
     trainer = Trainer(
         accelerator="cpu", max_epochs=EPOCHS, max_steps=max_steps, logger=False, enable_progress_bar=False,
         enable_model_summary=False,
@@ -187,19 +187,20 @@ def test_a_stop_inside_an_epoch_saves_last_and_the_resumed_run_trains_the_rest_o
     assert_same(full, resumed)
 
 
-@pytest.mark.parametrize("source", ["synthetic", "jpegs_decoded_on_device"])
+@pytest.mark.parametrize("source", ["synthetic", "jpegs_decoded_on_device", "jpegs_cropped_in_workers"])
 def test_resume_in_mid_epoch_trains_the_rest_of_the_epoch_and_matches_uninterrupted_run(tmp_path, source):
-    jpegs = None
-    if source == "jpegs_decoded_on_device":  # device-side crops and RandAugment draw from the checkpointed streams
+    # device-side crops and RandAugment draw from the checkpointed streams; worker crops from (seed, epoch, index)
+    jpegs, decode = None, "cpu" if source == "jpegs_cropped_in_workers" else "gpu"
+    if source != "synthetic":
         jpegs = write_image_folder(tmp_path / "jpegs", "train", ["a", "b", "c", "d"], per_class=13, size=(40, 48))
     seen_full, seen_first, seen_resumed = BatchRecorder(), BatchRecorder(), BatchRecorder()
-    full = train(tmp_path / "full", callbacks=[seen_full], num_workers=2, jpegs=jpegs)
+    full = train(tmp_path / "full", callbacks=[seen_full], num_workers=2, jpegs=jpegs, decode=decode)
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException, after InterruptCheckpoint saved last.ckpt
-        train(tmp_path / "first", callbacks=[SigtermAfterStep(4), seen_first], num_workers=2, jpegs=jpegs)
+        train(tmp_path / "first", callbacks=[SigtermAfterStep(4), seen_first], num_workers=2, jpegs=jpegs, decode=decode)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"),
-                        callbacks=[seen_resumed], num_workers=2, jpegs=jpegs)
+                        callbacks=[seen_resumed], num_workers=2, jpegs=jpegs, decode=decode)
     assert not [w for w in caught if "not resumable" in str(w.message)], "the training loader is resumable"
     assert seen_first.seen[-1][:2] == (1, 0), "the interruption must fall inside epoch 1"
     assert seen_first.seen + seen_resumed.seen == seen_full.seen, "every batch exactly once, in the same order"

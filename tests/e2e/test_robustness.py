@@ -373,7 +373,7 @@ def test_training_with_empty_and_oversized_files_skips_them_under_on_corrupt_ski
     Image.fromarray(random_image(100, 100, 0)).save(root / "train" / "b" / "huge.png")
     data = ImageFolderDataModule(
         root=str(root), num_classes=4, val_dir="train", image_size=32, batch_size=6, num_workers=1,
-        persistent_workers=False, max_image_pixels=64 * 64, preset="cifar", randaugment_layers=0,
+        persistent_workers=False, max_image_pixels=64 * 64, preset="cifar", augment={"randaugment_layers": 0},
     )  # fmt: skip
     seed_everything(0)
     trainer = Trainer(

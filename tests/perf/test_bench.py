@@ -222,3 +222,16 @@ def test_data_pipeline_table_compares_folder_and_shards(tmp_path, capsys):
     assert [(r[0].split()[0], r[1].strip()) for r in rows] == [("cpu", "folder"), ("device", "folder"), ("cpu", "shards"), ("device", "shards")]
     assert all(float(r[-1]) > 0 for r in rows)
     assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == ["train-000000.tar"]
+
+
+def test_loader_vs_timm_table_has_every_side_at_both_sizes(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from bench import loader_vs_timm
+
+    loader_vs_timm.main(["--num-images", "8", "--large-images", "4", "--batch-size", "4", "--rounds", "1", "--root", str(tmp_path)])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "img/s" not in line]
+    assert [(r[0].split()[0], r[1].strip()) for r in rows][:2] == [("imagenet-like", "project loader"), ("imagenet-like", "timm loader")]
+    assert len(rows) == 10 and {r[0].split()[0] for r in rows} == {"imagenet-like", "large"}
+    assert all(float(r[2]) > 0 and r[4].strip().endswith("x") for r in rows)
+    timm_rows = [r for r in rows if r[1].strip() == "timm loader"]
+    assert all(r[4].strip() == "1.00x" for r in timm_rows)

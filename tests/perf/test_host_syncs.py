@@ -94,7 +94,7 @@ def test_cifar_recipe_with_device_augmentation_and_mixing_never_waits(tmp_path):
         "--trainer.precision=32-true", "--trainer.log_every_n_steps=3",
         f"--data.init_args.root={tmp_path / 'data'}", "--data.init_args.download=false",
         "--data.init_args.holdout_per_class=2", "--data.init_args.batch_size=16", "--data.init_args.num_workers=0",
-        "--data.init_args.randaugment_magnitude=15", "--data.init_args.random_erasing=0.5",
+        "--data.init_args.augment.randaugment_magnitude=15", "--data.init_args.augment.random_erasing=0.5",
     )
     plain, _ = plain_and_logging(result)
     assert plain == 0, host_syncs.format_report(result)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.augmentation.albumentations_ops import TRANSFORMS, rand_augment
+from albumentations_policy import TRANSFORMS, rand_augment
 from datamodules.augmentation.batched_ops import (
     EXECUTORS,
     GEOMETRIC_OPS,
@@ -200,3 +200,37 @@ def test_reproducible_under_manual_seed_and_varied_across_the_batch() -> None:
 def test_bad_arguments_are_rejected(kwargs: dict[str, float], argument: str) -> None:
     with pytest.raises(ValueError, match=argument):
         BatchRandAugment(**kwargs)
+
+
+# The loader workers' executor (OpenCV, one image at a time) against the albumentations reference and the batched one.
+@pytest.mark.parametrize("magnitude", [0.0, 6.25, 15.0, 30.0])
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_opencv_op_matches_albumentations_and_the_batched_op(name: str, magnitude: float) -> None:
+    from datamodules.augmentation.opencv_ops import EXECUTORS as CPU_EXECUTORS
+
+    for size in SIZES:
+        images = _test_images(*size)
+        for sign in _signs(name):
+            reference = _apply_albumentations(_albumentations_op(name, magnitude, sign), images)
+            hwc = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()) for image in images]
+            got = torch.from_numpy(np.stack([CPU_EXECUTORS[name](im, magnitude / 10, sign) for im in hwc])).permute(0, 3, 1, 2)
+            assert torch.equal(got.float(), reference), (name, sign, (got.float() - reference).abs().max())
+
+
+@pytest.mark.parametrize("crop", ["resized", "pad"])
+def test_worker_executor_draws_and_applies_as_the_batched_one(crop: str) -> None:
+    """Same generator seed -> same flips, crops, ops, signs, jitter and erasing: the same image, up to the
+    geometric ops' one level on a few pixels (which a later histogram or posterize op may turn into a step)."""
+    from datamodules.augmentation.executor import AugmentExecutor, PerImageAugment
+    from datamodules.augmentation.recipe import TrainAugment
+
+    recipe = TrainAugment(randaugment_layers=3, randaugment_magnitude=12, color_jitter=0.4, random_erasing=0.5, crop_padding=3)
+    batched, per_image = AugmentExecutor(recipe, crop), PerImageAugment(recipe, crop)
+    images = torch.cat([_test_images(24, 40, seed) for seed in range(4)])
+    for i, image in enumerate(images):
+        expected = batched(image[None], torch.Generator().manual_seed(i))[0]
+        got = per_image(image, torch.Generator().manual_seed(i))
+        changed = got != expected
+        assert got.shape == expected.shape and changed.float().mean() < 0.01, (i, changed.float().mean())
+    different = [i for i, image in enumerate(images) if not torch.equal(per_image(image, torch.Generator().manual_seed(i)), image)]
+    assert len(different) > len(images) // 2  # the recipe does act

@@ -17,6 +17,7 @@ from data_helpers import (
 from PIL import Image
 
 from datamodules import CIFARDataModule, DatasetError
+from datamodules.augmentation.recipe import TrainAugment
 from datamodules.augmentation.tensor_ops import pad_crop_flip
 from datamodules.sources.cifar_release import holdout_indices
 from datamodules.sources.download import file_md5
@@ -81,7 +82,7 @@ def test_holdout_error_names_the_class_when_names_are_known(tmp_path):
 def test_augment_on_device_moves_the_whole_policy_out_of_the_loader(cifar10):
     root, _ = cifar10
     dm = CIFARDataModule(
-        variant="cifar10", root=str(root), augment_on_device=True, randaugment_layers=2, random_erasing=0.5,
+        variant="cifar10", root=str(root), augment=TrainAugment(randaugment_layers=2, random_erasing=0.5),
         batch_size=60, num_workers=0, image_size=64,
     )
     dm.setup()
@@ -98,7 +99,7 @@ def test_augment_on_device_moves_the_whole_policy_out_of_the_loader(cifar10):
     torch.testing.assert_close(normalised, dm.normalize(eval_out))
 
 
-def test_device_randaugment_runs_before_crop_and_only_when_asked(cifar10):
+def test_device_randaugment_runs_only_when_asked(cifar10):
     root, _ = cifar10
     images = CIFARDataModule(root=str(root), num_workers=0)
     images.setup()
@@ -106,8 +107,8 @@ def test_device_randaugment_runs_before_crop_and_only_when_asked(cifar10):
 
     def device_output(layers: int) -> torch.Tensor:
         dm = CIFARDataModule(
-            root=str(root), augment_on_device=True, randaugment_layers=layers, randaugment_magnitude=10,
-            crop_padding=0, hflip=0.0, num_workers=0,
+            root=str(root), num_workers=0,
+            augment=TrainAugment(randaugment_layers=layers, randaugment_magnitude=10, crop_padding=0, hflip=0.0),
         )
         torch.manual_seed(0)
         return dm.device_transform(raw, train=True)

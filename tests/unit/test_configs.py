@@ -106,8 +106,10 @@ def test_recipe_instantiates_with_linked_data_settings(name, tmp_path, monkeypat
     raw_trainer = yaml.safe_load((CONFIG_DIR / name).read_text())["trainer"]
     if raw_trainer["accelerator"] != "cpu":  # fixed input sizes: cuDNN's autotuner pays for itself
         assert raw_trainer.get("benchmark") is True, f"{name} runs on GPUs: set trainer.benchmark: true"
-    if callable(getattr(type(data), "train_transform", None)):  # the image-folder CPU pipeline is built in setup
-        assert data.train_transform() is not None
+    if hasattr(data, "augment"):  # one recipe drives the worker and device executors
+        assert data.device_augment.recipe is data.augment
+    if callable(getattr(type(data), "eval_transform", None)):  # the image-folder CPU pipeline is built in setup
+        assert data.eval_transform() is not None
     assert not list(Path(tmp_path).iterdir()), "instantiation must not create files"
 
 
@@ -126,7 +128,7 @@ def test_imagenet_recipes_follow_the_paper(name):
     assert model.model.config.num_classes == 1000 and tuple(cli.datamodule.image_size) == (224, 224)
     data_args = cfg.data.init_args
     assert data_args.root == "data/imagenet" and type(cli.datamodule).__name__ == "ImageFolderDataModule"
-    assert (data_args.randaugment_layers, data_args.randaugment_magnitude) == (2, 15)
+    assert (data_args.augment.randaugment_layers, data_args.augment.randaugment_magnitude) == (2, 15)
     trainer = raw["trainer"]
     global_batch = data_args.batch_size * trainer["devices"] * trainer["num_nodes"] * trainer["accumulate_grad_batches"]
     assert global_batch == 4096, "peak lr 1e-3 belongs to a global batch of 4096"
@@ -139,8 +141,10 @@ def test_cifar_recipe_runs_on_an_image_folder_copy():
     recipe_data = yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["data"]["init_args"]
     assert type(data).__name__ == "CIFARDataModule" and data.hparams.source == "folder"
     assert (data.hparams.val_split, data.hparams.holdout_per_class) == ("holdout", 500)
-    for key in ("randaugment_layers", "randaugment_magnitude", "batch_size", "augment_on_device"):
+    for key in ("batch_size",):
         assert data.hparams[key] == recipe_data[key], f"the folder preset must keep the recipe's {key}"
+    for key in ("randaugment_layers", "randaugment_magnitude", "on_device"):
+        assert getattr(data.augment, key) == recipe_data["augment"][key], f"the folder preset must keep augment.{key}"
     assert tuple(cli.model.hparams.image_size) == (32, 32) and cli.model.hparams.num_classes == 10
     assert cli.model.hparams.model_name == yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["model"]["model_name"]
     # The recipe compiles: equal evaluation batches on the holdout and on the official test split mean one eval graph.
@@ -157,8 +161,10 @@ def test_imagenet_recipe_reads_tar_shards_with_the_shard_preset(tmp_path):
     cli = _cli("coatnet0.yaml", "data/imagenet_shards.yaml", extra=("--trainer.accelerator=cpu", "--trainer.devices=1"))
     data, recipe = cli.datamodule, yaml.safe_load((CONFIG_DIR / "coatnet0.yaml").read_text())["data"]["init_args"]
     assert (data.train_dir, data.val_dir) == ("imagenet1k-train-*.tar", "imagenet1k-validation-*.tar")
-    for key in ("randaugment_magnitude", "batch_size", "num_workers", "color_jitter"):
+    for key in ("batch_size", "num_workers"):
         assert data.hparams[key] == recipe[key], f"the shard preset must keep the recipe's {key}"
+    for key in ("randaugment_magnitude", "color_jitter"):
+        assert getattr(data.augment, key) == recipe["augment"][key], f"the shard preset must keep augment.{key}"
     # the names the preset expects, on a 2-class stand-in with 32-pixel crops
     classes = ["n01440764", "n01443537"]
     write_image_folder(tmp_path / "images", "train", classes, per_class=3, size=(48, 64))

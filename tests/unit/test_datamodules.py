@@ -9,11 +9,12 @@ from torch import nn
 
 from datamodules import (
     CIFARDataModule,
+    DatasetError,
     ImageClassificationDataModule,
     ImageFolderDataModule,
     SyntheticDataModule,
 )
-from datamodules.base import EpochShuffleSampler
+from datamodules.sampling.epoch_sampler import EpochShuffleSampler
 
 
 @pytest.mark.parametrize("size", [0, (32, -32), (0, 224)])
@@ -172,3 +173,50 @@ def test_mean_and_std_off_the_unit_scale_are_refused_with_the_values_to_use(kwar
         SyntheticDataModule(**kwargs)
     message = str(caught.value)
     assert argument in message and hint in message, message
+
+
+def test_a_cifar_run_loads_no_shard_reader_device_decoder_or_ablate_module(tmp_path):
+    """``datamodules`` imports a DataModule's module when it is asked for: CIFAR setup and a batch stay light."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, subprocess_env
+    from data_helpers import write_fake_cifar
+
+    write_fake_cifar(tmp_path, "cifar10", train_per_class=2, test_per_class=1)
+    script = (
+        "import json, sys\n"
+        "from datamodules import CIFARDataModule\n"
+        f"dm = CIFARDataModule(root={str(tmp_path)!r}, num_workers=0, batch_size=4)\n"
+        "dm.setup('fit')\n"
+        "dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert "datamodules.cifar" in loaded
+    heavy = ("datamodules.sources.tar_shards", "datamodules.decoding", "datamodules.image_folder", "ablate", "albumentations")
+    assert [m for m in loaded if m.startswith(heavy)] == []
+
+
+class FloatImages(ImageClassificationDataModule):
+    """What a torchvision ``ToTensor`` dataset hands over: float images in 0..1."""
+
+    def setup(self, stage=None):
+        images = torch.rand(8, 3, 32, 32)
+        self.train_set = self.val_set = torch.utils.data.TensorDataset(images, torch.arange(8) % 2)
+
+
+def test_a_datamodule_yielding_float_images_is_named_in_a_one_line_error():
+    dm = FloatImages(num_classes=2, image_size=32, batch_size=4, num_workers=0)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    with pytest.raises(DatasetError, match=r"^FloatImages's loader yields torch.float32 \[4, 3, 32, 32\] images; .*uint8") as info:
+        dm.on_after_batch_transfer(batch, 0)
+    assert "\n" not in str(info.value)
+    uint8 = (batch[0] * 255).to(torch.uint8)
+    assert dm.on_after_batch_transfer((uint8, batch[1]), 0)[0].dtype == torch.float32

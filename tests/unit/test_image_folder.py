@@ -9,6 +9,7 @@ import torch
 from data_helpers import CIFAR10_CLASSES, extract_cifar_jpeg_subset, write_image_folder
 
 from datamodules import DatasetError, ImageFolderDataModule
+from datamodules.augmentation.recipe import TrainAugment
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -106,7 +107,7 @@ def test_corrupt_count_is_shared_with_loader_workers(folder):
 
 
 def test_cifar_preset_keeps_full_image_with_pad_crop(folder):
-    dm = _dm(folder, preset="cifar", randaugment_layers=0)
+    dm = _dm(folder, preset="cifar", augment=TrainAugment(randaugment_layers=0))
     dm.setup()
     out, _ = dm.val_set[0]
     assert out.shape == (3, 32, 32)
@@ -115,7 +116,7 @@ def test_cifar_preset_keeps_full_image_with_pad_crop(folder):
 
 
 def test_workers_draw_different_augmentations(folder):
-    dm = _dm(folder, num_workers=2, batch_size=1, persistent_workers=False, randaugment_layers=0, color_jitter=0)
+    dm = _dm(folder, num_workers=2, batch_size=1, persistent_workers=False, augment={"randaugment_layers": 0, "color_jitter": 0.0})
     dm.setup()
     dm.train_set.source = dm.train_set.source.subset([0, 0, 0, 0])  # the same image four times
     batches = [b[0] for b in dm.train_dataloader()]

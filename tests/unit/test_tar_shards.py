@@ -16,6 +16,7 @@ from data_helpers import write_image_folder
 
 import datamodules.sources.tar_shards as tar_shards
 from datamodules import DatasetError, ImageFolderDataModule
+from datamodules.augmentation.recipe import TrainAugment
 from datamodules.sampling.shard_sampler import ShardOrderSampler
 from datamodules.sources.shard_writer import main as shard_writer_main
 from datamodules.sources.shard_writer import write_shards
@@ -201,7 +202,7 @@ def test_eval_order_covers_every_sample_and_pads_like_distributed_sampler():
 
 
 def _dm(root: Path, **kwargs) -> ImageFolderDataModule:
-    defaults = dict(root=str(root), num_classes=3, image_size=32, batch_size=4, num_workers=0, randaugment_layers=0)
+    defaults = dict(root=str(root), num_classes=3, image_size=32, batch_size=4, num_workers=0, augment=TrainAugment(randaugment_layers=0))
     return ImageFolderDataModule(**{**defaults, **kwargs})
 
 

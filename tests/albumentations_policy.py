@@ -1,4 +1,7 @@
-"""The RandAugment-style policy of ``policy`` executed with albumentations ops (per image, in CPU workers).
+"""The RandAugment-style policy of ``policy`` executed with albumentations ops, one image at a time: the
+reference the batched executor (``batched_ops``) is checked against, op by op (``test_batched_augment``).
+The loaders no longer use albumentations (unmaintained since 2.0.8); this keeps its OpenCV arithmetic as the
+test's independent anchor.
 
 albumentations has no RandAugment. This applies ``layers`` ops drawn uniformly (with replacement)
 from ``policy.POLICY``, each at the single strength ``magnitude``; signed ops pick a random sign.
@@ -6,11 +9,13 @@ from ``policy.POLICY``, each at the single strength ``magnitude``; signed ops pi
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
-import albumentations as A
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
+import albumentations as A  # noqa: E402
 
-from datamodules.augmentation.policy import GREY, POLICY, PolicyOp, strength
+from datamodules.augmentation.policy import GREY, POLICY, PolicyOp, strength  # noqa: E402
 
 
 def _affine(**kwargs: object) -> A.Affine:

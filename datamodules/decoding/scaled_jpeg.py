@@ -1,0 +1,116 @@
+"""Random-resized crops decoded at reduced size: the crop box is drawn from the header's size (Pillow reads
+it, with the EXIF orientation), then a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) at which
+the box still covers the output size (libjpeg-turbo's scaled decoding, through OpenCV, straight into a
+numpy array), and only the box is resized.
+
+A 2000x1500 photo cropped to 224x224 then decodes at 1/4 or 1/8 of its area or less (the entropy decoding
+of the whole file remains). The pixels are those ``decoders`` gives (upright per EXIF, RGB); other formats,
+CMYK and possibly truncated JPEGs are decoded whole by ``decoders.decode_rgb``, so 16-bit handling and the
+decode errors stay those of every other path.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from datamodules.augmentation.crops import CropBox
+from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, as_bytes_tensor, check_header, decode_rgb
+from datamodules.errors import ImageDecodeError
+from datamodules.decoding.orientation import exif_orientation
+from datamodules.decoding.pillow_decode import own_pixel_limit
+
+COLOUR_MODES = frozenset({"RGB", "L"})  # JPEG modes (YCbCr colour, grey) OpenCV decodes to colour as Pillow does
+DCT_SCALES = (8, 4, 2)
+IMREAD_AT_SCALE = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+JPEG_END = b"\xff\xd9"
+CV2_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+ChooseBox = Callable[[int, int], CropBox]  # (upright height, width) -> the crop box in upright pixels
+
+
+def _region(box: CropBox, scale: tuple[float, float], height: int, width: int) -> tuple[int, int, int, int]:
+    """``box`` (in full-size pixels) in an image decoded at ``scale`` = (y, x) of that size, as
+    (left, top, right, bottom)."""
+    sy, sx = scale
+    top, left = int(box.top * sy), int(box.left * sx)
+    bottom = max(top + 1, min(height, round((box.top + box.height) * sy)))
+    right = max(left + 1, min(width, round((box.left + box.width) * sx)))
+    return left, top, right, bottom
+
+
+def _resize(crop: np.ndarray, size: tuple[int, int], interpolation: str, bgr: bool = False) -> np.ndarray:
+    """HWC crop (RGB, or BGR as OpenCV decodes) -> HWC uint8 RGB at ``size``: area-averaged by a whole factor
+    while it shrinks 2x or more, then the recipe's filter for the last step (less than 2x, where it barely aliases).
+
+    OpenCV's area filter by a whole factor is its fast path; by a fractional one it costs several decodes.
+    After a DCT-scaled decode the crop is already less than twice the output, so only crops that could not be
+    decoded smaller take the first step.
+    """
+    fy, fx = crop.shape[0] // size[0], crop.shape[1] // size[1]
+    if max(fy, fx) >= 2:
+        fy, fx = max(fy, 1), max(fx, 1)
+        whole = crop[: crop.shape[0] // fy * fy, : crop.shape[1] // fx * fx]
+        crop = cv2.resize(whole, None, fx=1 / fx, fy=1 / fy, interpolation=cv2.INTER_AREA)
+    out = cv2.resize(crop, (size[1], size[0]), interpolation=CV2_INTERPOLATION[interpolation])
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if bgr else out
+
+
+def _dct_scale(box: CropBox, size: tuple[int, int]) -> int:
+    """The largest DCT scale divisor (8, 4, 2) at which ``box`` still has at least ``size``'s pixels, else 1."""
+    return next((s for s in DCT_SCALES if box.height >= s * size[0] and box.width >= s * size[1]), 1)
+
+
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """HWC pixels stored with EXIF ``orientation``, turned upright (a view)."""
+    if orientation >= 5:
+        pixels = pixels.transpose(1, 0, 2)
+    flips = {2: (1,), 3: (0, 1), 4: (0,), 6: (1,), 7: (0, 1), 8: (0,)}.get(orientation, ())
+    return np.flip(pixels, flips) if flips else pixels
+
+
+def decode_resized_crop(
+    data: np.ndarray,
+    choose_box: ChooseBox,
+    size: tuple[int, int],
+    interpolation: str,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> np.ndarray:
+    """Encoded bytes -> the chosen crop, upright, as HWC uint8 RGB at ``size``; raises ``ImageDecodeError`` for
+    corrupt data or a header declaring more than ``max_pixels`` (checked before anything decodes)."""
+    check_header(as_bytes_tensor(data), max_pixels)
+    try:
+        with own_pixel_limit(), Image.open(io.BytesIO(data)) as image:  # reads the header only
+            header = (image.format, image.mode, image.size, exif_orientation(image))
+    except Exception:  # not for Pillow (or not an image): decode_rgb reads it or says why not
+        header = None
+    # a JPEG that does not end in its end-of-image marker may be truncated: decode_rgb refuses those
+    if header is None or header[0] != "JPEG" or header[1] not in COLOUR_MODES or bytes(data[-2:]) != JPEG_END:
+        full = decode_rgb(data, max_pixels)
+        box = choose_box(*full.shape[-2:])
+        left, top, right, bottom = _region(box, (1.0, 1.0), *full.shape[-2:])
+        crop = np.ascontiguousarray(full[:, top:bottom, left:right].permute(1, 2, 0).numpy())
+        return _resize(crop, size, interpolation)
+    _, _, (width, height), orientation = header
+    upright_hw = (width, height) if orientation >= 5 else (height, width)
+    box = choose_box(*upright_hw)
+    try:
+        stored = cv2.imdecode(data, IMREAD_AT_SCALE[_dct_scale(box, size)] | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as exc:
+        raise ImageDecodeError(f"cv2.error: {exc}") from exc
+    if stored is None:
+        raise ImageDecodeError("the JPEG data cannot be decoded")
+    pixels = _upright(stored, orientation)
+    scale = (pixels.shape[0] / upright_hw[0], pixels.shape[1] / upright_hw[1])
+    left, top, right, bottom = _region(box, scale, *pixels.shape[:2])
+    crop = pixels[top:bottom, left:right]
+    return _resize(crop if orientation == 1 else np.ascontiguousarray(crop), size, interpolation, bgr=True)
