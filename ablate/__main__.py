@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 USER_ERROR_EXIT = 2
 
 try:

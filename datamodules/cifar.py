@@ -17,7 +17,7 @@ from datamodules.base import (
     ImageClassificationDataModule,
     ImageSize,
 )
-from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
+from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.errors import DatasetError
 from datamodules.sources.cifar_release import (
     RELEASES,

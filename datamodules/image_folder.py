@@ -21,7 +21,7 @@ from datamodules.base import (
     ImageClassificationDataModule,
     ImageSize,
 )
-from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
+from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.decoding.device_decode import (
     DeviceCropper,
     decode_batch,

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from coatnet.weights import read_torch_file
 from datamodules.augmentation.transforms import EvalTransform, ResizeTo
 from datamodules.base import ImageClassificationDataModule
-from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
+from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.decoding.encoded_images import DECODE_ERRORS, decode_bytes
 from datamodules.decoding.formats import IMAGE_EXTENSIONS
 from datamodules.errors import DatasetError, decode_failure

@@ -25,12 +25,11 @@ from torchvision.io import decode_jpeg as torchvision_decode_jpeg
 from datamodules.decoding.header_size import header_size
 from datamodules.decoding.orientation import encoded_orientation, orient
 from datamodules.decoding.pillow_decode import decode_with_pillow
+from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from datamodules.errors import ImageDecodeError
 
 logger = logging.getLogger(__name__)
 
-# Pillow's own default (PIL.Image.MAX_IMAGE_PIXELS): about 0.25 GiB as RGB, far above any training image
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 MIN_TORCHCODEC = "0.16"  # older releases lack decode_image/decode_jpeg as used here, so every image fell back
 TORCHCODEC_FIX = f"pip install 'torchcodec>={MIN_TORCHCODEC}'"
 
@@ -125,15 +124,6 @@ elif torchcodec_too_old(TORCHCODEC_VERSION):
     warnings.warn(_too_old, stacklevel=2)  # shown even where logging is not configured
 else:
     logger.warning("torchcodec cannot be loaded (%s); images are decoded with %s", TORCHCODEC_MISSING, PILLOW.name)
-
-
-def check_max_pixels(max_pixels: int) -> int:
-    """A positive pixel count (the ``max_image_pixels`` setting)."""
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(
-            f"max_image_pixels must be a positive pixel count (default {DEFAULT_MAX_IMAGE_PIXELS}), got {max_pixels!r}"
-        )
-    return max_pixels
 
 
 def _refuse_over_limit(width: int, height: int, max_pixels: int) -> None:

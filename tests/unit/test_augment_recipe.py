@@ -19,6 +19,7 @@ from datamodules import CIFARDataModule, ImageFolderDataModule
 from datamodules.augmentation.crops import CropBox
 from datamodules.augmentation.recipe import CROP_FIELDS, EXECUTOR_FIELDS, TrainAugment, as_recipe, fields_for
 from datamodules.decoding.scaled_jpeg import decode_resized_crop
+from datamodules.errors import ImageDecodeError
 from datamodules.sampling.draws import DrawIndex
 
 # every effect off, so that turning one field on shows; layers 1 so that the magnitude has something to act on
@@ -172,7 +173,7 @@ def test_reduced_size_decode_keeps_16_bit_scaling_and_reports_corrupt_files() ->
     data = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
     out = torch.from_numpy(decode_resized_crop(data, lambda h, w: CropBox(0, 0, h, w), (64, 64), "bilinear"))
     assert abs(out.float().mean().item() - 127.5) < 1  # scaled to 8 bits, not clipped to white
-    with pytest.raises(OSError):
+    with pytest.raises(ImageDecodeError, match="Truncated"):
         decode_resized_crop(_jpeg(random_image(64, 64, 0))[:200], lambda h, w: CropBox(0, 0, h, w), (32, 32), "bilinear")
 
 

@@ -107,6 +107,8 @@ BAD_FILES = {
     "empty": (b"", "empty file"),
     "garbage": (b"\x89PNG\r\n\x1a\n not really", r"\w+Error: "),
     "over the limit": (_encode(random_image(80, 80, 1), "PNG"), r"80x80 pixels \(0\.0 Mpx\) is over the limit"),
+    # a JPEG takes the reduced-size crop decode on the CPU train path (scaled_jpeg): the limit holds there too
+    "JPEG over the limit": (_encode(random_image(80, 80, 1), "JPEG"), r"80x80 pixels \(0\.0 Mpx\) is over the limit"),
 }
 
 

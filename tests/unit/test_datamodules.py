@@ -199,7 +199,10 @@ def test_a_cifar_run_loads_no_shard_reader_device_decoder_or_ablate_module(tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = json.loads(proc.stdout.splitlines()[-1])
     assert "datamodules.cifar" in loaded
-    heavy = ("datamodules.sources.tar_shards", "datamodules.decoding", "datamodules.image_folder", "ablate", "albumentations")
+    heavy = (
+        "datamodules.sources.tar_shards", "datamodules.decoding.decoders", "datamodules.decoding.device_decode",
+        "datamodules.image_folder", "ablate", "albumentations", "torchcodec",
+    )  # fmt: skip
     assert [m for m in loaded if m.startswith(heavy)] == []
 
 
