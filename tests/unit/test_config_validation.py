@@ -103,7 +103,9 @@ def test_a_config_file_that_is_no_yaml_mapping_is_one_line_naming_it(text, expec
 
 def test_a_warm_up_longer_than_the_run_warns_once_with_both_numbers():
     module = ImageClassifier(**NANO, warmup_steps=500)
-    module._trainer = SimpleNamespace(estimated_stepping_batches=40, precision="32-true", gradient_clip_val=None)
+    module._trainer = SimpleNamespace(
+        estimated_stepping_batches=40, accumulate_grad_batches=1, precision="32-true", gradient_clip_val=None
+    )
     with pytest.warns(UserWarning, match=r"model.warmup_steps=500 is longer than the whole run \(40 optimizer steps\)"):
         module.configure_optimizers()
     module.hparams.warmup_steps = 40
