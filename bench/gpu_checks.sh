@@ -12,7 +12,7 @@
 # names are those in summary.md, e.g. ONLY="c0_compiled c0_host_syncs"). ARGS are extra `cli.py fit`
 # overrides for the CIFAR run (for example --trainer.max_epochs=60).
 #
-# Without albumentations or jsonargparse installed, wheels in .whl/ are installed to /tmp/site.
+# Without jsonargparse or huggingface_hub installed, wheels in .whl/ are installed to /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 topic=${1:?usage: bash bench/gpu_checks.sh speed|cifar|pipeline [DATA] [ARGS...]}
@@ -23,15 +23,16 @@ esac
 OUT=${OUT:-outputs/gpu_checks/$topic}
 BUDGET_S=${BUDGET_S:-540}
 mkdir -p "$OUT"
-export NO_ALBUMENTATIONS_UPDATE=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if ! python3 -c "import albumentations, jsonargparse" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ! python3 -c "import jsonargparse, huggingface_hub" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 # Fail in seconds, not after every step has failed: the GPU machine has no network to install from.
 missing=$(python3 - <<'PY'
 import importlib.util
-names = ["torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "albumentations", "tensorboard", "timm", "yaml"]
+names = ["torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "tensorboard", "timm", "yaml", "cv2",
+         "huggingface_hub", "tqdm", "packaging"]
 print(" ".join(n for n in names if importlib.util.find_spec(n) is None))
 PY
 )
@@ -101,6 +102,7 @@ case $topic in
     ;;
   pipeline)
     jpegs=/tmp/imagenet-like
+    step loader_vs_timm 150 python3 -m bench.loader_vs_timm --num-images 1024 --large-images 128 --rounds 3
     step loader 200 python3 -m bench.data_pipeline --num-images 4096 --workers 8 15 --batch-size 256 --root "$jpegs"
     fit=(python3 cli.py fit --config configs/coatnet0.yaml --trainer.devices=1 --trainer.strategy=auto
       --trainer.accumulate_grad_batches=1 --trainer.max_epochs=3 --trainer.limit_val_batches=0
