@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 
 def synchronize(device: torch.device) -> None:
@@ -16,15 +17,15 @@ def synchronize(device: torch.device) -> None:
 
 
 def alternating_medians(
-    runs: dict[str, Callable[[], object]], device: torch.device, warmup: int, iters: int
+    runs: dict[str, Callable[[], object]], device: torch.device, warmup: int, iters: int, progress: bool = False
 ) -> dict[str, float]:
     """Median seconds per call of each run after ``warmup`` rounds, calling them in turn so that all see the
-    same load, with the device synchronised around each timed call."""
+    same load, with the device synchronised around each timed call; ``progress`` shows a bar over the rounds."""
     for _ in range(warmup):
         for run in runs.values():
             run()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(iters):
+    for _ in tqdm(range(iters), desc="timing " + " vs ".join(runs), unit="round", disable=not progress, leave=False):
         for name, run in runs.items():
             synchronize(device)
             start = time.perf_counter()

@@ -301,7 +301,7 @@ def benchmark(model: nn.Module, onnx_path: Path, info: dict[str, Any], runs: int
     feed = {"images": image.numpy()}
     candidates = {"eager_ms": lambda: model(image), "onnxruntime_ms": lambda: session.run(None, feed)}
     with torch.inference_mode():
-        seconds = alternating_medians(candidates, torch.device("cpu"), warmup, runs)
+        seconds = alternating_medians(candidates, torch.device("cpu"), warmup, runs, progress=True)
     result = {name: 1000 * value for name, value in seconds.items()}
     return {"threads": threads, **result, "speedup": result["eager_ms"] / result["onnxruntime_ms"]}
 

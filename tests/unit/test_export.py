@@ -103,10 +103,11 @@ def test_arguments_are_validated():
         export.parse_args(["--model", "coatnet_nano", "--output", "x", "--opset", "13"])
 
 
-def test_benchmark_times_both_runtimes(checkpoint, exported):
+def test_benchmark_times_both_runtimes_with_a_progress_bar(checkpoint, exported, capsys):
     model, info = export.load_checkpoint(checkpoint)
     result = export.benchmark(model, exported["onnx"], info, runs=2, warmup=1)
     assert result["eager_ms"] > 0 and result["onnxruntime_ms"] > 0 and result["threads"] >= 1
+    assert "timing eager_ms vs onnxruntime_ms" in capsys.readouterr().err  # the bar over the timed rounds
 
 
 def test_torchscript_export_says_torch_deprecates_it(checkpoint, tmp_path):
