@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 TESTS_DIR = Path(__file__).resolve().parent  # the shared helpers (data_helpers, step_marker, ...) live here
 REPO_ROOT = TESTS_DIR.parent
@@ -76,3 +77,16 @@ def run_cli(
 def repo_root() -> Path:
     """The repository root (where ``cli.py`` and ``configs/`` live)."""
     return REPO_ROOT
+
+
+def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics and affine parameters, so that folding is not an identity map."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            channels = norm.num_features
+            norm.running_mean.copy_(torch.randn(channels, generator=generator) * 0.5)
+            norm.running_var.copy_(torch.rand(channels, generator=generator) * 2 + 0.1)
+            norm.weight.copy_(torch.randn(channels, generator=generator) * 0.5 + 1)
+            norm.bias.copy_(torch.randn(channels, generator=generator) * 0.2)
+    return model

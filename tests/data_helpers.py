@@ -136,3 +136,17 @@ def jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def fake_predict_checkpoint(tmp_path: Path) -> Path:
+    """A .ckpt with only what ``PredictFilesDataModule`` reads: a 2-class folder's data_info, 32 px."""
+    import torch
+
+    from datamodules import ImageFolderDataModule
+    from lightning_modules.prediction import data_info
+
+    folder = ImageFolderDataModule(root=str(tmp_path), num_classes=2, image_size=32)
+    folder.class_names = ["a", "b"]
+    ckpt = tmp_path / "fake.ckpt"
+    torch.save({"hyper_parameters": {"num_classes": 2}, "state_dict": {}, "data_info": data_info(folder)}, ckpt)
+    return ckpt

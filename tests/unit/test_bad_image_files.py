@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from data_helpers import random_image, write_image_folder
+from data_helpers import fake_predict_checkpoint, random_image, write_image_folder
 from PIL import Image
 
 from datamodules import (
@@ -30,7 +30,6 @@ from datamodules.decoding.device_decode import decode_batch
 from datamodules.decoding.encoded_images import EncodedImages, decode_bytes
 from datamodules.errors import ImageDecodeError
 from datamodules.sources.shard_writer import write_shards
-from lightning_modules.prediction import data_info
 
 needs_torchcodec = pytest.mark.skipif(decoders.TORCHCODEC is None, reason=f"torchcodec: {decoders.TORCHCODEC_MISSING}")
 
@@ -170,14 +169,6 @@ def test_cifar_folder_stops_naming_the_bad_file(tmp_path, kind):
         dm.setup()
 
 
-def _checkpoint(tmp_path: Path) -> Path:
-    folder = ImageFolderDataModule(root=str(tmp_path), num_classes=2, image_size=32)
-    folder.class_names = ["a", "b"]
-    ckpt = tmp_path / "fake.ckpt"
-    torch.save({"hyper_parameters": {"num_classes": 2}, "state_dict": {}, "data_info": data_info(folder)}, ckpt)
-    return ckpt
-
-
 @pytest.mark.parametrize("kind", BAD_FILES)
 def test_predict_gives_a_bad_file_an_error_row(tmp_path, kind):
     """The CSV kept only its header: cv2.error escaped the predict loader."""
@@ -185,7 +176,7 @@ def test_predict_gives_a_bad_file_an_error_row(tmp_path, kind):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "bad.png").write_bytes(bad)
     (tmp_path / "in" / "good.png").write_bytes(_encode(random_image(40, 40, 0), "PNG"))
-    ckpt = _checkpoint(tmp_path)
+    ckpt = fake_predict_checkpoint(tmp_path)
     dm = PredictFilesDataModule(paths=[str(tmp_path / "in")], checkpoint=str(ckpt), max_image_pixels=LIMIT)
     dm.setup()
     (image, path, error), (_, _, good_error) = dm.predict_set[0], dm.predict_set[1]

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import trained_looking
 from torch import nn
 
 from coatnet import create_model, fold_batchnorm
-
-
-def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine parameters, so that folding is not an identity map."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            channels = norm.num_features
-            norm.running_mean.copy_(torch.randn(channels, generator=generator) * 0.5)
-            norm.running_var.copy_(torch.rand(channels, generator=generator) * 2 + 0.1)
-            norm.weight.copy_(torch.randn(channels, generator=generator) * 0.5 + 1)
-            norm.bias.copy_(torch.randn(channels, generator=generator) * 0.2)
-    return model
 
 
 def batchnorms(model: nn.Module) -> int:

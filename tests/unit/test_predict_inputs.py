@@ -5,30 +5,22 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from data_helpers import fake_predict_checkpoint
 from safetensors.torch import save_file
 
-from datamodules import DatasetError, ImageFolderDataModule, PredictFilesDataModule
-from lightning_modules.prediction import CsvPredictionWriter, data_info
-
-
-def _checkpoint(tmp_path: Path) -> Path:
-    folder = ImageFolderDataModule(root=str(tmp_path), num_classes=2, image_size=32)
-    folder.class_names = ["a", "b"]
-    ckpt = tmp_path / "fake.ckpt"
-    torch.save({"hyper_parameters": {"num_classes": 2}, "state_dict": {}, "data_info": data_info(folder)}, ckpt)
-    return ckpt
+from datamodules import DatasetError, PredictFilesDataModule
+from lightning_modules.prediction import CsvPredictionWriter
 
 
 def test_a_fifo_becomes_an_error_row_instead_of_a_hang(tmp_path):
     """Reading a FIFO blocked forever (and the run ignored SIGTERM)."""
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
-    dm = PredictFilesDataModule(paths=[str(fifo)], checkpoint=str(_checkpoint(tmp_path)))
+    dm = PredictFilesDataModule(paths=[str(fifo)], checkpoint=str(fake_predict_checkpoint(tmp_path)))
     dm.setup()
     result: list = []
     reader = threading.Thread(target=lambda: result.append(dm.predict_set[0]), daemon=True)

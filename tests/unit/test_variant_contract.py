@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from conftest import trained_looking
 from torch import nn
 
 from coatnet import CoAtNet, CoAtNetConfig, create_model, fold_batchnorm, get_config, list_models
@@ -40,19 +41,6 @@ def tiny_config(name: str, layout: str | None = None, **extra) -> CoAtNetConfig:
 
 def tiny(name: str, layout: str | None = None, **extra) -> CoAtNet:
     return CoAtNet(tiny_config(name, layout, **extra))
-
-
-def trained_looking(model: nn.Module) -> nn.Module:
-    """Random BatchNorm statistics and affine parameters, so that folding them is not an identity map."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            channels = norm.num_features
-            norm.running_mean.copy_(torch.randn(channels, generator=generator) * 0.5)
-            norm.running_var.copy_(torch.rand(channels, generator=generator) * 2 + 0.1)
-            norm.weight.copy_(torch.randn(channels, generator=generator) * 0.5 + 1)
-            norm.bias.copy_(torch.randn(channels, generator=generator) * 0.2)
-    return model
 
 
 def images(batch: int = 2, size: int = IMG) -> torch.Tensor:
