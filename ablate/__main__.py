@@ -32,8 +32,11 @@ try:
     import matplotlib  # noqa: F401  (the report's plots)
     import optuna
 except ImportError as missing:  # the optional ablate extra is not installed
-    print(f"error: python -m ablate needs optuna and matplotlib ({missing.name} is not installed): "
-          "pip install -e '.[ablate]'", file=sys.stderr)
+    print(
+        f"error: python -m ablate needs optuna and matplotlib ({missing.name} is not installed): "
+        "pip install -e '.[ablate]'",
+        file=sys.stderr,
+    )
     sys.exit(USER_ERROR_EXIT)
 
 from ablate.grid_file import GridFileError, load_grid_file
@@ -67,17 +70,34 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(
+        prog="python -m ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="grid file (a bare name is also looked up in configs/grids/)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="grid", help="grid: every point once; tpe: search the file's search: ranges")
-    parser.add_argument("--n-trials", type=int, help="trials this process runs (grid default: until the grid is done; needed for tpe)")
-    parser.add_argument("--storage", help="Optuna journal file or RDB URL (sqlite:///x.db); default <log-dir>/<grid>/optuna.journal")
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="grid",
+        help="grid: every point once; tpe: search the file's search: ranges",
+    )
+    parser.add_argument(
+        "--n-trials", type=int, help="trials this process runs (grid default: until the grid is done; needed for tpe)"
+    )
+    parser.add_argument(
+        "--storage", help="Optuna journal file or RDB URL (sqlite:///x.db); default <log-dir>/<grid>/optuna.journal"
+    )
     parser.add_argument("--study-name", help="default <grid>-<sampler>; the same name resumes the study")
     parser.add_argument("--log-dir", type=Path, default=Path("logs/ablate"), help="runs go to <log-dir>/<grid>/<run>/")
-    parser.add_argument("--seeds", type=int, help="train every grid point with seeds 0 .. N-1 (default: the grid "
-                        "file's seeds:, else 1); the table gives mean and spread")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help="train every grid point with seeds 0 .. N-1 (default: the grid "
+        "file's seeds:, else 1); the table gives mean and spread",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampler seed")
-    parser.add_argument("--pruner-startup-trials", type=int, default=3, help="tpe: trials finished before any is pruned")
+    parser.add_argument(
+        "--pruner-startup-trials", type=int, default=3, help="tpe: trials finished before any is pruned"
+    )
     return parser
 
 
@@ -105,8 +125,12 @@ def run(argv: list[str]) -> int:
     sampler = make_sampler(spec, args.sampler, args.seed)
     seeds = f"-{len(spec.seeds)}seeds" if spec.seeds else ""  # another grid space: another study
     study = optuna.create_study(
-        storage=storage, sampler=sampler, pruner=make_pruner(args.sampler, args.pruner_startup_trials),
-        study_name=args.study_name or f"{spec.name}-{args.sampler}{seeds}", direction="maximize", load_if_exists=True,
+        storage=storage,
+        sampler=sampler,
+        pruner=make_pruner(args.sampler, args.pruner_startup_trials),
+        study_name=args.study_name or f"{spec.name}-{args.sampler}{seeds}",
+        direction="maximize",
+        load_if_exists=True,
     )
     for name in fail_dead_trials(study, storage):
         print(f"ablate: run {name} was interrupted", flush=True)
@@ -116,14 +140,18 @@ def run(argv: list[str]) -> int:
         print(f"ablate: every run of {spec.name} is finished", flush=True)
         failures: list[str] = []
     else:
-        failures = run_trials(study, Objective(spec, args.sampler, args.log_dir, extra, n_trials=args.n_trials),
-                              args.n_trials)
+        failures = run_trials(
+            study, Objective(spec, args.sampler, args.log_dir, extra, n_trials=args.n_trials), args.n_trials
+        )
     for path in write_report(study, grid_dir, f"{spec.name} ({study.study_name})"):
         print(f"ablate: wrote {path}", flush=True)
     elsewhere = [name for name, trial in best_trials(study).items() if trial_status(trial) in ("busy", "running")]
     if elsewhere:
-        print(f"ablate: still training in another process: {', '.join(sorted(elsewhere))}; rerun the same command "
-              "once they end to tabulate them", flush=True)
+        print(
+            f"ablate: still training in another process: {', '.join(sorted(elsewhere))}; rerun the same command "
+            "once they end to tabulate them",
+            flush=True,
+        )
     if failures:
         print(f"ablate: failed runs: {', '.join(failures)}; rerun the same command to retry them", file=sys.stderr)
         return 1

@@ -123,7 +123,9 @@ def load_grid_file(path: Path, config_dir: Path) -> GridSpec:
     fixed = _dotted_mapping(path, "fixed", data.get("fixed") or {})
     variants = _variants(path, data.get("variants") or {})
     axes = _axes(path, data.get("axes") or {})
-    search = tuple(_search_range(path, key, spec) for key, spec in _mapping(path, "search", data.get("search") or {}).items())
+    search = tuple(
+        _search_range(path, key, spec) for key, spec in _mapping(path, "search", data.get("search") or {}).items()
+    )
     if not (variants or axes or search):
         raise GridFileError(f"{path} varies nothing: add variants:, axes: (grid) or search: (--sampler tpe)")
     if SEED_PARAM in axes and len(seeds) > 1:
@@ -136,8 +138,9 @@ def _folder_name(path: Path, key: str, name: str) -> str:
     Variant names go through ``point_name``'s character replacement first (``a b`` is the folder ``a-b``)."""
     folder = UNSAFE_NAME_CHARACTERS.sub("-", name) if key == "variant" else name
     if not FOLDER_NAME.fullmatch(folder):
-        raise GridFileError(f"{path}: {key} {name!r} is not a folder name; use letters, digits and - _ . = + "
-                            "(not starting with a dot)")
+        raise GridFileError(
+            f"{path}: {key} {name!r} is not a folder name; use letters, digits and - _ . = + (not starting with a dot)"
+        )
     return name
 
 
@@ -168,7 +171,9 @@ def _dotted_mapping(path: Path, section: str, value: Any) -> dict[str, Any]:
     mapping = _mapping(path, section, value)
     for key in mapping:
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
-            raise GridFileError(f"{path}: {section} key {key!r} is not a dotted cli.py key such as model.optimizer.init_args.lr")
+            raise GridFileError(
+                f"{path}: {section} key {key!r} is not a dotted cli.py key such as model.optimizer.init_args.lr"
+            )
     return dict(mapping)
 
 
@@ -216,7 +221,9 @@ def _search_range(path: Path, key: str, spec: Any) -> SearchRange:
     extra = sorted(set(options) - set(SEARCH_TYPES[kind]) - set(SEARCH_OPTIONAL[kind]))
     if missing or extra:
         allowed = ", ".join(SEARCH_TYPES[kind] + SEARCH_OPTIONAL[kind])
-        raise GridFileError(f"{path}: search {key} ({kind}) takes {allowed}; {'missing ' + ', '.join(missing) if missing else 'unknown ' + ', '.join(extra)}")
+        raise GridFileError(
+            f"{path}: search {key} ({kind}) takes {allowed}; {'missing ' + ', '.join(missing) if missing else 'unknown ' + ', '.join(extra)}"
+        )
     _check_range(path, key, kind, options)
     return SearchRange(key, kind, options)
 

@@ -62,8 +62,9 @@ def cli_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def plan_run(base: tuple[str, ...], settings: dict[str, Any], log_dir: Path, grid: str, name: str,
-             extra_args: list[str]) -> RunPlan:
+def plan_run(
+    base: tuple[str, ...], settings: dict[str, Any], log_dir: Path, grid: str, name: str, extra_args: list[str]
+) -> RunPlan:
     """The ``cli.py fit`` command line of one run: its configs, its settings and its own logger folder."""
     run_dir = log_dir / grid / name
     if run_dir.resolve().parent.parent != log_dir.resolve():

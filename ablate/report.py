@@ -28,13 +28,19 @@ from ablate.metrics import best_accuracy, final_accuracy, median_throughput
 from ablate.run_record import read_record
 from ablate.study import best_trials, trial_status
 
-POINT_HEADER = ("| point | runs | params (M) | forward GFLOPs/image | optimizer steps | epochs | final train loss | "
-                "best val top-1 | final val top-1 | wall time (s) |")
-RUN_HEADER = ("| run | status | steps | epochs | final train loss | best val top-1 | final val top-1 | wall time (s) | "
-              "img/s (median) | load avg (1 min) | CPUs | note |")
-LOAD_CAVEAT = ("img/s and wall time measure the machine as much as the network: they compare variants only "
-               "when nothing else ran (load average near or below the CPU count, the run itself included). "
-               "Steps, epochs and accuracies do not depend on the load.")
+POINT_HEADER = (
+    "| point | runs | params (M) | forward GFLOPs/image | optimizer steps | epochs | final train loss | "
+    "best val top-1 | final val top-1 | wall time (s) |"
+)
+RUN_HEADER = (
+    "| run | status | steps | epochs | final train loss | best val top-1 | final val top-1 | wall time (s) | "
+    "img/s (median) | load avg (1 min) | CPUs | note |"
+)
+LOAD_CAVEAT = (
+    "img/s and wall time measure the machine as much as the network: they compare variants only "
+    "when nothing else ran (load average near or below the CPU count, the run itself included). "
+    "Steps, epochs and accuracies do not depend on the load."
+)
 
 
 @dataclass(frozen=True)
@@ -167,8 +173,10 @@ def budget_line(rows: list[ResultRow]) -> str:
     if len(steps) == 1:
         line = f"Budget: every finished run trained {steps[0]} optimizer steps ({', '.join(map(str, epochs))} epochs)."
     else:
-        line = (f"**Unequal budgets**: the finished runs trained {steps[0]} to {steps[-1]} optimizer steps, so this "
-                "table compares training lengths as much as the variants (see the note column).")
+        line = (
+            f"**Unequal budgets**: the finished runs trained {steps[0]} to {steps[-1]} optimizer steps, so this "
+            "table compares training lengths as much as the variants (see the note column)."
+        )
     if short:
         line += f" Stopped short of the budget: {', '.join(short)}."
     return line
@@ -176,8 +184,10 @@ def budget_line(rows: list[ResultRow]) -> str:
 
 def noise_lines(summaries: list[PointSummary]) -> list[str]:
     """The points ranked by mean final val top-1, each gap said to be within noise when smaller than the spread."""
-    ranked = sorted((s for s in summaries if s.spread("final_val_acc1").mean is not None),
-                    key=lambda s: -s.spread("final_val_acc1").mean)
+    ranked = sorted(
+        (s for s in summaries if s.spread("final_val_acc1").mean is not None),
+        key=lambda s: -s.spread("final_val_acc1").mean,
+    )
     if len(ranked) < 2:
         return []
     if all(s.spread("final_val_acc1").spread is None for s in ranked):
@@ -189,8 +199,10 @@ def noise_lines(summaries: list[PointSummary]) -> list[str]:
         noise = 100 * max(a.spread or 0.0, b.spread or 0.0)
         verdict = "within noise" if gap < noise else "beyond the spread"
         parts.append(f" > {lower.point} ({gap:.2f} points lower, spread {noise:.2f}: {verdict})")
-    return ["Ranking by mean final val top-1: " + "".join(parts) + ". A gap smaller than the larger seed-to-seed "
-            "standard deviation of the two points is within noise."]
+    return [
+        "Ranking by mean final val top-1: " + "".join(parts) + ". A gap smaller than the larger seed-to-seed "
+        "standard deviation of the two points is within noise."
+    ]
 
 
 def write_csv(rows: list[ResultRow], path: Path) -> None:
@@ -215,20 +227,42 @@ def write_markdown(rows: list[ResultRow], path: Path, title: str) -> None:
     for summary in summaries:
         first = summary.runs[0]
         cells = [
-            summary.point, summary.statuses(), _cell(first.params, ".2f", 1e-6), _cell(first.flops, ".3f", 1e-9),
-            _distinct([r.steps for r in summary.finished]), _distinct([r.epochs for r in summary.finished]),
-            summary.spread("final_train_loss").cell(style=".3f"), summary.spread("best_val_acc1").cell(100, ".2f", "%"),
-            summary.spread("final_val_acc1").cell(100, ".2f", "%"), summary.spread("wall_time_s").cell(style=",.0f"),
+            summary.point,
+            summary.statuses(),
+            _cell(first.params, ".2f", 1e-6),
+            _cell(first.flops, ".3f", 1e-9),
+            _distinct([r.steps for r in summary.finished]),
+            _distinct([r.epochs for r in summary.finished]),
+            summary.spread("final_train_loss").cell(style=".3f"),
+            summary.spread("best_val_acc1").cell(100, ".2f", "%"),
+            summary.spread("final_val_acc1").cell(100, ".2f", "%"),
+            summary.spread("wall_time_s").cell(style=",.0f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Values are the mean ± sample standard deviation over a point's finished runs (its seeds).", "",
-              budget_line(rows), *noise_lines(summaries), "", RUN_HEADER, "|---|---|" + "---:|" * 9 + "---|"]
+    lines += [
+        "",
+        "Values are the mean ± sample standard deviation over a point's finished runs (its seeds).",
+        "",
+        budget_line(rows),
+        *noise_lines(summaries),
+        "",
+        RUN_HEADER,
+        "|---|---|" + "---:|" * 9 + "---|",
+    ]
     for row in rows:
         cells = [
-            row.run, row.status, _cell(row.steps, "d"), _cell(row.epochs, "d"), _cell(row.final_train_loss, ".3f"),
-            _cell(row.best_val_acc1, ".2f", 100, "%"), _cell(row.final_val_acc1, ".2f", 100, "%"),
-            f"{row.wall_time_s:,.0f}", _cell(row.images_per_sec, ",.0f"), _cell(row.load_avg_1min, ".2f"),
-            _cell(row.cpu_count, "d"), row.note,
+            row.run,
+            row.status,
+            _cell(row.steps, "d"),
+            _cell(row.epochs, "d"),
+            _cell(row.final_train_loss, ".3f"),
+            _cell(row.best_val_acc1, ".2f", 100, "%"),
+            _cell(row.final_val_acc1, ".2f", 100, "%"),
+            f"{row.wall_time_s:,.0f}",
+            _cell(row.images_per_sec, ",.0f"),
+            _cell(row.load_avg_1min, ".2f"),
+            _cell(row.cpu_count, "d"),
+            row.note,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", LOAD_CAVEAT]
@@ -249,10 +283,17 @@ def write_plot(rows: list[ResultRow], path: Path, title: str) -> None:
             x, y = summary.spread(x_attribute), summary.spread("final_val_acc1")
             if x.mean is None:
                 continue
-            axis.errorbar(x.mean * x_scale, 100 * y.mean, xerr=(x.spread or 0) * x_scale, yerr=100 * (y.spread or 0),
-                          fmt="o", capsize=3)
-            axis.annotate(summary.point, (x.mean * x_scale, 100 * y.mean), fontsize=7, xytext=(3, 3),
-                          textcoords="offset points")
+            axis.errorbar(
+                x.mean * x_scale,
+                100 * y.mean,
+                xerr=(x.spread or 0) * x_scale,
+                yerr=100 * (y.spread or 0),
+                fmt="o",
+                capsize=3,
+            )
+            axis.annotate(
+                summary.point, (x.mean * x_scale, 100 * y.mean), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
         axis.set_xlabel(label)
         axis.set_ylabel("final val top-1 (%)")
         axis.grid(alpha=0.3)

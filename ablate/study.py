@@ -112,15 +112,21 @@ def check_journal(path: Path) -> None:
 
 def make_sampler(spec: GridSpec, sampler: str, seed: int) -> optuna.samplers.BaseSampler:
     if sampler != "grid" and spec.seeds:
-        raise GridFileError(f"{spec.path}: seeds repeat grid points; a search (--sampler tpe) takes "
-                            "seed_everything as a search: range instead")
+        raise GridFileError(
+            f"{spec.path}: seeds repeat grid points; a search (--sampler tpe) takes "
+            "seed_everything as a search: range instead"
+        )
     if sampler == "grid":
         if not spec.grid_space():
-            raise GridFileError(f"{spec.path} has no variants: or axes: for --sampler grid; add some, or use --sampler tpe")
+            raise GridFileError(
+                f"{spec.path} has no variants: or axes: for --sampler grid; add some, or use --sampler tpe"
+            )
         return optuna.samplers.GridSampler(spec.grid_space(), seed=seed)
     if not spec.search:
-        raise GridFileError(f"{spec.path} has no search: ranges for --sampler tpe; add e.g. model.optimizer.init_args.lr: "
-                         "{type: float, low: 1.0e-4, high: 1.0e-2, log: true}")
+        raise GridFileError(
+            f"{spec.path} has no search: ranges for --sampler tpe; add e.g. model.optimizer.init_args.lr: "
+            "{type: float, low: 1.0e-4, high: 1.0e-2, log: true}"
+        )
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, len(spec.search) * 2)))
 
 
@@ -203,8 +209,9 @@ def run_trials(study: optuna.Study, objective: Objective, n_trials: int | None) 
 
     while remaining() != 0 and not nothing_left(study):
         before = len(done)
-        study.optimize(objective, n_trials=remaining(), catch=(RunFailed,),
-                       callbacks=[lambda _, trial: done.append(trial)])
+        study.optimize(
+            objective, n_trials=remaining(), catch=(RunFailed,), callbacks=[lambda _, trial: done.append(trial)]
+        )
         if len(done) == before:
             break
     return [str(t.user_attrs.get("run", t.number)) for t in done if trial_status(t) == "fail"]
@@ -232,8 +239,15 @@ def _alive(pid: Any) -> bool:
 class Objective:
     """Trains one run per trial and returns its best ``val/acc1``; a finished run folder is not trained again."""
 
-    def __init__(self, spec: GridSpec, sampler: str, log_dir: Path, extra_args: list[str], launcher: Launcher = launch,
-                 n_trials: int | None = None):
+    def __init__(
+        self,
+        spec: GridSpec,
+        sampler: str,
+        log_dir: Path,
+        extra_args: list[str],
+        launcher: Launcher = launch,
+        n_trials: int | None = None,
+    ):
         self.spec, self.sampler, self.log_dir = spec, sampler, log_dir
         self.extra_args, self.launcher = extra_args, launcher
         self.total = spec.grid_size() if sampler == "grid" else n_trials
@@ -260,7 +274,9 @@ class Objective:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         progress = self.progress(trial, name)
-        plan = plan_run(self.spec.base, self.spec.settings_of(params), self.log_dir, self.spec.name, name, self.extra_args)
+        plan = plan_run(
+            self.spec.base, self.spec.settings_of(params), self.log_dir, self.spec.name, name, self.extra_args
+        )
         if is_finished(plan.run_dir):
             print(f"ablate: {progress} {name} is finished, not trained again", flush=True)
             return self._result(trial, plan, finished_outcome(plan.run_dir))
@@ -283,22 +299,28 @@ class Objective:
             if is_finished(plan.run_dir):  # another process finished it while this one was starting
                 return finished_outcome(plan.run_dir)
             self._refuse_busy(trial, plan)
-            raise RunConfigError(f"cli.py refused the settings of run {plan.name} before training (its error is "
-                                 "above); fix the grid file or its base config, then rerun")
+            raise RunConfigError(
+                f"cli.py refused the settings of run {plan.name} before training (its error is "
+                "above); fix the grid file or its base config, then rerun"
+            )
         if record.get("status") == "diverged":
             mark_finished(plan.run_dir, "diverged")
             return "diverged"
-        raise RunFailed(f"{plan.name}: cli.py fit exited {outcome.exit_code} during training "
-                        f"({record.get('error', 'no error recorded')})")
+        raise RunFailed(
+            f"{plan.name}: cli.py fit exited {outcome.exit_code} during training "
+            f"({record.get('error', 'no error recorded')})"
+        )
 
     def _refuse_busy(self, trial: Trial, plan: RunPlan) -> None:
         holder = lock_holder(plan.run_dir) or self._other_ablate(trial, plan.name)
         if holder is None:
             return
         trial.set_user_attr("outcome", "busy")
-        message = (f"{plan.name}: another process (pid {holder}) is training in {plan.run_dir}, so it is skipped "
-                   "here; if no ablate is running it, an ablate that was killed left its fit: wait for it to end "
-                   f"(or kill {holder}), then rerun to tabulate it")
+        message = (
+            f"{plan.name}: another process (pid {holder}) is training in {plan.run_dir}, so it is skipped "
+            "here; if no ablate is running it, an ablate that was killed left its fit: wait for it to end "
+            f"(or kill {holder}), then rerun to tabulate it"
+        )
         print(f"ablate: {message}", flush=True)
         raise RunBusy(message)
 
@@ -309,21 +331,30 @@ class Objective:
         keeps a dead machine's trial running forever.)"""
         for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             attrs = other.user_attrs
-            if (other.number != trial.number and attrs.get("run") == name and attrs.get("host") == socket.gethostname()
-                    and attrs.get("pid") != os.getpid() and _alive(attrs.get("pid"))):
+            if (
+                other.number != trial.number
+                and attrs.get("run") == name
+                and attrs.get("host") == socket.gethostname()
+                and attrs.get("pid") != os.getpid()
+                and _alive(attrs.get("pid"))
+            ):
                 return str(attrs["pid"])
         return None
 
     def _result(self, trial: Trial, plan: RunPlan, ending: str) -> float:
         trial.set_user_attr("outcome", ending)
         if ending == "diverged":
-            print(f"ablate: {plan.name} diverged (its training loss became nan or inf); it is shown as diverged in "
-                  "the table and not trained again, the other runs go on", flush=True)
+            print(
+                f"ablate: {plan.name} diverged (its training loss became nan or inf); it is shown as diverged in "
+                "the table and not trained again, the other runs go on",
+                flush=True,
+            )
             raise optuna.TrialPruned(f"{plan.name} diverged")
         accuracy = best_accuracy(plan.run_dir)
         if accuracy is None:
-            raise RunFailed(f"{plan.name}: no val/acc1 logged; does the recipe validate "
-                            "(trainer.limit_val_batches > 0)?")
+            raise RunFailed(
+                f"{plan.name}: no val/acc1 logged; does the recipe validate (trainer.limit_val_batches > 0)?"
+            )
         return accuracy
 
     @staticmethod

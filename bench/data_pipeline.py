@@ -15,11 +15,11 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ def measure(root: Path, source: str, decode: str, workers: int, batch_size: int,
     return seen / (time.perf_counter() - start)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-images", type=int, default=512)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
@@ -111,9 +111,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 rate = measure(root, source, "cpu", workers, args.batch_size, device)
                 rows.append(("cpu decode + crop, recipe on the device", source, device.type, workers, rate))
             workers = max(args.workers)
-            rows.append((gpu_label, source, device.type, workers, measure(root, source, "gpu", workers, args.batch_size, device)))
-    print(f"\n{args.num_images} JPEGs {IMAGE_HW[1]}x{IMAGE_HW[0]} q90 -> 224x224, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} torch threads, shards of {SAMPLES_PER_SHARD} images\n")
+            rows.append(
+                (
+                    gpu_label,
+                    source,
+                    device.type,
+                    workers,
+                    measure(root, source, "gpu", workers, args.batch_size, device),
+                )
+            )
+    print(
+        f"\n{args.num_images} JPEGs {IMAGE_HW[1]}x{IMAGE_HW[0]} q90 -> 224x224, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} torch threads, shards of {SAMPLES_PER_SHARD} images\n"
+    )
     print("| pipeline | read from | device | workers | img/s |")
     print("|---|---|---|---:|---:|")
     for name, source, dev, workers, rate in rows:

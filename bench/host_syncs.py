@@ -103,7 +103,8 @@ def _short_path(path: str) -> str:
 def _caller_frames() -> list[traceback.FrameSummary]:
     """Stack frames outside torch and this file, innermost first."""
     return [
-        frame for frame in reversed(traceback.extract_stack())
+        frame
+        for frame in reversed(traceback.extract_stack())
         if frame.filename != __file__ and "/torch/" not in frame.filename and not frame.filename.startswith("<")
     ]
 
@@ -242,7 +243,7 @@ class SyncAudit:
         self._warnings: Any = None
         self._caught: list[warnings.WarningMessage] = []
 
-    def __enter__(self) -> "SyncAudit":
+    def __enter__(self) -> SyncAudit:
         if self.device.type == "cuda":
             self._warnings = warnings.catch_warnings(record=True)
             self._caught = self._warnings.__enter__()
@@ -357,7 +358,10 @@ def audit_fit(cli_args: Sequence[str], start: int, steps: int) -> HostSyncAudit:
 
 
 def format_report(audit: HostSyncAudit) -> str:
-    lines = ["| steps | audited | syncs | syncs/step | reason | call site | count |", "|---|---:|---:|---:|---|---|---:|"]
+    lines = [
+        "| steps | audited | syncs | syncs/step | reason | call site | count |",
+        "|---|---:|---:|---:|---|---|---:|",
+    ]
     for label, record in (("plain", audit.steps), ("logging", audit.logging_steps)):
         steps = audit.audited["steps" if label == "plain" else "logging_steps"]
         per_step = record.total / steps if steps else 0.0

@@ -230,8 +230,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         LoopTiming("raw PyTorch step, after", after),
     ]
     table = format_table(timings, settings.batch_size)
-    print(f"\n{settings.model}, batch {settings.batch_size}, {settings.img_size}px, {settings.precision}, "
-          f"{settings.device}\n\n{table}")
+    print(
+        f"\n{settings.model}, batch {settings.batch_size}, {settings.img_size}px, {settings.precision}, "
+        f"{settings.device}\n\n{table}"
+    )
     return table
 
 

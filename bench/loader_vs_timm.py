@@ -25,10 +25,10 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,9 @@ def photo_like(height: int, width: int, seed: int) -> np.ndarray:
     image = np.zeros((height, width, 3), np.float32)
     for cells, weight in ((6, 0.6), (24, 0.3), (96, 0.1)):
         coarse = rng.random((max(2, height * cells // max(height, width)), cells, 3), dtype=np.float32)
-        image += weight * np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC))
+        image += weight * np.asarray(
+            Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
+        )
     image += rng.normal(0, 4, image.shape).astype(np.float32)
     return image.clip(0, 255).astype(np.uint8)
 
@@ -69,8 +71,14 @@ def project_loader(root: Path, batch_size: int, on_device: bool) -> torch.utils.
     from datamodules.augmentation.recipe import TrainAugment
 
     dm = ImageFolderDataModule(
-        root=str(root), num_classes=NUM_CLASSES, train_dir="train", val_dir="train", image_size=224,
-        augment=TrainAugment(**RECIPE, on_device=on_device), batch_size=batch_size, num_workers=0,
+        root=str(root),
+        num_classes=NUM_CLASSES,
+        train_dir="train",
+        val_dir="train",
+        image_size=224,
+        augment=TrainAugment(**RECIPE, on_device=on_device),
+        batch_size=batch_size,
+        num_workers=0,
     )
     dm.setup("fit")
     return dm.train_dataloader()
@@ -169,11 +177,16 @@ def op_table(repeats: int = 20) -> str:
         ALBUMENTATIONS = {}
     s = strength(15.0)
     torchvision_ops: dict[str, Callable] = {
-        "auto_contrast": TF.autocontrast, "equalize": TF.equalize, "solarize": lambda x: TF.solarize(x, 128),
-        "posterize": lambda x: TF.posterize(x, 4), "sharpen": lambda x: TF.adjust_sharpness(x, 1 + setting("sharpen", s)),
+        "auto_contrast": TF.autocontrast,
+        "equalize": TF.equalize,
+        "solarize": lambda x: TF.solarize(x, 128),
+        "posterize": lambda x: TF.posterize(x, 4),
+        "sharpen": lambda x: TF.adjust_sharpness(x, 1 + setting("sharpen", s)),
         "rotate": lambda x: TF.rotate(x, setting("rotate", s), fill=128),
         "shear_x": lambda x: TF.affine(x, 0.0, [0, 0], 1.0, [setting("shear_x", s), 0.0], fill=128),
-        "translate_x": lambda x: TF.affine(x, 0.0, [int(setting("translate_x", s) * 224), 0], 1.0, [0.0, 0.0], fill=128),
+        "translate_x": lambda x: TF.affine(
+            x, 0.0, [int(setting("translate_x", s) * 224), 0], 1.0, [0.0, 0.0], fill=128
+        ),
         "brightness": lambda x: TF.adjust_brightness(x, setting("brightness", s)),
         "contrast": lambda x: TF.adjust_contrast(x, setting("contrast", s)),
         "saturation": lambda x: TF.adjust_saturation(x, setting("saturation", s)),
@@ -188,10 +201,15 @@ def op_table(repeats: int = 20) -> str:
             run()
         return f"{(time.perf_counter() - start) / repeats * 1e3:.3f}"
 
-    lines = ["| op | OpenCV (opencv_ops) | tensor ops, batch of 1 (batched_ops) | torchvision.transforms.v2 | albumentations 2.0.8 |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| op | OpenCV (opencv_ops) | tensor ops, batch of 1 (batched_ops) | torchvision.transforms.v2 | albumentations 2.0.8 |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name in OP_NAMES[1:]:
-        cells = [ms(lambda: opencv_ops.EXECUTORS[name](image, s, 1.0)), ms(lambda: OPS[name](chw[None].float(), torch.ones(1), s))]
+        cells = [
+            ms(lambda: opencv_ops.EXECUTORS[name](image, s, 1.0)),
+            ms(lambda: OPS[name](chw[None].float(), torch.ones(1), s)),
+        ]
         cells.append(ms(lambda: torchvision_ops[name](chw)) if name in torchvision_ops else "-")
         if name in ALBUMENTATIONS:
             transform = ALBUMENTATIONS[name](setting(name, s, 1.0))
@@ -202,14 +220,16 @@ def op_table(repeats: int = 20) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-images", type=int, default=1024, help="ImageNet-like JPEGs (470x410)")
     parser.add_argument("--large-images", type=int, default=128, help="large JPEGs (2000x1500); 0 skips them")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--root", type=Path, help="write the JPEGs under this folder and keep them (reused)")
-    parser.add_argument("--ops", action="store_true", help="also time each RandAugment op in each CPU executor candidate")
+    parser.add_argument(
+        "--ops", action="store_true", help="also time each RandAugment op in each CPU executor candidate"
+    )
     args = parser.parse_args(argv)
     counts = {"imagenet-like": args.num_images, "large": args.large_images}
     if any(0 < n < args.batch_size for n in counts.values()):
@@ -225,8 +245,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             write_jpegs(root, size, counts[name])
             kib = np.mean([p.stat().st_size for p in root.glob("train/*/*.jpg")]) / 1024
             rows.append((name, f"{size[1]}x{size[0]}, {kib:.0f} KiB", measure(root, args.batch_size, args.rounds)))
-    print(f"\nbatch {args.batch_size}, one process, {torch.get_num_threads()} torch thread, {args.rounds} rounds; "
-          f"recipe: random-resized crop 224, flip, RandAugment 2 layers m15\n")
+    print(
+        f"\nbatch {args.batch_size}, one process, {torch.get_num_threads()} torch thread, {args.rounds} rounds; "
+        f"recipe: random-resized crop 224, flip, RandAugment 2 layers m15\n"
+    )
     print(table(rows))
     if args.ops:
         print("\nms per 224x224 image, one op at magnitude 15, one thread:\n")

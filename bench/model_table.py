@@ -1,6 +1,6 @@
 """Print the variants table (parameters, multiply-adds, training activation memory) that the README shows.
 
-    python -m bench.model_table --img-size 224
+python -m bench.model_table --img-size 224
 """
 
 from __future__ import annotations
@@ -34,8 +34,14 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--variants", nargs="*", default=None, choices=list_models(), metavar="VARIANT",
-                        help="default: every registered variant")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=None,
+        choices=list_models(),
+        metavar="VARIANT",
+        help="default: every registered variant",
+    )
     args = parser.parse_args(argv)
     print(f"At {args.img_size}x{args.img_size}, {args.num_classes} classes; MACs of one image; float32 activations.\n")
     lines = [HEADER, "|---" * (HEADER.count("|") - 1) + "|"]

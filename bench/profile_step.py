@@ -166,9 +166,16 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = Settings(
-        device=torch.device(args.device), batch_size=args.batch_size, img_size=args.img_size,
-        num_classes=args.num_classes, precision=args.precision, channels_last=args.channels_last,
-        compile=args.compile, compile_mode=None, warmup=args.warmup, iters=args.steps,
+        device=torch.device(args.device),
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        compile_mode=None,
+        warmup=args.warmup,
+        iters=args.steps,
     )
     torch.manual_seed(0)
     model = create_model(args.model, img_size=args.img_size, num_classes=args.num_classes).to(settings.device)
@@ -181,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     )
     sections = [header]
     if not args.compile:
-        sections.append("Per stage (device time between hook stamps, mean of the measured steps):\n\n" + stage_table(model, settings))
+        sections.append(
+            "Per stage (device time between hook stamps, mean of the measured steps):\n\n"
+            + stage_table(model, settings)
+        )
     profiled = torch.compile(model) if args.compile else model
     sections.append(f"Top {TOP_OPERATORS} operators by self time:\n\n" + operator_table(profiled, settings, args.trace))
     report = "\n\n".join(sections)

@@ -29,7 +29,9 @@ def read_scalars(run_dir: Path) -> Series:
     """tag -> [(step, value)] from every event file under ``run_dir``, in step order."""
     files = sorted(run_dir.rglob("events.out.tfevents.*"))
     if not files:
-        raise FileNotFoundError(f"no TensorBoard event files under {run_dir}; pass a run folder such as logs/<name>/version_0")
+        raise FileNotFoundError(
+            f"no TensorBoard event files under {run_dir}; pass a run folder such as logs/<name>/version_0"
+        )
     series: Series = {}
     for path in files:
         events = EventAccumulator(str(path), size_guidance={SCALARS: 0})  # 0 = keep every point
@@ -72,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     missing = [tag for tag in tags if tag not in series]
     available = ", ".join(sorted(series)) or "no scalars at all"
     if len(missing) == len(tags):
-        parser.exit(2, f"error: none of the tags {' '.join(tags)} is in {args.run_dir}; pick --tags from: {available}\n")
+        parser.exit(
+            2, f"error: none of the tags {' '.join(tags)} is in {args.run_dir}; pick --tags from: {available}\n"
+        )
     if missing and args.tags:  # a default tag a run does not log (train/mfu on a CPU) is no surprise
         print(f"warning: no scalars for {' '.join(missing)} in {args.run_dir}; it has: {available}", file=sys.stderr)
     table = summary_table(series, tags)

@@ -119,7 +119,9 @@ def timm_candidates(name: str, settings: Settings, mode: str) -> list[Candidate]
 
     def builder(fused: bool) -> Callable[[], nn.Module]:
         def build() -> nn.Module:
-            model = timm.create_model(name, pretrained=False, num_classes=settings.num_classes, img_size=settings.img_size)
+            model = timm.create_model(
+                name, pretrained=False, num_classes=settings.num_classes, img_size=settings.img_size
+            )
             set_timm_fused_attn(model, fused)
             return model
 
@@ -287,7 +289,14 @@ def benchmark(candidate: Candidate, settings: Settings) -> Row:
 # ----------------------------------------------------------------------------- reporting
 
 COLUMNS = (
-    "model", "train img/s", "infer img/s", "train peak GiB", "infer peak GiB", "fwd GFLOP/img", "train MFU", "infer MFU",
+    "model",
+    "train img/s",
+    "infer img/s",
+    "train peak GiB",
+    "infer peak GiB",
+    "fwd GFLOP/img",
+    "train MFU",
+    "infer MFU",
 )
 
 
@@ -376,8 +385,9 @@ def results_section(table: str, settings: Settings, argv: Sequence[str]) -> str:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """What every benchmark script takes: the model, the batch, precision, layout, compile, device."""
-    parser.add_argument("--model", default="coatnet_0", choices=list_models(), metavar="MODEL",
-                        help="a name from coatnet.list_models()")
+    parser.add_argument(
+        "--model", default="coatnet_0", choices=list_models(), metavar="MODEL", help="a name from coatnet.list_models()"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000)
@@ -406,25 +416,35 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--timm-name", help="timm model to compare with (default: <model>_224)")
     parser.add_argument("--no-timm", action="store_true", help="measure our model only")
     parser.add_argument(
-        "--timm-fused-attn", choices=("auto", "on", "off", "both"), default="auto",
+        "--timm-fused-attn",
+        choices=("auto", "on", "off", "both"),
+        default="auto",
         help="timm attention path; auto = fused when eager, unfused when compiled (its best working setting)",
     )
     parser.add_argument(
-        "--compile-mode", choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        "--compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
         default=None,
     )
     parser.add_argument(
-        "--grad-checkpointing", type=int, nargs="*", metavar="STAGE",
+        "--grad-checkpointing",
+        type=int,
+        nargs="*",
+        metavar="STAGE",
         help="recompute our blocks in backward (memory for compute): all stages, or those given (0 = S1 ... 3 = S4)",
     )
     parser.add_argument(
-        "--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+        "--fold-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="time our inference with BatchNorm folded into the convolutions (coatnet.fold_batchnorm; default: on)",
     )
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations per phase (compilation happens here)")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per phase; the median is reported")
     parser.add_argument(
-        "--peak-tflops", type=float, default=H100_SXM_BF16_DENSE_TFLOPS,
+        "--peak-tflops",
+        type=float,
+        default=H100_SXM_BF16_DENSE_TFLOPS,
         help="device peak for MFU, TFLOP/s (default: H100 SXM dense bf16); ignored on CPU",
     )
     parser.add_argument("--append-results", action="store_true", help=f"append the table to {RESULTS_FILE.name}")

@@ -64,7 +64,7 @@ def _convert(args: argparse.Namespace) -> None:
     variant = variant_for_timm_name(timm_name)
     model = _convert_named(state_dict, timm_name, args.img_size)
     preprocessing = hub["preprocessing"] if hub else timm_preprocessing(timm_name)
-    where = {"hf_hub": args.input[len(HUB_PREFIX):]} if hub else {"file": str(Path(args.input).resolve())}
+    where = {"hf_hub": args.input[len(HUB_PREFIX) :]} if hub else {"file": str(Path(args.input).resolve())}
     path = save_weights(args.output, model, preprocessing, {"timm_name": timm_name, **where}, variant=variant)
     params = sum(p.numel() for p in model.parameters())
     meta = {"variant": variant, "config": config_to_dict(model.config), "preprocessing": preprocessing}
@@ -155,31 +155,51 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="timm CoAtNet weights -> this project's weights file")
     convert.add_argument("--timm-name", help="e.g. coatnet_0_rw_224.sw_in1k (detected from the weights if left out)")
     convert.add_argument(
-        "--input", required=True,
+        "--input",
+        required=True,
         help="timm state dict: .pth/.pt/.bin or .safetensors, or a timm Hub repository: hf-hub:timm/NAME",
     )
     convert.add_argument("--output", required=True, help="weights file to write: .safetensors or .pth")
     convert.add_argument(
-        "--img-size", type=int, nargs="+", action=ImageSize, metavar="SIDE",
+        "--img-size",
+        type=int,
+        nargs="+",
+        action=ImageSize,
+        metavar="SIDE",
         help="input size to convert for, H W or one side (default: the weights'; "
         "weights made for a non-square input need it)",
     )
     convert.set_defaults(run=_convert)
     summary = commands.add_parser("summary", help="per-stage parameters and multiply-adds")
     summary.add_argument("--variant", required=True, choices=list_models())
-    summary.add_argument("--img-size", type=int, nargs="+", action=ImageSize, default=(224, 224), metavar="SIDE",
-                         help="input size, H W or one side (default 224)")
+    summary.add_argument(
+        "--img-size",
+        type=int,
+        nargs="+",
+        action=ImageSize,
+        default=(224, 224),
+        metavar="SIDE",
+        help="input size, H W or one side (default 224)",
+    )
     summary.add_argument("--num-classes", type=int, default=1000)
     summary.add_argument(
-        "--set", type=config_setting, action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        type=config_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a CoAtNetConfig field, dotted for nested ones (layout=CCCT, conv.stride_at=1x1); repeatable",
     )
     summary.add_argument(
-        "--activations", action="store_true",
+        "--activations",
+        action="store_true",
         help="add the memory a training step keeps for backward, per image (runs the model at batch 1 and 2)",
     )
     summary.add_argument(
-        "--grad-checkpointing", type=int, nargs="*", metavar="STAGE",
+        "--grad-checkpointing",
+        type=int,
+        nargs="*",
+        metavar="STAGE",
         help="activations with these stages recomputed in backward (0 = S1 ... 3 = S4; none given: all)",
     )
     summary.set_defaults(run=_summary)

@@ -118,9 +118,7 @@ class MBConvBlock(Block):
         self.pre_norm = nn.BatchNorm2d(dim_in, eps=cfg.norm_eps)
         self.pre_act = make_activation(cfg.act) if cfg.pre_norm_act else nn.Identity()
         self.pool = Pool2d(cfg.stride_pool or pool) if (stride > 1 and cfg.stride_at == "pool") else nn.Identity()
-        self.conv_expand = nn.Conv2d(
-            dim_in, mid, 1, stride=stride if cfg.stride_at == "1x1" else 1, bias=False
-        )
+        self.conv_expand = nn.Conv2d(dim_in, mid, 1, stride=stride if cfg.stride_at == "1x1" else 1, bias=False)
         self.norm1 = nn.BatchNorm2d(mid, eps=cfg.norm_eps)
         self.act1 = make_activation(cfg.act)
         self.conv_dw = nn.Conv2d(
@@ -171,9 +169,7 @@ class TransformerBlock(Block):
             raise ValueError(f"a Transformer block without downsampling keeps its width ({dim_in} != {dim_out})")
         self.downsample = stride > 1
         self.pool = Pool2d(pool) if self.downsample else nn.Identity()
-        self.shortcut_proj = (
-            nn.Linear(dim_in, dim_out, bias=cfg.shortcut_bias) if dim_in != dim_out else nn.Identity()
-        )
+        self.shortcut_proj = nn.Linear(dim_in, dim_out, bias=cfg.shortcut_bias) if dim_in != dim_out else nn.Identity()
         self.norm1 = make_channel_norm(cfg.norm, dim_in, cfg.norm_eps)
         dim_attn = dim_out if cfg.attn_width_from == "output" else dim_in
         self.attn = RelativeAttention(

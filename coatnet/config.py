@@ -151,8 +151,7 @@ class CoAtNetConfig:
             raise ValueError("layout is empty: give one letter per stage, e.g. layout='CCTT'")
         if not (len(self.depths) == len(self.widths) == len(self.layout)):
             raise ValueError(
-                f"depths {self.depths}, widths {self.widths} and layout {self.layout!r} must have one "
-                "entry per stage"
+                f"depths {self.depths}, widths {self.widths} and layout {self.layout!r} must have one entry per stage"
             )
         from .blocks import BLOCKS  # the table of layout letters (coatnet.blocks imports this module)
 

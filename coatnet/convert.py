@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -130,7 +131,7 @@ def timm_config_preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
 def _rename(rest: str, renames: tuple[tuple[str, str], ...]) -> str:
     for old, new in renames:
         if rest.startswith(old):
-            return new + rest[len(old):]
+            return new + rest[len(old) :]
     return rest
 
 

@@ -29,7 +29,7 @@ def is_hub_name(source: object) -> bool:
 
 def repo_and_revision(name: str) -> tuple[str, str | None]:
     """``hf-hub:org/name@rev`` -> (``org/name``, ``rev``); the revision is None (the main branch) when not given."""
-    repo_id, _, revision = name[len(HUB_PREFIX):].partition("@")
+    repo_id, _, revision = name[len(HUB_PREFIX) :].partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise CheckpointError(f"{name}: a Hub name is hf-hub:ORG/NAME[@REVISION], e.g. {EXAMPLE}")
     return repo_id, revision or None

@@ -285,9 +285,7 @@ class CoAtNet(nn.Module):
 def check_input(config: CoAtNetConfig, x: torch.Tensor) -> None:
     """Refuse images of another channel count or size than ``config`` was built for, naming both and the fix."""
     if x.ndim != 4 or x.shape[1] != config.in_chans:
-        raise ValueError(
-            f"expected images of shape (B, {config.in_chans}, H, W), got {tuple(x.shape)}"
-        )
+        raise ValueError(f"expected images of shape (B, {config.in_chans}, H, W), got {tuple(x.shape)}")
     if tuple(x.shape[-2:]) != config.img_size:
         h, w = config.img_size
         raise ValueError(

@@ -164,8 +164,11 @@ def _coatnet_0_rw() -> CoAtNetConfig:
 @register_variant("coatnet_1_rw")
 def _coatnet_1_rw() -> CoAtNetConfig:
     return _rw(
-        (2, 6, 14, 2), (96, 192, 384, 768), (32, 64),
-        {**_COAT_RW, "se_early": True, "stride_at": "dw"}, {"shortcut_bias": False},
+        (2, 6, 14, 2),
+        (96, 192, 384, 768),
+        (32, 64),
+        {**_COAT_RW, "se_early": True, "stride_at": "dw"},
+        {"shortcut_bias": False},
     )
 
 
@@ -177,31 +180,42 @@ def _coatnet_2_rw() -> CoAtNetConfig:
 @register_variant("coatnet_3_rw")
 def _coatnet_3_rw() -> CoAtNetConfig:
     return _rw(
-        (2, 6, 14, 2), (192, 384, 768, 1536), (96, 192),
-        {**_COAT_RW, "se_act": "silu", "stride_at": "dw"}, {"layer_scale": 1e-6},
+        (2, 6, 14, 2),
+        (192, 384, 768, 1536),
+        (96, 192),
+        {**_COAT_RW, "se_act": "silu", "stride_at": "dw"},
+        {"layer_scale": 1e-6},
     )
 
 
 @register_variant("coatnet_bn_0_rw")
 def _coatnet_bn_0_rw() -> CoAtNetConfig:
     return _rw(
-        (2, 3, 7, 2), (96, 192, 384, 768), (32, 64),
-        {**_COAT_RW, "se_early": True, "stride_at": "dw"}, {"shortcut_bias": False, "norm": "batchnorm"},
+        (2, 3, 7, 2),
+        (96, 192, 384, 768),
+        (32, 64),
+        {**_COAT_RW, "se_early": True, "stride_at": "dw"},
+        {"shortcut_bias": False, "norm": "batchnorm"},
     )
 
 
 @register_variant("coatnet_rmlp_nano_rw")
 def _coatnet_rmlp_nano_rw() -> CoAtNetConfig:
     return _rw(
-        (3, 4, 6, 3), (64, 128, 256, 512), (32, 64),
-        {**_MAX_RW, "stride_at": "dw"}, {"rel_pos": "mlp", "rel_pos_mlp_dim": 384},
+        (3, 4, 6, 3),
+        (64, 128, 256, 512),
+        (32, 64),
+        {**_MAX_RW, "stride_at": "dw"},
+        {"rel_pos": "mlp", "rel_pos_mlp_dim": 384},
     )
 
 
 @register_variant("coatnet_rmlp_1_rw")
 def _coatnet_rmlp_1_rw() -> CoAtNetConfig:
     return _rw(
-        (2, 6, 14, 2), (96, 192, 384, 768), (32, 64),
+        (2, 6, 14, 2),
+        (96, 192, 384, 768),
+        (32, 64),
         {**_COAT_RW, "se_early": True, "stride_pool": "avg2"},
         {"shortcut_bias": False, "rel_pos": "mlp", "rel_pos_mlp_dim": 384},
         pool="max",
@@ -211,8 +225,11 @@ def _coatnet_rmlp_1_rw() -> CoAtNetConfig:
 @register_variant("coatnet_rmlp_2_rw")
 def _coatnet_rmlp_2_rw() -> CoAtNetConfig:
     return _rw(
-        (2, 6, 14, 2), (128, 256, 512, 1024), (64, 128),
-        {**_COAT_RW, "se_act": "silu", "stride_at": "dw"}, {"layer_scale": 1e-6, "rel_pos": "mlp"},
+        (2, 6, 14, 2),
+        (128, 256, 512, 1024),
+        (64, 128),
+        {**_COAT_RW, "se_act": "silu", "stride_at": "dw"},
+        {"layer_scale": 1e-6, "rel_pos": "mlp"},
     )
 
 
@@ -237,6 +254,9 @@ coatnet_nano = _named_constructor("coatnet_nano")
 def _coatnet_rmlp_1_rw2() -> CoAtNetConfig:
     """timm's second rmlp-1 (ImageNet-12k weights): dw stride, SE after the norm, 512-wide rel-pos MLP."""
     return _rw(
-        (2, 6, 14, 2), (96, 192, 384, 768), (32, 64),
-        {**_COAT_RW, "stride_at": "dw"}, {"rel_pos": "mlp", "rel_pos_mlp_dim": 512},
+        (2, 6, 14, 2),
+        (96, 192, 384, 768),
+        (32, 64),
+        {**_COAT_RW, "stride_at": "dw"},
+        {"rel_pos": "mlp", "rel_pos_mlp_dim": 512},
     )

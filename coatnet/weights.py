@@ -21,9 +21,10 @@ import os
 import pickle
 import re
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -120,7 +121,7 @@ def unwrap_state_dict(obj: Any, path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path} holds no state dict of tensors (found {found})")
     state_dict = dict(obj)
     if all(k.startswith("module.") for k in state_dict):  # saved from a DDP-wrapped model
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
 
 
@@ -280,8 +281,6 @@ def _write(tmp: Path, suffix: str, meta: dict[str, Any], state_dict: dict[str, T
         os.fsync(handle.fileno())
 
 
-
-
 # ----------------------------------------------------------------------------- reading weights
 
 
@@ -309,7 +308,7 @@ def _from_lightning(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     state_dict = {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
     if not any(k.startswith("model.") for k in state_dict):
         return state_dict
-    return {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+    return {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
 
 
 def load_weights(path: str | Path) -> tuple[CoAtNet, dict[str, Any]]:

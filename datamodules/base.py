@@ -8,7 +8,8 @@ in ``on_after_batch_transfer``.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -95,7 +96,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         *,
         num_classes: int,
         batch_size: int = 128,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -125,14 +126,14 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.std = tuple(float(s) for s in std)
         self.seed = int(seed)
         self.class_names: list[str] = [str(i) for i in range(self.num_classes)]
-        self.train_set: Optional[Dataset] = None
-        self.val_set: Optional[Dataset] = None
-        self.test_set: Optional[Dataset] = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
         self._affine_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- loaders
     def _loader(
-        self, dataset: Optional[Dataset], split: str, train: bool, collate_fn: Optional[Callable] = None
+        self, dataset: Dataset | None, split: str, train: bool, collate_fn: Callable | None = None
     ) -> DataLoader:
         if dataset is None:
             raise DatasetError(f"the {split} split is not set up: call setup() (or let the Trainer do it) first.")
@@ -159,7 +160,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def _batches_done_this_epoch(self) -> int:
         return batches_done_this_epoch(self.trainer)
 
-    def _sampler(self, dataset: Dataset, train: bool) -> Optional[Sampler[int]]:
+    def _sampler(self, dataset: Dataset, train: bool) -> Sampler[int] | None:
         """Training order, one share per rank (None: in order; Lightning splits that across ranks)."""
         return EpochShuffleSampler(dataset, self.seed, *self._world()) if train else None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from datamodules.base import (
 )
 from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.errors import DatasetError
+from datamodules.sampling.draws import PerSampleDraws
 from datamodules.sources.cifar_release import (
     RELEASES,
     Variant,
@@ -27,7 +28,6 @@ from datamodules.sources.cifar_release import (
     load_batches,
     load_class_names,
 )
-from datamodules.sampling.draws import PerSampleDraws
 from datamodules.sources.in_memory import TensorImageDataset
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -75,15 +75,15 @@ class CIFARDataModule(ImageClassificationDataModule):
         source: Literal["pickle", "folder"] = "pickle",
         root: str = "data",
         download: bool = False,
-        download_url: Optional[str] = None,
-        download_md5: Optional[str] = None,
+        download_url: str | None = None,
+        download_md5: str | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         val_split: Literal["test", "holdout"] = "test",
         holdout_per_class: int = 500,
         augment: TrainAugment = CIFAR_AUGMENT,
         image_size: ImageSize = 32,
         batch_size: int = 128,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -126,7 +126,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         if self.source == "pickle":
             ensure_release(self.root, self.release, self.download, self.download_url, self.download_md5)
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         (train_x, train_y), test = self._load_pickles() if self.source == "pickle" else self._load_folder()
@@ -146,7 +146,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         train = load_batches(folder, self.release.train_files, self.release)
         return train, load_batches(folder, (self.release.test_file,), self.release)
 
-    def _load_folder(self) -> tuple[tuple[torch.Tensor, torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+    def _load_folder(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
         # imported here: only this source decodes files, so a pickle run loads no image decoder
         from datamodules.sources.cifar_folder import find_split, load_image_folder
         from datamodules.sources.folder_scan import check_same_classes, list_classes
@@ -172,7 +172,9 @@ class CIFARDataModule(ImageClassificationDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None and self.val_set is not None:
-            rank_zero_warn(f"{self.root} has no test/ or val/ folder: test_dataloader serves the held-out validation images.")
+            rank_zero_warn(
+                f"{self.root} has no test/ or val/ folder: test_dataloader serves the held-out validation images."
+            )
             return self.val_dataloader()
         return super().test_dataloader()
 

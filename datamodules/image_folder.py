@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -21,7 +21,6 @@ from datamodules.base import (
     ImageClassificationDataModule,
     ImageSize,
 )
-from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.decoding.device_decode import (
     DeviceCropper,
     decode_batch,
@@ -37,6 +36,7 @@ from datamodules.decoding.encoded_images import (
     bytes_tensor,
     decode_bytes,
 )
+from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.errors import DatasetError
 from datamodules.sampling.draws import PerSampleDraws
 from datamodules.sampling.shard_sampler import ShardOrderSampler
@@ -103,7 +103,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         num_classes: int = 1000,
         train_dir: str = "train",
         val_dir: str = "val",
-        test_dir: Optional[str] = None,
+        test_dir: str | None = None,
         val_holdout_per_class: int = 0,
         image_size: ImageSize = 224,
         crop_pct: float = 0.875,
@@ -111,7 +111,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         augment: TrainAugment = FOLDER_AUGMENT,
-        shard_index_dir: Optional[str] = None,
+        shard_index_dir: str | None = None,
         shuffle_window: int = 4,
         on_corrupt: OnCorrupt = "skip",
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
@@ -119,7 +119,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         overlap_decode: bool = True,
         preset: Literal["imagenet", "cifar"] = "imagenet",
         batch_size: int = 128,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -140,7 +140,9 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         if val_holdout_per_class < 0:
             raise ValueError(f"val_holdout_per_class must be >= 0, got {val_holdout_per_class}")
         if val_holdout_per_class > 0 and is_shard_pattern(train_dir):
-            raise ValueError("val_holdout_per_class needs class folders; with tar shards set val_dir to a shard pattern.")
+            raise ValueError(
+                "val_holdout_per_class needs class folders; with tar shards set val_dir to a shard pattern."
+            )
         if shuffle_window < 1:
             raise ValueError(f"shuffle_window must be >= 1 shard, got {shuffle_window}")
         self.root = Path(root)
@@ -165,7 +167,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         return self.corrupt.count
 
     # ---------------------------------------------------------------- transforms
-    def _per_image_augment(self) -> Optional[PerImageAugment]:
+    def _per_image_augment(self) -> PerImageAugment | None:
         return None if self.augment.on_device else PerImageAugment(self.augment, self.crop)
 
     def eval_transform(self) -> Any:
@@ -189,7 +191,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         shards.check_labels(self.num_classes)
         return shards
 
-    def _scan_shards(self) -> tuple[EncodedSource, EncodedSource, Optional[EncodedSource]]:
+    def _scan_shards(self) -> tuple[EncodedSource, EncodedSource, EncodedSource | None]:
         for name, spec in (("val_dir", self.val_dir), ("test_dir", self.test_dir)):
             if spec is not None and not is_shard_pattern(spec):
                 raise DatasetError(f"train_dir is a shard pattern, so {name} must be one too (got {spec!r}).")
@@ -199,7 +201,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         test = self._open_shards(self.test_dir) if self.test_dir is not None else None
         return train, self._open_shards(self.val_dir), test
 
-    def _scan(self) -> tuple[EncodedSource, EncodedSource, Optional[EncodedSource]]:
+    def _scan(self) -> tuple[EncodedSource, EncodedSource, EncodedSource | None]:
         if is_shard_pattern(self.train_dir):
             return self._scan_shards()
         train_path = self.root / self.train_dir
@@ -244,7 +246,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         )  # fmt: skip
         return TrainEncodedImages(source, crop, None, self.corrupt)
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         train, val, test = self._scan()
@@ -253,17 +255,23 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.test_set = self._dataset(test, train=False) if test is not None else None
 
     # ------------------------------------------------------------------- loaders
-    def _collate(self, train: bool) -> Optional[EncodedCollate]:
+    def _collate(self, train: bool) -> EncodedCollate | None:
         return EncodedCollate(train) if self.decode == "gpu" else None
 
-    def _sampler(self, dataset: Dataset, train: bool) -> Optional[Sampler[int]]:
+    def _sampler(self, dataset: Dataset, train: bool) -> Sampler[int] | None:
         """Shards are read whole, one contiguous run of them per rank; folders use the base order."""
         source = getattr(dataset, "source", None)
         if not isinstance(source, TarShards):
             return super()._sampler(dataset, train)
         world, rank = self._world()
         return ShardOrderSampler(
-            source.shard_sizes, world, rank, shuffle=train, seed=self.seed, drop_last=train, window_shards=self.shuffle_window
+            source.shard_sizes,
+            world,
+            rank,
+            shuffle=train,
+            seed=self.seed,
+            drop_last=train,
+            window_shards=self.shuffle_window,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from coatnet.weights import read_torch_file
 from datamodules.augmentation.transforms import EvalTransform, ResizeTo
 from datamodules.base import ImageClassificationDataModule
-from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.decoding.encoded_images import DECODE_ERRORS, decode_bytes
 from datamodules.decoding.formats import IMAGE_EXTENSIONS
+from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.errors import DatasetError, decode_failure
 from lightning_modules.prediction import DATA_INFO_KEY
 

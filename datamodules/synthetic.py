@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch
@@ -37,7 +36,9 @@ def class_patterns(num_classes: int, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def render(labels: torch.Tensor, size: tuple[int, int], patterns: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+def render(
+    labels: torch.Tensor, size: tuple[int, int], patterns: dict[str, torch.Tensor], g: torch.Generator
+) -> torch.Tensor:
     """Draw one uint8 [N,3,H,W] image per label: class stripes with random phase, jitter, blob and noise."""
     n = len(labels)
     height, width = size
@@ -95,7 +96,7 @@ class SyntheticDataModule(ImageClassificationDataModule):
         val_size: int = 1000,
         test_size: int = 1000,
         batch_size: int = 64,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = True,
         persistent_workers: bool = True,

@@ -1,7 +1,7 @@
 """Save the last image of every ``pictures/*`` tag of a TensorBoard run as a PNG (for the README).
 
-    python docs/render_pictures.py logs/smoke/version_0 docs/images
-    python docs/render_pictures.py logs/smoke/version_0 docs/images --only attention/stage3
+python docs/render_pictures.py logs/smoke/version_0 docs/images
+python docs/render_pictures.py logs/smoke/version_0 docs/images --only attention/stage3
 """
 
 from __future__ import annotations

@@ -32,12 +32,12 @@ from lightning_modules.pictures.callback import RunPictures
 from lightning_modules.resilience.init_weights import weights_from_checkpoint
 from lightning_modules.resilience.interrupt import InterruptCheckpoint
 from lightning_modules.resilience.last_of_config import last_checkpoint_of_config
+from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.random_state import RandomState
 from lightning_modules.resilience.resume_paths import (
     continue_run_folder,
     resolve_ckpt_path,
 )
-from lightning_modules.resilience.nan_guard import NanGuard
 from lightning_modules.resilience.run_checkpoint import RunCheckpoint
 from lightning_modules.resilience.run_lock import RunLock
 from lightning_modules.user_errors import ConciseArgumentParser, exit_readably

@@ -56,8 +56,10 @@ def find_config(value: str, config_dir: Path = CONFIG_DIR) -> str:
     if found:
         raise ConfigNameError(f"config {value} moved (configs/ is sorted by role): pass --config {found[0]}")
     if grids:
-        raise ConfigNameError(f"{value} is a grid file of python -m ablate ({grids[0]}), not a config: run "
-                              f"python -m ablate --config {value}")
+        raise ConfigNameError(
+            f"{value} is a grid file of python -m ablate ({grids[0]}), not a config: run "
+            f"python -m ablate --config {value}"
+        )
     return value
 
 

@@ -27,9 +27,9 @@ import secrets
 import shlex
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -73,7 +73,7 @@ def require_export_extra(*modules: str, purpose: str) -> None:
     """Fail early, naming the ``export`` extra, when a module it provides is missing."""
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
-        raise MissingExtra(f"{purpose} needs {', '.join(missing)}, in the export extra: pip install -e \".[export]\"")
+        raise MissingExtra(f'{purpose} needs {", ".join(missing)}, in the export extra: pip install -e ".[export]"')
 
 
 def check_export_extra(args: argparse.Namespace) -> None:
@@ -183,7 +183,9 @@ def example_input(info: dict[str, Any], batch: int = 2, seed: int = 0) -> torch.
     return torch.randn(batch, 3, *info["image_size"], generator=generator)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, output: Path, info: dict[str, Any], opset: int = OPSET) -> None:
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, output: Path, info: dict[str, Any], opset: int = OPSET
+) -> None:
     """ONNX with a dynamic batch axis, ``images`` -> ``logits``; ``data_info`` entries become metadata.
 
     Uses the dynamo exporter (``torch.export``, then onnxscript's torchlib). The relative-position
@@ -290,7 +292,9 @@ def max_abs_diff(model: nn.Module, path: Path, fmt: Format, inputs: torch.Tensor
         return float((run(inputs) - model(inputs)).abs().max())
 
 
-def benchmark(model: nn.Module, onnx_path: Path, info: dict[str, Any], runs: int = 30, warmup: int = 5) -> dict[str, float]:
+def benchmark(
+    model: nn.Module, onnx_path: Path, info: dict[str, Any], runs: int = 30, warmup: int = 5
+) -> dict[str, float]:
     """Median CPU milliseconds per image at batch 1: eager PyTorch vs onnxruntime, same thread count.
 
     The two are timed alternately, run by run, so that load from other processes hits both alike.
@@ -318,14 +322,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help=f"input side with --model (default {DEFAULT_SIZE})")
     parser.add_argument("--num-classes", type=int, help=f"classes with --model (default {DEFAULT_CLASSES})")
     parser.add_argument(
-        "--format", choices=FORMATS, default="onnx",
+        "--format",
+        choices=FORMATS,
+        default="onnx",
         help="onnx (default), exported (a torch.export .pt2), torchscript (deprecated by PyTorch: torch.jit "
         "warns), safetensors (a folder of weights, config.json and model card to share: --output names the folder)",
     )
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {OPSET} to {MAX_OPSET}")
     parser.add_argument(
-        "--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+        "--fold-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="fold BatchNorm into the adjacent convolutions before export (default: on)",
     )
     parser.add_argument("--check", action="store_true", help="compare outputs with PyTorch on random inputs")
@@ -335,7 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--benchmark", action="store_true", help="CPU latency at batch 1 vs eager (ONNX only)")
     parser.add_argument("--runs", type=positive_int, default=30, help="timed runs for --benchmark")
     parser.add_argument(
-        "--push-to-hub", metavar="ORG/NAME",
+        "--push-to-hub",
+        metavar="ORG/NAME",
         help="with --format safetensors: upload the folder to this Hub repository (created if needed)",
     )
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")

@@ -106,4 +106,6 @@ class CsvPredictionWriter(BasePredictionWriter):
             self._file.close()
             self._file = None
         if self._errors:
-            rank_zero_warn(f"{self._errors} of {self._rows} files could not be read; see the error column of {self.output}.")
+            rank_zero_warn(
+                f"{self._errors} of {self._rows} files could not be read; see the error column of {self.output}."
+            )

@@ -235,8 +235,12 @@ _UNION_PROBLEM = re.compile(
 
 
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
-_RESTRICTION = re.compile(r"(?:Not of type \w+: (?P<value>.*?) ?)?does not conform to restriction (?P<rule>v\S+(?: and v\S+)?)")
+_RESTRICTION = re.compile(
+    r"(?:Not of type \w+: (?P<value>.*?) ?)?does not conform to restriction (?P<rule>v\S+(?: and v\S+)?)"
+)
 _GIVEN_VALUE = re.compile(r"Given value: (.*)")
+
+
 def range_parse_error(message: str) -> str | None:
     """``model.min_lr_ratio=5 is out of range: allowed [0, 1]`` from jsonargparse's report on a value outside
     the range its type allows (the key nested over as many lines as dataclasses and unions wrap it), or None."""
@@ -249,7 +253,12 @@ def range_parse_error(message: str) -> str | None:
 
 
 _LISTED_ERROR = re.compile(r"^\s*- (.+)$", re.MULTILINE)
-_NOT_THE_CAUSE = ("Problem with given class_path", "Does not validate", "Expected a path", "Expected a <class 'NoneType'>")
+_NOT_THE_CAUSE = (
+    "Problem with given class_path",
+    "Does not validate",
+    "Expected a path",
+    "Expected a <class 'NoneType'>",
+)
 
 
 def nested_key_error(message: str) -> str | None:
@@ -262,7 +271,9 @@ def nested_key_error(message: str) -> str | None:
     return f"{'.'.join(keys)}: {causes[0]}"
 
 
-_WRAPPED = re.compile(r"Problem with given class_path '[^']+':\n\s*(?P<line>[^\n]+)\n\s*- Expected a <class 'NoneType'>")
+_WRAPPED = re.compile(
+    r"Problem with given class_path '[^']+':\n\s*(?P<line>[^\n]+)\n\s*- Expected a <class 'NoneType'>"
+)
 _INNER_LINE = re.compile(r"(?P<key>\w[\w.]*)(?P<rest>=.* is out of range: .*|: .*)")
 
 
@@ -313,8 +324,11 @@ def concise_parse_error(message: str) -> str:
     LightningDataModule or None", so a wrong key or value under ``--data.init_args.*`` is reported against both
     alternatives, with the subtype list and the raw value: ten lines around the one that matters.
     """
-    if one_line := hinted_parse_error(message) or range_parse_error(message) or wrapped_inner_error(message) or (
-        nested_key_error(message)
+    if (
+        one_line := hinted_parse_error(message)
+        or range_parse_error(message)
+        or wrapped_inner_error(message)
+        or (nested_key_error(message))
     ):
         return one_line
     match = _UNION_PROBLEM.match(message)

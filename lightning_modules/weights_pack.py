@@ -30,7 +30,11 @@ PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct")
 
 
 def pack(
-    model: nn.Module, info: Mapping[str, Any], source: str | Path, folder: Path, command: str,
+    model: nn.Module,
+    info: Mapping[str, Any],
+    source: str | Path,
+    folder: Path,
+    command: str,
     repo_id: str | None = None,
 ) -> Path:
     """Write weights, config.json and model card of ``model`` (as loaded from ``source``) into ``folder``;

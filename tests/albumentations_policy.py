@@ -10,7 +10,7 @@ from ``policy.POLICY``, each at the single strength ``magnitude``; signed ops pi
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
 import albumentations as A  # noqa: E402

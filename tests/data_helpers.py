@@ -11,8 +11,8 @@ import pickle
 import re
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -27,7 +27,7 @@ def shared_data_dir() -> Path:
     return Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def extract_cifar_jpeg_subset(dest: Path, per_class: int) -> Optional[Path]:
+def extract_cifar_jpeg_subset(dest: Path, per_class: int) -> Path | None:
     """Extract the first ``per_class`` JPEGs of every class from the shared CIFAR-10 tarball.
 
     Returns ``dest`` (holding ``train/<class>/*.jpg``) or None when the tarball is absent.
@@ -95,8 +95,14 @@ def write_fake_cifar(root: Path, variant: str, train_per_class: int, test_per_cl
     else:
         folder = root / "cifar-100-python"
         folder.mkdir(parents=True)
-        _dump(folder / "train", {b"data": train_x, b"fine_labels": train_y.tolist(), b"coarse_labels": (train_y // 5).tolist()})
-        _dump(folder / "test", {b"data": test_x, b"fine_labels": test_y.tolist(), b"coarse_labels": (test_y // 5).tolist()})
+        _dump(
+            folder / "train",
+            {b"data": train_x, b"fine_labels": train_y.tolist(), b"coarse_labels": (train_y // 5).tolist()},
+        )
+        _dump(
+            folder / "test",
+            {b"data": test_x, b"fine_labels": test_y.tolist(), b"coarse_labels": (test_y // 5).tolist()},
+        )
         _dump(folder / "meta", {b"fine_label_names": names})
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
 

@@ -19,10 +19,13 @@ SHORT = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_fit() -> Path:
     """Version folder (event file, ``config.yaml``, ``checkpoints/last.ckpt``) of a 3-step smoke fit."""
     workdir = Path(tempfile.mkdtemp(prefix="tiny_fit_"))
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    run_cli(["fit", "--config", "smoke.yaml", f"--trainer.logger.init_args.save_dir={workdir / 'tb'}", *SHORT, *QUIET], cwd=workdir)
+    run_cli(
+        ["fit", "--config", "smoke.yaml", f"--trainer.logger.init_args.save_dir={workdir / 'tb'}", *SHORT, *QUIET],
+        cwd=workdir,
+    )
     return workdir / "tb" / "smoke" / "version_0"

@@ -10,7 +10,7 @@ holding integers 0..255: exactly the uint8 values the CPU pipeline would hold.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -332,7 +332,7 @@ class BatchRandAugment:
         self.strength = strength
         self.color_jitter = color_jitter
 
-    def sample(self, batch: int, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Op indices and signs (+-1), both [layers, batch], drawn on the host (see ``apply_layer``).
 
         Each image's ops are sorted, as albumentations' SomeOf applies its draws in list order.
@@ -342,20 +342,20 @@ class BatchRandAugment:
         return ops, signs
 
     def jitter_factors(
-        self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Brightness, contrast and saturation factors, [3, batch] float64, uniform in [max(0, 1 - j), 1 + j]."""
         low, high = max(0.0, 1.0 - self.color_jitter), 1.0 + self.color_jitter
         return low + (high - low) * torch.rand(3, batch, device=device, dtype=torch.float64, generator=generator)
 
-    def jitter(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def jitter(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Colour jitter with per-image factors (brightness, then contrast, then saturation)."""
         factors = self.jitter_factors(images.shape[0], images.device, generator)
         for adjust, factor in zip((adjust_brightness, adjust_contrast, adjust_saturation), factors):
             images = adjust(images, factor)
         return images
 
-    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment uint8 or float (0..255) images; same dtype, shape and device, integer values.
 
         ``generator`` (a CPU one, for CPU images) replaces the global streams: loader workers pass one seeded per

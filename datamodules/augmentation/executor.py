@@ -8,8 +8,6 @@ happens before it, where the image is decoded.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -31,7 +29,7 @@ class AugmentExecutor:
         self.recipe, self.crop = recipe, crop
         self.policy = BatchRandAugment(recipe.randaugment_layers, recipe.randaugment_magnitude, recipe.color_jitter)
 
-    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         recipe = self.recipe
         if self.crop == "pad":
             images = pad_crop_flip(images, recipe.crop_padding, recipe.pad_mode, recipe.hflip, generator)
@@ -52,7 +50,7 @@ class PerImageAugment:
         self.executor = AugmentExecutor(recipe, crop)
         self.policy = OpenCVRandAugment(self.executor.policy)
 
-    def __call__(self, image: torch.Tensor | np.ndarray, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor | np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
         """A CHW uint8 tensor or an HWC uint8 array (as the crop decoder makes it) -> CHW uint8 tensor."""
         recipe, generator = self.executor.recipe, generator or current_draws().torch
         if self.executor.crop == "pad":

@@ -11,7 +11,7 @@ the two executors produce the same image (geometric ops within one level on a fe
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -127,7 +127,7 @@ class OpenCVRandAugment:
     def __init__(self, batched: BatchRandAugment) -> None:
         self.batched = batched
 
-    def __call__(self, image: np.ndarray, generator: Optional[torch.Generator] = None) -> np.ndarray:
+    def __call__(self, image: np.ndarray, generator: torch.Generator | None = None) -> np.ndarray:
         batched = self.batched
         if batched.layers == 0 and batched.color_jitter == 0:
             return image

@@ -13,8 +13,8 @@ magnitude 15, with each setting clamped to its valid range.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 MAX_MAGNITUDE = 10.0  # the magnitude at which each op has its reference strength below
 MAGNITUDE_LIMIT = 30.0

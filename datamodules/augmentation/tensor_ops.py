@@ -7,7 +7,7 @@ batch, so both apply the same augmentation distribution.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,9 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=device.type != "mps")  # MPS copies stay blocking, as in Lightning
 
 
-def _source_index(offset: torch.Tensor, length: int, padding: int, pad_mode: PadMode) -> tuple[torch.Tensor, torch.Tensor]:
+def _source_index(
+    offset: torch.Tensor, length: int, padding: int, pad_mode: PadMode
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices into the unpadded axis for each output pixel, plus a validity mask for zero padding."""
     idx = offset[:, None] - padding + torch.arange(length, device=offset.device)
     if pad_mode == "reflect":
@@ -42,7 +44,7 @@ def _source_index(offset: torch.Tensor, length: int, padding: int, pad_mode: Pad
 
 
 def pad_crop_flip(
-    images: torch.Tensor, padding: int, pad_mode: PadMode, flip_p: float, generator: Optional[torch.Generator] = None
+    images: torch.Tensor, padding: int, pad_mode: PadMode, flip_p: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Random crop of a ``padding``-padded image back to its size, then random h-flip.
 
@@ -65,7 +67,7 @@ def pad_crop_flip(
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def random_hflip(images: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def random_hflip(images: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability ``p``."""
     if p <= 0:
         return images
@@ -78,7 +80,7 @@ def random_erase(
     p: float,
     scale: tuple[float, float] = (0.02, 1.0 / 3.0),
     ratio: tuple[float, float] = (0.3, 3.3),
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """With probability ``p`` per image, overwrite one random rectangle with uniform noise."""
     if p <= 0:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -34,14 +34,14 @@ MIN_TORCHCODEC = "0.16"  # older releases lack decode_image/decode_jpeg as used 
 TORCHCODEC_FIX = f"pip install 'torchcodec>={MIN_TORCHCODEC}'"
 
 
-def installed_torchcodec() -> Optional[str]:
+def installed_torchcodec() -> str | None:
     try:
         return importlib.metadata.version("torchcodec")
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def torchcodec_too_old(version: Optional[str]) -> bool:
+def torchcodec_too_old(version: str | None) -> bool:
     if version is None:
         return False
     try:
@@ -58,7 +58,7 @@ try:
     from torchcodec.decoders import decode_jpeg as torchcodec_decode_jpeg
 except (ImportError, OSError, RuntimeError) as exc:  # not installed, too old, or its libraries fail to load
     torchcodec_decode_image = torchcodec_decode_jpeg = None
-    TORCHCODEC_MISSING: Optional[str] = f"{type(exc).__name__}: {exc}"
+    TORCHCODEC_MISSING: str | None = f"{type(exc).__name__}: {exc}"
 else:
     TORCHCODEC_MISSING = None
 

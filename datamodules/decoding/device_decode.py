@@ -10,9 +10,9 @@ overlapping the previous training step.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def decode_batch(
     skipped file's slot reuses a good image of the batch (so the batch keeps
     its size), and the caller must take labels from those indices.
     """
-    images: list[Optional[torch.Tensor]] = [None] * len(batch)
+    images: list[torch.Tensor | None] = [None] * len(batch)
     jpegs = [i for i, d in enumerate(batch.data) if is_jpeg(d)]
     if jpegs:
         try:
@@ -116,7 +116,7 @@ class DeviceCropper:
         return self.augment(out.round_()) if train else out
 
 
-_SIDE_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
 @contextmanager

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import multiprocessing
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -65,10 +66,14 @@ class CorruptFiles:
         """Raise (mode "error") or warn and count (mode "skip")."""
         reason = decode_failure(exc)
         if self.on_corrupt == "error":
-            raise DatasetError(f"cannot decode image {path} ({reason}). Replace or delete it, or set on_corrupt='skip'.") from None
+            raise DatasetError(
+                f"cannot decode image {path} ({reason}). Replace or delete it, or set on_corrupt='skip'."
+            ) from None
         with self._count.get_lock():
             self._count.value += 1
-        warnings.warn(f"skipping unreadable image {path} ({reason}); a neighbouring sample is used instead.", stacklevel=2)
+        warnings.warn(
+            f"skipping unreadable image {path} ({reason}); a neighbouring sample is used instead.", stacklevel=2
+        )
 
 
 class EncodedImageDataset(Dataset):
@@ -83,7 +88,13 @@ class EncodedImageDataset(Dataset):
         corrupt: CorruptFiles,
         with_path: bool = False,
     ) -> None:
-        self.source, self.decode, self.transform, self.corrupt, self.with_path = source, decode, transform, corrupt, with_path
+        self.source, self.decode, self.transform, self.corrupt, self.with_path = (
+            source,
+            decode,
+            transform,
+            corrupt,
+            with_path,
+        )
 
     def __len__(self) -> int:
         return len(self.source)

@@ -7,7 +7,6 @@ them with Pillow, which parses every metadata segment too; other formats ask Pil
 from __future__ import annotations
 
 import io
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -20,14 +19,14 @@ JPEG_FRAME_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 
 JPEG_UNSIZED_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and restart markers have no length field
 
 
-def _png_size(head: bytes) -> Optional[tuple[int, int]]:
+def _png_size(head: bytes) -> tuple[int, int] | None:
     """IHDR is the first chunk: width and height at bytes 16..24."""
     if len(head) < 24 or head[12:16] != b"IHDR":
         return None
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def _jpeg_size(data: memoryview) -> Optional[tuple[int, int]]:
+def _jpeg_size(data: memoryview) -> tuple[int, int] | None:
     """Walk the marker segments to the first start-of-frame: precision (1 byte), height, width (2 bytes each)."""
     position, end = 2, len(data)
     while position + 4 <= end:
@@ -50,7 +49,7 @@ def _jpeg_size(data: memoryview) -> Optional[tuple[int, int]]:
     return None
 
 
-def header_size(data: np.ndarray) -> Optional[tuple[int, int]]:
+def header_size(data: np.ndarray) -> tuple[int, int] | None:
     """(width, height) of encoded bytes (1-D uint8), or None where the header cannot be read (the decoder then
     reads or refuses the file, and the decoded image is checked instead)."""
     head = data[:24].tobytes()

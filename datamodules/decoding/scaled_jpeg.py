@@ -12,18 +12,17 @@ decode errors stay those of every other path.
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from datamodules.augmentation.crops import CropBox
 from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, as_bytes_tensor, check_header, decode_rgb
-from datamodules.errors import ImageDecodeError
 from datamodules.decoding.orientation import exif_orientation
 from datamodules.decoding.pillow_decode import own_pixel_limit
+from datamodules.errors import ImageDecodeError
 
 COLOUR_MODES = frozenset({"RGB", "L"})  # JPEG modes (YCbCr colour, grey) OpenCV decodes to colour as Pillow does
 DCT_SCALES = (8, 4, 2)

@@ -9,9 +9,10 @@ there are, and in a run resumed mid-epoch, without seeding workers or touching g
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def draws_for(index: int) -> SampleDraws:
     return SampleDraws(np.random.default_rng(sequence), torch.Generator().manual_seed(torch_seed))
 
 
-_CURRENT: ContextVar[Optional[SampleDraws]] = ContextVar("sample_draws", default=None)
+_CURRENT: ContextVar[SampleDraws | None] = ContextVar("sample_draws", default=None)
 
 
 def current_draws() -> SampleDraws:

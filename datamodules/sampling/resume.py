@@ -31,11 +31,11 @@ class SkipsTrainedSamples:
 class _DeferredPass:
     """An iterator that creates the loader's real one at the first ``next()``."""
 
-    def __init__(self, loader: "ResumingDataLoader") -> None:
+    def __init__(self, loader: ResumingDataLoader) -> None:
         self.loader = loader
         self.inner: Iterator[Any] | None = None
 
-    def __iter__(self) -> "_DeferredPass":
+    def __iter__(self) -> _DeferredPass:
         return self
 
     def __next__(self) -> Any:
@@ -74,7 +74,9 @@ class ResumingDataLoader(DataLoader):
         kwargs.setdefault("generator", torch.Generator())
         super().__init__(*args, **kwargs)
         if not (isinstance(self.sampler, SkipsTrainedSamples) and isinstance(self.sampler, DistributedSampler)):
-            raise TypeError(f"ResumingDataLoader needs a resumable DistributedSampler, got {type(self.sampler).__name__}")
+            raise TypeError(
+                f"ResumingDataLoader needs a resumable DistributedSampler, got {type(self.sampler).__name__}"
+            )
         self.batches_done = batches_done
 
     def __iter__(self) -> Iterator[Any]:

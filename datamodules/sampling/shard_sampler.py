@@ -38,13 +38,17 @@ class ShardOrderSampler(SkipsTrainedSamples, DistributedSampler):
         self.shard_sizes = np.asarray(shard_sizes, dtype=np.int64)
         self.shard_starts = np.concatenate([[0], np.cumsum(self.shard_sizes)[:-1]])
         total = int(self.shard_sizes.sum())
-        super().__init__(range(total), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        super().__init__(
+            range(total), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
         self.window = window_shards * math.ceil(total / len(self.shard_sizes))
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.shard_sizes)) if self.shuffle else np.arange(len(self.shard_sizes))
-        indices = np.concatenate([np.arange(self.shard_starts[s], self.shard_starts[s] + self.shard_sizes[s]) for s in order])
+        indices = np.concatenate(
+            [np.arange(self.shard_starts[s], self.shard_starts[s] + self.shard_sizes[s]) for s in order]
+        )
         if len(indices) < self.total_size:
             indices = np.resize(indices, self.total_size)  # repeats from the start, like DistributedSampler
         mine = indices[self.rank * self.num_samples : (self.rank + 1) * self.num_samples]

@@ -8,7 +8,6 @@ CIFAR use exactly the in-memory pipeline of the official pickles.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from datamodules.errors import DatasetError, decode_failure
 from datamodules.sources.folder_scan import scan_split
 
 
-def find_split(root: Path, names: tuple[str, ...]) -> Optional[Path]:
+def find_split(root: Path, names: tuple[str, ...]) -> Path | None:
     """The first of ``root/<name>`` that exists, or None."""
     return next((root / name for name in names if (root / name).is_dir()), None)
 

@@ -6,7 +6,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -98,7 +98,9 @@ def read_pickle(path: Path) -> dict[bytes, Any]:
         with open(path, "rb") as f:
             return _DataOnlyUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise DatasetError(f"{path} is not a valid CIFAR pickle ({exc}); delete the folder and download again.") from None
+        raise DatasetError(
+            f"{path} is not a valid CIFAR pickle ({exc}); delete the folder and download again."
+        ) from None
 
 
 def missing_files(root: Path, release: CifarRelease) -> list[Path]:
@@ -106,7 +108,7 @@ def missing_files(root: Path, release: CifarRelease) -> list[Path]:
     return [folder / name for name in release.files if not (folder / name).is_file()]
 
 
-def ensure_release(root: Path, release: CifarRelease, allow_download: bool, url: Optional[str], md5: Optional[str]) -> Path:
+def ensure_release(root: Path, release: CifarRelease, allow_download: bool, url: str | None, md5: str | None) -> Path:
     """Make sure ``root/<folder>`` holds every file: extract a local archive or download one if allowed."""
     missing = missing_files(root, release)
     if not missing:
@@ -128,7 +130,9 @@ def ensure_release(root: Path, release: CifarRelease, allow_download: bool, url:
     safe_extract(archive, root, release.folder)
     still_missing = missing_files(root, release)
     if still_missing:
-        raise DatasetError(f"{archive} did not contain {still_missing[0]}; it is not the official {release.title} python release.")
+        raise DatasetError(
+            f"{archive} did not contain {still_missing[0]}; it is not the official {release.title} python release."
+        )
     return root / release.folder
 
 
@@ -136,7 +140,9 @@ def check_batch_labels(path: Path, labels: np.ndarray, num_images: int, num_clas
     """One label per image, each a class id: a bad label would otherwise surface as a CUDA assert or a silent
     misalignment far from the file that holds it."""
     if len(labels) != num_images:
-        raise DatasetError(f"{path} holds {num_images} images but {len(labels)} labels; delete the folder and download again.")
+        raise DatasetError(
+            f"{path} holds {num_images} images but {len(labels)} labels; delete the folder and download again."
+        )
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
         raise DatasetError(
@@ -155,7 +161,9 @@ def load_batches(folder: Path, names: tuple[str, ...], release: CifarRelease) ->
             data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             label = np.asarray(entry[release.label_key], dtype=np.int64).reshape(-1)
         except (KeyError, ValueError) as exc:
-            raise DatasetError(f"{folder / name} lacks CIFAR fields ({exc}); delete the folder and download again.") from None
+            raise DatasetError(
+                f"{folder / name} lacks CIFAR fields ({exc}); delete the folder and download again."
+            ) from None
         check_batch_labels(folder / name, label, len(data), release.num_classes)
         images.append(data)
         labels.append(label)
@@ -168,7 +176,7 @@ def load_class_names(folder: Path, release: CifarRelease) -> list[str]:
 
 
 def holdout_indices(
-    labels: torch.Tensor, per_class: int, num_classes: int, class_names: Optional[Sequence[str]] = None
+    labels: torch.Tensor, per_class: int, num_classes: int, class_names: Sequence[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices into (train, holdout); holdout = the last ``per_class`` images of each class in file order.
 

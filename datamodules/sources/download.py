@@ -45,7 +45,9 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0) -> Pa
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError) as exc:
         tmp.unlink(missing_ok=True)
-        raise DatasetError(f"download of {url} failed ({exc}). Check the network/URL, or place {dest.name} in {dest.parent} yourself.") from None
+        raise DatasetError(
+            f"download of {url} failed ({exc}). Check the network/URL, or place {dest.name} in {dest.parent} yourself."
+        ) from None
     if md5 is not None and digest.hexdigest() != md5:
         tmp.unlink(missing_ok=True)
         raise DatasetError(

@@ -42,7 +42,7 @@ class FileList:
         """The file's bytes as a 1-D uint8 array."""
         return np.fromfile(self.path(index), dtype=np.uint8)
 
-    def subset(self, indices: np.ndarray) -> "FileList":
+    def subset(self, indices: np.ndarray) -> FileList:
         return FileList(self.root, self.relpaths[indices], self.labels[indices])
 
 
@@ -175,8 +175,7 @@ def scan_split(split_dir: Path, classes: list[str]) -> FileList:
         if not files:
             skipped.warn(split_dir)
             raise DatasetError(
-                f"class folder {class_dir} contains no images ({listed_extensions()}); "
-                "add images or remove the folder."
+                f"class folder {class_dir} contains no images ({listed_extensions()}); add images or remove the folder."
             )
         relpaths.extend(f"{name}/{f}".encode() for f in files)
         labels.extend([label] * len(files))

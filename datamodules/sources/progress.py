@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 from tqdm import tqdm
 
 
-def progress_bar(total: Optional[int], desc: str, unit: str = "it", enabled: bool = True, **kwargs) -> tqdm:
+def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, **kwargs) -> tqdm:
     """A tqdm bar on stderr when ``enabled``, stderr is a terminal and ``CI`` is unset; otherwise a silent one."""
     stream = sys.stderr
     shown = enabled and stream.isatty() and not os.environ.get("CI")

@@ -18,10 +18,10 @@ import io
 import os
 import re
 import tarfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -122,7 +122,7 @@ def _write_job(files: FileList, job: tuple[Path, np.ndarray, int]) -> None:
     write_shard(files=files, path=job[0], indices=job[1], first_key=job[2])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("split_dir", type=Path, help="a split of class folders, e.g. data/imagenet/train")
     parser.add_argument("out_dir", type=Path, help="folder for the shards and classes.txt")

@@ -26,7 +26,6 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -146,7 +145,7 @@ def fallback_index_dir(shard_dir: Path) -> Path:
     return cache / "coatnet" / "shard_index" / hashlib.sha1(str(shard_dir.resolve()).encode()).hexdigest()[:16]
 
 
-def index_dirs(shard: Path, index_dir: Optional[Path]) -> list[Path]:
+def index_dirs(shard: Path, index_dir: Path | None) -> list[Path]:
     """Where an index may be cached, in order: ``index_dir`` if set, else beside the shard, then the user cache."""
     return [index_dir] if index_dir is not None else [shard.parent, fallback_index_dir(shard.parent)]
 
@@ -167,7 +166,7 @@ def _stamp(shard: Path) -> np.ndarray:
     return np.array([INDEX_VERSION, stat.st_size, stat.st_mtime_ns, _content_hash(shard, stat.st_size)], dtype=np.int64)
 
 
-def load_cached_index(shard: Path, index_dir: Optional[Path]) -> Optional[ShardIndex]:
+def load_cached_index(shard: Path, index_dir: Path | None) -> ShardIndex | None:
     """The first cached index that is current, or None when each is missing, unreadable or older than the shard."""
     for folder in index_dirs(shard, index_dir):
         try:
@@ -183,11 +182,13 @@ def write_index(path: Path, shard: Path, index: ShardIndex) -> None:
     """Write atomically, so a reader never sees half an index."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(partial, stamp=_stamp(shard), offsets=index.offsets, sizes=index.sizes, labels=index.labels, keys=index.keys)
+    np.savez(
+        partial, stamp=_stamp(shard), offsets=index.offsets, sizes=index.sizes, labels=index.labels, keys=index.keys
+    )
     os.replace(partial, path)
 
 
-def save_index(shard: Path, index: ShardIndex, index_dir: Optional[Path]) -> None:
+def save_index(shard: Path, index: ShardIndex, index_dir: Path | None) -> None:
     """Cache in the first of ``index_dirs`` that takes it; OSError when none does."""
     failures = []
     for folder in index_dirs(shard, index_dir):
@@ -199,7 +200,7 @@ def save_index(shard: Path, index: ShardIndex, index_dir: Optional[Path]) -> Non
 
 
 def load_indexes(
-    shards: list[Path], index_dir: Optional[Path] = None, workers: int = 1, progress: bool = False
+    shards: list[Path], index_dir: Path | None = None, workers: int = 1, progress: bool = False
 ) -> list[ShardIndex]:
     """Every shard's index: cached ones are loaded, the rest scanned (``workers`` processes) and cached.
 
@@ -237,7 +238,7 @@ def load_indexes(
     return indexes  # type: ignore[return-value]
 
 
-def read_class_names(folder: Path, num_classes: int) -> Optional[list[str]]:
+def read_class_names(folder: Path, num_classes: int) -> list[str] | None:
     """Class names from ``folder/classes.txt`` (one per line, in label order), if present."""
     path = folder / CLASS_NAMES_FILE
     if not path.is_file():
@@ -263,8 +264,8 @@ class TarShards:
 
     @classmethod
     def open(
-        cls, root: Path, pattern: str, index_dir: Optional[Path] = None, workers: int = 1, progress: bool = False
-    ) -> "TarShards":
+        cls, root: Path, pattern: str, index_dir: Path | None = None, workers: int = 1, progress: bool = False
+    ) -> TarShards:
         shards = resolve_shards(root, pattern)
         return cls(shards, load_indexes(shards, index_dir, workers, progress))
 

@@ -48,5 +48,7 @@ class LoggedLossProgressBar(TQDMProgressBar):
         self._shown, self._read_at = {}, -1
         super().on_train_start(trainer, pl_module)
 
-    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, int | str | float | dict[str, float]]:
+    def get_metrics(
+        self, trainer: Trainer, pl_module: LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
         return {**super().get_metrics(trainer, pl_module), **self._shown}

@@ -55,7 +55,11 @@ ATTENTION_IMAGES = 4  # validation images with attention maps (a row of heads ea
 def class_names(trainer: Trainer, num_classes: int) -> list[str]:
     """The DataModule's ``class_names`` when it has the right count, else "0", "1", ..."""
     names = getattr(trainer.datamodule, "class_names", None)
-    return [str(n) for n in names] if names is not None and len(names) == num_classes else [str(i) for i in range(num_classes)]
+    return (
+        [str(n) for n in names]
+        if names is not None and len(names) == num_classes
+        else [str(i) for i in range(num_classes)]
+    )
 
 
 def to_unit_range(trainer: Trainer, images: Tensor) -> Tensor:
@@ -192,7 +196,13 @@ class RunPictures(Callback):
             self._logits = output.detach()
 
     def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self._attention_hooks:
             self._remove_attention_hooks()
@@ -296,5 +306,3 @@ class RunPictures(Callback):
         logger = self._tensorboard(trainer)
         if self.hparams and logger is not None and self._best:
             logger.log_hyperparams(dict(pl_module.hparams), metrics=self._best)
-
-

@@ -48,7 +48,9 @@ def text_block(lines: Sequence[str], width: int, colours: Sequence[tuple[int, in
     canvas = Image.new("RGB", (width, line_h * len(lines) + 2), "white")
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
-        draw.text((2, 1 + i * line_h), _fit(line, width - 4, font), fill=colours[i] if colours else (0, 0, 0), font=font)
+        draw.text(
+            (2, 1 + i * line_h), _fit(line, width - 4, font), fill=colours[i] if colours else (0, 0, 0), font=font
+        )
     return pil_to_tensor(canvas)
 
 
@@ -66,20 +68,32 @@ def pil_to_tensor(image: Image.Image) -> Tensor:
 
 def bordered(image: Tensor, colour: tuple[int, int, int], width: int = 3) -> Tensor:
     """Frame a uint8 ``[3, H, W]`` image with a coloured border of ``width`` pixels."""
-    out = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1).repeat(1, image.shape[1] + 2 * width, image.shape[2] + 2 * width)
+    out = (
+        torch.tensor(colour, dtype=torch.uint8)
+        .view(3, 1, 1)
+        .repeat(1, image.shape[1] + 2 * width, image.shape[2] + 2 * width)
+    )
     out[:, width:-width, width:-width] = image
     return out
 
 
 def prediction_grid(
-    images: Tensor, preds: Tensor, probs: Tensor, labels: Tensor, names: Sequence[str], min_side: int = 96, nrow: int = 8
+    images: Tensor,
+    preds: Tensor,
+    probs: Tensor,
+    labels: Tensor,
+    names: Sequence[str],
+    min_side: int = 96,
+    nrow: int = 8,
 ) -> Tensor:
     """Images (float [N,3,H,W] in 0..1) with "pred (prob)" / "true" captions; wrong ones framed red."""
     tiles = []
     for image, pred, prob, label in zip(images, preds.tolist(), probs.tolist(), labels.tolist()):
         pixels = upscale((image * 255).round().to(torch.uint8), min_side)
         colour = RIGHT if pred == label else WRONG
-        caption = text_block([f"P: {names[pred]} ({prob:.2f})", f"T: {names[label]}"], pixels.shape[2], [colour, (0, 0, 0)])
+        caption = text_block(
+            [f"P: {names[pred]} ({prob:.2f})", f"T: {names[label]}"], pixels.shape[2], [colour, (0, 0, 0)]
+        )
         tiles.append(bordered(torch.cat([pixels, caption], dim=1), colour))
     return make_grid(tiles, nrow=min(nrow, len(tiles)), padding=4, pad_value=255)
 
@@ -117,7 +131,11 @@ def top_confusions_table(matrix: Tensor, names: Sequence[str], k: int = 30, widt
     counts, flat = off.flatten().topk(min(k, off.numel()))
     classes = matrix.shape[0]
     lines = ["count  true -> predicted"]
-    lines += [f"{c:5d}  {names[i // classes]} -> {names[i % classes]}" for c, i in zip(counts.tolist(), flat.tolist()) if c > 0]
+    lines += [
+        f"{c:5d}  {names[i // classes]} -> {names[i % classes]}"
+        for c, i in zip(counts.tolist(), flat.tolist())
+        if c > 0
+    ]
     return text_block(lines, width)
 
 

@@ -11,5 +11,3 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 def announce(message: str) -> None:
     """Straight to stderr: warnings may be filtered and logging silenced, this line must be seen."""
     print(message, file=sys.stderr, flush=True)
-
-

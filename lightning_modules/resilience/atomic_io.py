@@ -109,5 +109,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "--model.init_from instead"
             )
         return checkpoint
-
-

@@ -72,8 +72,10 @@ class InterruptCheckpoint(Callback):
         if self.signal == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl+C: the user does not want to wait
         if self.signal is None and self._trainer is None:
-            announce(f"{signal.Signals(signum).name} received before training started: the run stops after its first "
-                     "step" + (" and requeues" if signum in self.requeue_on else ""))
+            announce(
+                f"{signal.Signals(signum).name} received before training started: the run stops after its first "
+                "step" + (" and requeues" if signum in self.requeue_on else "")
+            )
         self.signal = self.signal or signum
         lightning_sigterm = self._previous.get(signal.SIGTERM)
         if self._trainer is not None and self._trainer.world_size > 1:
@@ -191,6 +193,6 @@ def signal_named(name: str) -> signal.Signals:
     try:
         return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
     except KeyError:
-        raise ValueError(f"interrupt_checkpoint.requeue_on: {name!r} is not a signal name; use e.g. SIGUSR1 or SIGTERM") from None
-
-
+        raise ValueError(
+            f"interrupt_checkpoint.requeue_on: {name!r} is not a signal name; use e.g. SIGUSR1 or SIGTERM"
+        ) from None

@@ -81,5 +81,3 @@ class NanGuard(Callback):
             f"saving these weights. Last good checkpoint: {last}. Resume from it with a lower learning rate, more "
             "warm-up, gradient clipping (--trainer.gradient_clip_val 1.0) or fp32/bf16 instead of fp16."
         )
-
-

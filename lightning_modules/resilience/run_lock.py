@@ -46,7 +46,9 @@ def lock_run_folder(folder: Path) -> int | None:
                 f"{path}: another fit (pid {holder}) is writing into {folder}; wait for it to end, or start this "
                 "one in its own folder (--trainer.logger.init_args.version NAME)"
             ) from None
-        announce(f"{path}: this file system cannot lock ({err.strerror}); a second fit in {folder} would not be stopped")
+        announce(
+            f"{path}: this file system cannot lock ({err.strerror}); a second fit in {folder} would not be stopped"
+        )
         return None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

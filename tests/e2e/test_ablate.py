@@ -49,8 +49,19 @@ def write_grid(tmp_path: Path, variants: str) -> None:
 
 
 def ablate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "ablate", "--config", str(tmp_path / "tiny.yaml"), "--log-dir", str(tmp_path / "logs"), *args]
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "ablate",
+        "--config",
+        str(tmp_path / "tiny.yaml"),
+        "--log-dir",
+        str(tmp_path / "logs"),
+        *args,
+    ]
+    proc = subprocess.run(
+        command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False
+    )
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -77,7 +88,9 @@ def test_a_stopped_grid_trains_only_the_missing_run_then_writes_table_and_plot(t
 
     rows = {row["run"]: row for row in csv.DictReader((grid_dir / "results.csv").open())}
     assert set(rows) == {"C-C-T-T", "C-C-C-C"}
-    assert int(rows["C-C-C-C"]["params"]) < int(rows["C-C-T-T"]["params"])  # MBConv S3/S4 are smaller than Transformer ones
+    assert int(rows["C-C-C-C"]["params"]) < int(
+        rows["C-C-T-T"]["params"]
+    )  # MBConv S3/S4 are smaller than Transformer ones
     for row in rows.values():
         assert row["status"] == "complete" and int(row["flops"]) > 0
         assert float(row["images_per_sec"]) > 0 and 0.0 <= float(row["best_val_acc1"]) <= 1.0
@@ -93,12 +106,15 @@ def test_a_stopped_grid_trains_only_the_missing_run_then_writes_table_and_plot(t
 
 @pytest.mark.slow
 def test_a_diverging_point_is_tabulated_as_diverged_while_the_others_train(tmp_path: Path) -> None:
-    write_grid(tmp_path, """  ok: {}
+    write_grid(
+        tmp_path,
+        """  ok: {}
   nan:
     model.optimizer.init_args.lr: 1.0e+30
     model.warmup_steps: 0
     trainer.gradient_clip_val: null
-    nan_guard.check_every_n_steps: 1""")
+    nan_guard.check_every_n_steps: 1""",
+    )
     first = ablate(tmp_path)  # exit 0: a diverged run is a result, not a failure
     assert sorted(trained(first)) == ["nan", "ok"]
     assert "nan diverged" in first.stdout and "fix the grid file" not in first.stderr
@@ -115,9 +131,21 @@ def test_a_diverging_point_is_tabulated_as_diverged_while_the_others_train(tmp_p
 @pytest.mark.slow
 def test_two_processes_sharing_a_journal_train_each_point_once_and_tabulate_both(tmp_path: Path) -> None:
     write_grid(tmp_path, LAYOUTS)
-    command = [sys.executable, "-m", "ablate", "--config", str(tmp_path / "tiny.yaml"), "--log-dir", str(tmp_path / "logs")]
-    procs = [subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "ablate",
+        "--config",
+        str(tmp_path / "tiny.yaml"),
+        "--log-dir",
+        str(tmp_path / "logs"),
+    ]
+    procs = [
+        subprocess.Popen(
+            command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"

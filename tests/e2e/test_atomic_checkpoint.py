@@ -63,7 +63,11 @@ def _train_child(folder: Path, log: Path, final: bool) -> int:
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10_000)), batch_size=8)
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
         callbacks=[ModelCheckpoint(dirpath=folder, every_n_train_steps=1, save_top_k=0, save_last=True)],
     )
@@ -121,7 +125,10 @@ def test_sigkill_during_checkpointing_never_leaves_a_broken_last_ckpt(tmp_path):
     assert report["exit_codes"][:KILLS] == [-9] * KILLS and report["exit_codes"][-1] == 0, report
     assert log[-1] == f"finished {loaded[-1] + FINAL_STEPS}", log
     assert report["killed_mid_write"] >= 1, f"no kill landed during a write, the test proved nothing: {report}"
-    assert torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == loaded[-1] + FINAL_STEPS
+    assert (
+        torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+        == loaded[-1] + FINAL_STEPS
+    )
 
 
 class Unpicklable:

@@ -29,7 +29,9 @@ def smoke_run(tmp_path_factory) -> dict:
     """Run the smoke fit once; return its working dir, log dir and scalar series."""
     workdir = tmp_path_factory.mktemp("smoke_cwd")
     logs = workdir / "tb"
-    proc = run_cli(["fit", "--config", "smoke.yaml", f"--trainer.logger.init_args.save_dir={logs}", *QUIET], cwd=workdir)
+    proc = run_cli(
+        ["fit", "--config", "smoke.yaml", f"--trainer.logger.init_args.save_dir={logs}", *QUIET], cwd=workdir
+    )
     version = logs / "smoke" / "version_0"
     events = EventAccumulator(str(version))
     events.Reload()
@@ -113,7 +115,12 @@ def test_validate_test_and_predict_on_best_checkpoint(smoke_run, monkeypatch):
     checkpoints = smoke_run["version"] / "checkpoints"
     best = next(p for p in checkpoints.iterdir() if p.name.startswith("epoch"))
     best_acc = float(re.search(r"acc1_(\d\.\d{4})", best.name).group(1))
-    common = ["--config", "smoke.yaml", f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={smoke_run['logs']}"]
+    common = [
+        "--config",
+        "smoke.yaml",
+        f"--ckpt_path={best}",
+        f"--trainer.logger.init_args.save_dir={smoke_run['logs']}",
+    ]
     validated = _in_process(monkeypatch, smoke_run["cwd"], "validate", *common)
     metrics = validated.trainer.callback_metrics
     assert metrics["val/acc1"].item() == pytest.approx(best_acc, abs=1e-3), "same weights and data as in fit"
@@ -139,6 +146,15 @@ def test_bare_config_names_resolve_to_configs_dir(tmp_path, monkeypatch):
     # The parser takes them as such (the local smoke.yaml, then ddp.yaml from configs/), in every spelling.
     monkeypatch.setattr(sys, "argv", ["cli.py"])
     parser = cli.CoAtNetCLI(args=["--config", str(REPO_ROOT / "configs" / "smoke.yaml"), *QUIET], run=False).parser
-    config = parser.parse_args(["--config", str(REPO_ROOT / "configs" / "smoke.yaml"), "--config", "smoke.yaml",
-                                "-c", "ddp.yaml", "--config=bf16.yaml"])
+    config = parser.parse_args(
+        [
+            "--config",
+            str(REPO_ROOT / "configs" / "smoke.yaml"),
+            "--config",
+            "smoke.yaml",
+            "-c",
+            "ddp.yaml",
+            "--config=bf16.yaml",
+        ]
+    )
     assert config.seed_everything == 7 and config.trainer.strategy == "ddp" and config.trainer.precision == "bf16-mixed"

@@ -13,13 +13,21 @@ from coatnet import create_model
 def tiny_model() -> torch.nn.Module:
     """One MBConv stage and one Transformer stage: both block types, few kernels to compile on 2 cores."""
     return create_model(
-        "coatnet_nano", depths=(1, 2), widths=(16, 32), layout="CT", stem={"widths": (16, 16)},
-        img_size=32, num_classes=5, drop_path_rate=0.1,
+        "coatnet_nano",
+        depths=(1, 2),
+        widths=(16, 32),
+        layout="CT",
+        stem={"widths": (16, 16)},
+        img_size=32,
+        num_classes=5,
+        drop_path_rate=0.1,
     )
 
 
 def train_steps(model: torch.nn.Module, steps: int) -> list[float]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # no per-parameter normalisation that would amplify float noise in near-zero gradients
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.05, momentum=0.9
+    )  # no per-parameter normalisation that would amplify float noise in near-zero gradients
     generator = torch.Generator().manual_seed(0)
     losses = []
     for step in range(steps):

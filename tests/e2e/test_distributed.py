@@ -136,7 +136,9 @@ def _check_replicas(out_dir: Path, world_size: int, sampler: str, samples: int, 
 
 
 def _env() -> dict[str, str]:
-    return subprocess_env(threads=1, PYTHONPATH=os.pathsep.join(map(str, [REPO_ROOT, TESTS_DIR, Path(__file__).parent])))
+    return subprocess_env(
+        threads=1, PYTHONPATH=os.pathsep.join(map(str, [REPO_ROOT, TESTS_DIR, Path(__file__).parent]))
+    )
 
 
 def test_ddp_two_processes_on_one_node_stay_in_sync_reading_whole_shards(tmp_path):
@@ -203,15 +205,30 @@ def test_sigterm_under_ddp_saves_last_checkpoint_and_exits(tmp_path):
     # Lightning's own SIGTERM handler broadcasts from inside the signal handler, which deadlocks DDP ranks
     # that are in another collective; the run then never exits and SLURM has to SIGKILL it.
     logs, marker = tmp_path / "logs", tmp_path / "step.txt"
-    args = [sys.executable, str(REPO_ROOT / "cli.py"), "fit", "--config", "smoke.yaml", "--config", "ddp.yaml",
-            "--trainer.accelerator=cpu", "--trainer.devices=2", f"--trainer.logger.init_args.save_dir={logs}",
-            "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--trainer.callbacks+=step_marker.StepMarker", f"--trainer.callbacks.path={marker}",
-            "--trainer.callbacks.delay=0.01"]  # the signal lands inside a step, mid-collective
-    env = subprocess_env(threads=1, MASTER_PORT=str(free_port()),
-                         PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]))
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    args = [
+        sys.executable,
+        str(REPO_ROOT / "cli.py"),
+        "fit",
+        "--config",
+        "smoke.yaml",
+        "--config",
+        "ddp.yaml",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        f"--trainer.logger.init_args.save_dir={logs}",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.callbacks+=step_marker.StepMarker",
+        f"--trainer.callbacks.path={marker}",
+        "--trainer.callbacks.delay=0.01",
+    ]  # the signal lands inside a step, mid-collective
+    env = subprocess_env(
+        threads=1, MASTER_PORT=str(free_port()), PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
+    )
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         wait_for_step(proc, marker, step=2)
         os.killpg(proc.pid, signal.SIGTERM)  # every rank, as SLURM signals every task

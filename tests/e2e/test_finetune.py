@@ -26,7 +26,8 @@ def test_init_from_loads_weights_and_preprocessing(tmp_path, monkeypatch):
     save_weights(weights, source, preprocessing=PREPROCESSING, source="test")
 
     args = [
-        "--config", "smoke.yaml",
+        "--config",
+        "smoke.yaml",
         f"--model.init_from={weights}",
         f"--trainer.default_root_dir={tmp_path}",
         "--trainer.logger=false",
@@ -79,16 +80,22 @@ def test_a_packed_run_checkpoint_fine_tunes_through_init_from(tmp_path, monkeypa
     trained = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert list(cli.datamodule.mean) == trained["data_info"]["mean"]  # the run's preprocessing, not the config's
     loaded = cli.model.model.state_dict()
-    network = {k[len("model."):]: v for k, v in trained["state_dict"].items() if k.startswith("model.")}
+    network = {k[len("model.") :]: v for k, v in trained["state_dict"].items() if k.startswith("model.")}
     assert all(torch.equal(loaded[k], v) for k, v in network.items())
 
 
 def _image_folder_args(weights, crop_pct: float) -> list[str]:
     return [
-        "--config", "smoke.yaml",
-        "--data=datamodules.ImageFolderDataModule", "--data.init_args.root=unused", "--data.init_args.num_classes=10",
-        "--data.init_args.image_size=32", f"--data.init_args.crop_pct={crop_pct}",
-        "--data.init_args.interpolation=bilinear", f"--model.init_from={weights}", "--trainer.logger=false",
+        "--config",
+        "smoke.yaml",
+        "--data=datamodules.ImageFolderDataModule",
+        "--data.init_args.root=unused",
+        "--data.init_args.num_classes=10",
+        "--data.init_args.image_size=32",
+        f"--data.init_args.crop_pct={crop_pct}",
+        "--data.init_args.interpolation=bilinear",
+        f"--model.init_from={weights}",
+        "--trainer.logger=false",
     ]
 
 
@@ -113,11 +120,22 @@ def test_checkpoint_replaces_init_from_which_may_be_gone(tmp_path, monkeypatch):
     base = ["--config", "smoke.yaml", "--trainer.logger=false", f"--model.init_from={weights}"]
     module = CoAtNetCLI(args=base, run=False).model
     checkpoint = tmp_path / "run.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": "2.6.0"}, checkpoint)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": "2.6.0",
+        },
+        checkpoint,
+    )
     weights.unlink()  # moved away after fine-tuning
-    args = ["validate", *base, f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=1",
-            "--trainer.enable_progress_bar=false"]
+    args = [
+        "validate",
+        *base,
+        f"--ckpt_path={checkpoint}",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+    ]
     cli = CoAtNetCLI(args=args)
     assert cli.model.hparams.init_from == str(weights), "the run still records where its weights came from"
     assert "val/acc1" in cli.trainer.callback_metrics
@@ -145,12 +163,19 @@ def test_requeued_fine_tune_resumes_with_last_after_the_weights_file_moved(tmp_p
     monkeypatch.setattr(sys, "argv", ["cli.py"])
     weights = tmp_path / "nano.safetensors"
     save_weights(weights, create_model("coatnet_nano", img_size=32), preprocessing=PREPROCESSING, source="test")
-    short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-             "--trainer.enable_model_summary=false", f"--model.init_from={weights}"]
+    short = [
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--model.init_from={weights}",
+    ]
     first = CoAtNetCLI(args=["fit", "--config", "smoke.yaml", *short, "--trainer.max_epochs=1"])
     assert first.trainer.global_step == 2
     weights.unlink()
     config = tmp_path / "logs" / "smoke" / "version_0" / "config.yaml"
-    resumed = CoAtNetCLI(args=["fit", "--config", str(config), *short[:4], "--trainer.max_epochs=2", "--ckpt_path=last"])
+    resumed = CoAtNetCLI(
+        args=["fit", "--config", str(config), *short[:4], "--trainer.max_epochs=2", "--ckpt_path=last"]
+    )
     assert resumed.trainer.global_step == 4, "resumed from last.ckpt, without the moved weights file"
     assert f"init_from: {weights}" in config.read_text(), "the saved config still says where the weights came from"

@@ -88,7 +88,9 @@ def test_predict_writes_csv_rows_for_every_file(tmp_path):
 
 
 def test_checkpoint_data_info_drives_preprocessing(tmp_path):
-    folder = ImageFolderDataModule(root=str(tmp_path), num_classes=3, image_size=64, crop_pct=0.9, interpolation="bilinear")
+    folder = ImageFolderDataModule(
+        root=str(tmp_path), num_classes=3, image_size=64, crop_pct=0.9, interpolation="bilinear"
+    )
     folder.class_names = ["cat", "dog", "eel"]
     info = data_info(folder)
     assert info["resize"] == "center_crop" and info["crop_pct"] == 0.9 and info["interpolation"] == "bilinear"
@@ -112,7 +114,13 @@ def test_list_image_files_expands_folders_and_lists(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "list.txt").write_text("a/1.jpg\n\nx.webp\n")
     files = list_image_files([str(tmp_path / "a"), str(tmp_path / "list.txt"), "odd.bin"])
-    assert files == [str(tmp_path / "a/1.jpg"), str(tmp_path / "a/b/2.PNG"), str(tmp_path / "a/1.jpg"), str(tmp_path / "x.webp"), "odd.bin"]
+    assert files == [
+        str(tmp_path / "a/1.jpg"),
+        str(tmp_path / "a/b/2.PNG"),
+        str(tmp_path / "a/1.jpg"),
+        str(tmp_path / "x.webp"),
+        "odd.bin",
+    ]
 
 
 def test_predict_runs_the_batchnorm_folded_copy_and_leaves_the_trained_network_alone():

@@ -83,15 +83,25 @@ def test_cifar10_recipe_shrunk_down_learns_on_real_images(cifar_subset, tmp_path
     and schedule, via the image-folder preset; only size, epochs, batch, lr and the CPU settings change."""
     monkeypatch.chdir(tmp_path)
     shrink = [
-        "--model.model_name=coatnet_nano", "--model.compile=false", "--model.warmup_steps=20", "--trainer.max_epochs=4",
+        "--model.model_name=coatnet_nano",
+        "--model.compile=false",
+        "--model.warmup_steps=20",
+        "--trainer.max_epochs=4",
         "--model.optimizer.init_args.lr=1e-3",  # batch 64 instead of 512; 2e-3 learned more slowly in 4 epochs (0.196)
-        f"--data.init_args.root={cifar_subset}", f"--data.init_args.holdout_per_class={HOLDOUT}",
-        "--data.init_args.batch_size=64", "--data.init_args.num_workers=0",
-        "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--cpu_threads=2",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--data.init_args.root={cifar_subset}",
+        f"--data.init_args.holdout_per_class={HOLDOUT}",
+        "--data.init_args.batch_size=64",
+        "--data.init_args.num_workers=0",
+        "--trainer.accelerator=cpu",
+        "--trainer.precision=32-true",
+        "--cpu_threads=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
     ]
-    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "cifar10.yaml", "--config", "cifar10_folder.yaml", *shrink])
+    monkeypatch.setattr(
+        sys, "argv", ["cli.py", "fit", "--config", "cifar10.yaml", "--config", "cifar10_folder.yaml", *shrink]
+    )
     run = cli.main()
     data, metrics = run.datamodule, run.trainer.callback_metrics
     assert type(data).__name__ == "CIFARDataModule" and data.augment.on_device and data.augment.randaugment_layers == 2

@@ -49,9 +49,6 @@ from lightning_modules.resilience.run_checkpoint import RunCheckpoint
 EPOCHS = 3
 
 
-
-
-
 class StopAfterEpoch(Callback):
     """Ends ``fit`` after ``epoch`` as a preempted job would, without changing ``max_epochs`` (and so the lr schedule)."""
 
@@ -124,25 +121,65 @@ class BatchRecorder(Callback):
         self.seen.append((trainer.current_epoch, batch_idx, round(float(batch[0].double().sum()), 3)))
 
 
-def train(folder: Path, ckpt_path: str | None = None, callbacks=(), num_workers: int = 0,
-          jpegs: Path | None = None, max_steps: int = -1, val_size: int = 16, decode: str = "gpu") -> tuple[ImageClassifier, dict]:
+def train(
+    folder: Path,
+    ckpt_path: str | None = None,
+    callbacks=(),
+    num_workers: int = 0,
+    jpegs: Path | None = None,
+    max_steps: int = -1,
+    val_size: int = 16,
+    decode: str = "gpu",
+) -> tuple[ImageClassifier, dict]:
     """3 epochs of 3 batches, on synthetic images or (``jpegs``) a JPEG folder decoded and cropped on the device
     (or, ``decode="cpu"``, in the loader workers); ``val_size`` / 16 validation batches."""
     seed_everything(0, workers=True)
-    model = ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32),
-                            model_overrides={"depths": (1, 1, 1, 1)}, warmup_steps=2, mixup_alpha=0.2)
+    model = ImageClassifier(
+        model_name="coatnet_nano",
+        num_classes=4,
+        image_size=(32, 32),
+        model_overrides={"depths": (1, 1, 1, 1)},
+        warmup_steps=2,
+        mixup_alpha=0.2,
+    )
     if jpegs is None:
-        data = SyntheticDataModule(num_classes=4, image_size=32, train_size=48, val_size=val_size, test_size=8,
-                                   batch_size=16, num_workers=num_workers)
+        data = SyntheticDataModule(
+            num_classes=4,
+            image_size=32,
+            train_size=48,
+            val_size=val_size,
+            test_size=8,
+            batch_size=16,
+            num_workers=num_workers,
+        )
     else:
-        data = ImageFolderDataModule(root=str(jpegs), num_classes=4, image_size=32, val_holdout_per_class=1,
-                                     decode=decode, batch_size=16, num_workers=num_workers)
+        data = ImageFolderDataModule(
+            root=str(jpegs),
+            num_classes=4,
+            image_size=32,
+            val_holdout_per_class=1,
+            decode=decode,
+            batch_size=16,
+            num_workers=num_workers,
+        )
     trainer = Trainer(
-        accelerator="cpu", max_epochs=EPOCHS, max_steps=max_steps, logger=False, enable_progress_bar=False,
+        accelerator="cpu",
+        max_epochs=EPOCHS,
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
-        num_sanity_val_steps=0, deterministic=True, default_root_dir=folder, plugins=[AtomicCheckpointIO()],
-        callbacks=[RunCheckpoint(dirpath=folder, save_last=True, monitor="val/acc1", mode="max"),  # as cli.py
-                   NanGuard(), InterruptCheckpoint(), RandomState(), *callbacks],
+        num_sanity_val_steps=0,
+        deterministic=True,
+        default_root_dir=folder,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[
+            RunCheckpoint(dirpath=folder, save_last=True, monitor="val/acc1", mode="max"),  # as cli.py
+            NanGuard(),
+            InterruptCheckpoint(),
+            RandomState(),
+            *callbacks,
+        ],
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model, {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -196,11 +233,19 @@ def test_resume_in_mid_epoch_trains_the_rest_of_the_epoch_and_matches_uninterrup
     seen_full, seen_first, seen_resumed = BatchRecorder(), BatchRecorder(), BatchRecorder()
     full = train(tmp_path / "full", callbacks=[seen_full], num_workers=2, jpegs=jpegs, decode=decode)
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException, after InterruptCheckpoint saved last.ckpt
-        train(tmp_path / "first", callbacks=[SigtermAfterStep(4), seen_first], num_workers=2, jpegs=jpegs, decode=decode)
+        train(
+            tmp_path / "first", callbacks=[SigtermAfterStep(4), seen_first], num_workers=2, jpegs=jpegs, decode=decode
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"),
-                        callbacks=[seen_resumed], num_workers=2, jpegs=jpegs, decode=decode)
+        resumed = train(
+            tmp_path / "resumed",
+            ckpt_path=str(tmp_path / "first" / "last.ckpt"),
+            callbacks=[seen_resumed],
+            num_workers=2,
+            jpegs=jpegs,
+            decode=decode,
+        )
     assert not [w for w in caught if "not resumable" in str(w.message)], "the training loader is resumable"
     assert seen_first.seen[-1][:2] == (1, 0), "the interruption must fall inside epoch 1"
     assert seen_first.seen + seen_resumed.seen == seen_full.seen, "every batch exactly once, in the same order"
@@ -213,8 +258,9 @@ def test_a_validation_stopped_by_sigterm_runs_again_in_full_after_resume(tmp_pat
     full = train(tmp_path / "full", callbacks=[seen_full], val_size=32)
     with pytest.raises(SystemExit):
         train(tmp_path / "first", callbacks=[SigtermInValidation(1), seen_first], val_size=32)
-    resumed = train(tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"), callbacks=[seen_resumed],
-                    val_size=32)
+    resumed = train(
+        tmp_path / "resumed", ckpt_path=str(tmp_path / "first" / "last.ckpt"), callbacks=[seen_resumed], val_size=32
+    )
     assert [run[:2] for run in seen_full.runs] == [(0, 2), (1, 2), (2, 2)]
     assert seen_first.runs == seen_full.runs[:1], "the interrupted validation of epoch 1 did not finish"
     assert seen_resumed.runs == seen_full.runs[1:], "epoch 1 is validated on resume, on all its batches"
@@ -224,13 +270,27 @@ def test_a_validation_stopped_by_sigterm_runs_again_in_full_after_resume(tmp_pat
 @pytest.mark.slow
 def test_sigterm_saves_checkpoint_and_last_resumes(tmp_path):
     logs, marker = tmp_path / "logs", tmp_path / "step.txt"
-    args = ["fit", "--config", "smoke.yaml", f"--trainer.logger.init_args.save_dir={logs}", "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=2", "--trainer.enable_model_summary=false",
-            "--trainer.enable_progress_bar=false"]
+    args = [
+        "fit",
+        "--config",
+        "smoke.yaml",
+        f"--trainer.logger.init_args.save_dir={logs}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=12",
+        "--trainer.limit_val_batches=2",
+        "--trainer.enable_model_summary=false",
+        "--trainer.enable_progress_bar=false",
+    ]
     marked = ["--trainer.callbacks+=step_marker.StepMarker", f"--trainer.callbacks.path={marker}"]
     env = subprocess_env(threads=1, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]))
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "cli.py"), *args, *marked], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "cli.py"), *args, *marked],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_step(proc, marker, step=2)
         proc.send_signal(signal.SIGTERM)
@@ -316,7 +376,9 @@ def test_a_fit_continues_the_version_folder_only_from_its_last_checkpoint(tmp_pa
 
     assert version_after(run / "version_3" / "checkpoints" / "last.ckpt") == 3
     assert version_after(run / "a" / "checkpoints" / "last.ckpt") == "a"
-    assert version_after(run / "version_3" / "checkpoints" / "epoch001-acc1_0.5000.ckpt") is None, "a branch: new folder"
+    assert version_after(run / "version_3" / "checkpoints" / "epoch001-acc1_0.5000.ckpt") is None, (
+        "a branch: new folder"
+    )
     assert version_after(run / "version_3" / "checkpoints" / "last.ckpt", version="mine") == "mine", "the config's wins"
     assert version_after(tmp_path / "elsewhere" / "checkpoints" / "last.ckpt") is None
 
@@ -334,12 +396,15 @@ def test_last_without_last_ckpt_resumes_from_the_newest_complete_checkpoint_of_t
     (checkpoints / "epoch002-acc1_0.5000.ckpt").write_bytes(newest.read_bytes()[:-100])  # truncated: a copy cut short
     (checkpoints / ".last.ckpt.partial").write_bytes(b"half")  # a kill mid-write
     logger = TensorBoardLogger(save_dir=tmp_path, name="x")
-    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(dirpath=None), loggers=[logger],
-                              default_root_dir=str(tmp_path))
+    trainer = SimpleNamespace(
+        checkpoint_callback=SimpleNamespace(dirpath=None), loggers=[logger], default_root_dir=str(tmp_path)
+    )
     assert older.stat().st_mtime < newest.stat().st_mtime
     found = resolve_ckpt_path(trainer, "last", fresh_start=True)
     assert found == str(newest)
-    assert f"no complete last.ckpt under {run}; resuming from the newest checkpoint, {newest}" in capsys.readouterr().err
+    assert (
+        f"no complete last.ckpt under {run}; resuming from the newest checkpoint, {newest}" in capsys.readouterr().err
+    )
     continue_run_folder(trainer, found)
     assert logger._version == 0, "the run goes on in its own folder, as from last.ckpt"
 

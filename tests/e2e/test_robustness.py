@@ -41,12 +41,13 @@ CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=a
 MAX_LINES = 8  # an error message plus the one-line usage/origin; Lightning's own errors are 30-80 lines
 
 
-
-
-
 def tiny_model(**overrides) -> ImageClassifier:
     return ImageClassifier(
-        model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)}, **overrides
+        model_name="coatnet_nano",
+        num_classes=4,
+        image_size=(32, 32),
+        model_overrides={"depths": (1, 1, 1, 1)},
+        **overrides,
     )
 
 
@@ -78,7 +79,9 @@ def in_tmp(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_missing_dataset_via_subprocess_is_one_error_line(tmp_path):
-    proc = run_cli(["fit", "--config", "coatnet0.yaml", "--trainer.fast_dev_run=1", *CPU], cwd=tmp_path, threads=1, check=False)
+    proc = run_cli(
+        ["fit", "--config", "coatnet0.yaml", "--trainer.fast_dev_run=1", *CPU], cwd=tmp_path, threads=1, check=False
+    )
     assert proc.returncode == USER_ERROR_EXIT, proc.stderr[-3000:]
     err = "\n".join(line for line in proc.stderr.splitlines() if line.startswith(("error:", "(raised", "  ")))
     assert err.startswith("error: image folder data/imagenet/train not found"), proc.stderr[-3000:]
@@ -92,21 +95,30 @@ def test_missing_dataset_via_subprocess_is_one_error_line(tmp_path):
         (["--model.model_overrides={drop_path_rate: 2}"], ["drop_path_rate", "[0, 1)"]),
         (["--model.nonexistent=1"], ["error:", "--model.nonexistent"]),
         (["--model.warmup_steps=abc"], ["error:", "model.warmup_steps", "abc"]),
-        (["--config", "fsdp.yaml", "--trainer.accelerator=cpu"], ["error:", "fsdp", "GPU", "--trainer.accelerator cpu"]),
-        (["--trainer.precision=bf16-mixed", "--model.optimizer.init_args.fused=true"],
-         ["error: fused AdamW", "bf16-mixed", "fused false", "gradient_clip_val"]),
+        (
+            ["--config", "fsdp.yaml", "--trainer.accelerator=cpu"],
+            ["error:", "fsdp", "GPU", "--trainer.accelerator cpu"],
+        ),
+        (
+            ["--trainer.precision=bf16-mixed", "--model.optimizer.init_args.fused=true"],
+            ["error: fused AdamW", "bf16-mixed", "fused false", "gradient_clip_val"],
+        ),
     ],
     ids=["image-size", "model-config", "unknown-key", "wrong-type", "fsdp-on-cpu", "fused-amp-clipping"],
 )
 def test_config_errors_are_short(args, needles, in_tmp, monkeypatch, capsys):
-    code, err = run_main(["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", *args], monkeypatch, capsys)
+    code, err = run_main(
+        ["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", *args], monkeypatch, capsys
+    )
     assert code == USER_ERROR_EXIT
     assert_short(err, *needles)
 
 
 def test_traceback_env_gives_the_full_error(in_tmp, monkeypatch):
     monkeypatch.setenv(TRACEBACK_ENV, "1")
-    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "coatnet0.yaml", *CPU, *QUICK, "--trainer.fast_dev_run=1"])
+    monkeypatch.setattr(
+        sys, "argv", ["cli.py", "fit", "--config", "coatnet0.yaml", *CPU, *QUICK, "--trainer.fast_dev_run=1"]
+    )
     with pytest.raises(DatasetError, match="data/imagenet"):
         exit_readably(cli.main)
 
@@ -137,7 +149,9 @@ def test_bad_ckpt_path_files_are_named(in_tmp, monkeypatch, capsys):
 
 
 def test_checkpoint_of_another_variant_is_summarised(in_tmp, monkeypatch, capsys):
-    other = ImageClassifier(model_name="coatnet_nano", num_classes=7, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
+    other = ImageClassifier(
+        model_name="coatnet_nano", num_classes=7, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)}
+    )
     torch.save({"state_dict": other.state_dict(), "pytorch-lightning_version": "2.6.0"}, in_tmp / "other.ckpt")
     code, err = run_main(
         ["validate", "--config", "smoke.yaml", *QUICK, "--trainer.limit_val_batches=1", "--ckpt_path=other.ckpt"],
@@ -145,7 +159,9 @@ def test_checkpoint_of_another_variant_is_summarised(in_tmp, monkeypatch, capsys
         capsys,
     )
     assert code == USER_ERROR_EXIT
-    assert_short(err, "does not fit the model", "33 missing keys", "missing in checkpoint:", "(+30 more)", "config.yaml")
+    assert_short(
+        err, "does not fit the model", "33 missing keys", "missing in checkpoint:", "(+30 more)", "config.yaml"
+    )
     assert "shapes (checkpoint vs model): model.head" in err and "[7" in err and "[10" in err
 
 
@@ -171,7 +187,9 @@ def test_checkpoint_of_another_network_with_the_same_shapes_is_refused(in_tmp, m
     (in_tmp / "config.yaml").write_text("# the user's own file\n")
     monkeypatch.setattr(sys, "argv", ["cli.py", *validate[:3], "--config", "model/post_softmax.yaml", *validate[3:]])
     assert "val/acc1" in cli.main().trainer.callback_metrics, "the matching config validates it"
-    assert (in_tmp / "config.yaml").read_text() == "# the user's own file\n", "no logger: the config is not saved to cwd"
+    assert (in_tmp / "config.yaml").read_text() == "# the user's own file\n", (
+        "no logger: the config is not saved to cwd"
+    )
 
 
 @contextlib.contextmanager
@@ -187,8 +205,17 @@ def lightning_messages(caplog) -> Iterator[None]:
 
 
 def test_ckpt_path_last_without_a_checkpoint_starts_fresh_and_says_so(in_tmp, monkeypatch, caplog, capsys):
-    argv = ["fit", "--config", "smoke.yaml", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0", "--trainer.max_epochs=1", "--ckpt_path=last"]
+    argv = [
+        "fit",
+        "--config",
+        "smoke.yaml",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=0",
+        "--trainer.max_epochs=1",
+        "--ckpt_path=last",
+    ]
     monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
     with lightning_messages(caplog), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -204,16 +231,33 @@ def test_ckpt_path_last_without_a_checkpoint_starts_fresh_and_says_so(in_tmp, mo
 
 
 def test_resuming_names_the_training_settings_the_config_changes(in_tmp, monkeypatch, caplog):
-    short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0", "--checkpoint.dirpath=ck",
-             "--checkpoint.monitor=null"]
-    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "smoke.yaml", *QUICK, *short, "--trainer.max_epochs=1"])
+    short = [
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=0",
+        "--checkpoint.dirpath=ck",
+        "--checkpoint.monitor=null",
+    ]
+    monkeypatch.setattr(
+        sys, "argv", ["cli.py", "fit", "--config", "smoke.yaml", *QUICK, *short, "--trainer.max_epochs=1"]
+    )
     cli.main()
-    argv = ["fit", "--config", "smoke.yaml", *QUICK, *short, "--trainer.max_epochs=2", "--ckpt_path=ck/last.ckpt",
-            "--model.warmup_steps=3", "--model.model_overrides.drop_path_rate=0.1"]
+    argv = [
+        "fit",
+        "--config",
+        "smoke.yaml",
+        *QUICK,
+        *short,
+        "--trainer.max_epochs=2",
+        "--ckpt_path=ck/last.ckpt",
+        "--model.warmup_steps=3",
+        "--model.model_overrides.drop_path_rate=0.1",
+    ]
     monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
     with lightning_messages(caplog):
         run = cli.main()
-    assert run.trainer.global_step == 4 and run.model.hparams.warmup_steps == 3, "the config given wins over the checkpoint's"
+    assert run.trainer.global_step == 4 and run.model.hparams.warmup_steps == 3, (
+        "the config given wins over the checkpoint's"
+    )
     assert "differ from the checkpoint's: warmup_steps: 10 -> 3" in caplog.text, caplog.text
     assert "drop_path_rate" not in caplog.text.split("differ from the checkpoint's")[1].splitlines()[0]
 
@@ -242,7 +286,9 @@ class NaNAtStep(ImageClassifier):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     seed_everything(0)
-    model = NaNAtStep(3, model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
+    model = NaNAtStep(
+        3, model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)}
+    )
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=2,
@@ -275,11 +321,18 @@ class StepCounter(Callback):
 def test_nan_guard_reads_the_device_only_every_n_steps_and_before_any_save(tmp_path, capsys):
     def run(check_every: int, checkpoint: ModelCheckpoint | None) -> tuple[str, StepCounter]:
         seed_everything(0)
-        model = NaNAtStep(3, model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
+        model = NaNAtStep(
+            3, model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)}
+        )
         counter = StepCounter()
         trainer = Trainer(
-            accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0, enable_checkpointing=checkpoint is not None,
+            accelerator="cpu",
+            max_epochs=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            enable_checkpointing=checkpoint is not None,
             callbacks=[counter, NanGuard(check_every_n_steps=check_every), *([checkpoint] if checkpoint else [])],
         )
         with pytest.raises(SystemExit):
@@ -301,13 +354,27 @@ class OutOfMemoryAtFirstStep(ImageClassifier):
 
 
 def test_out_of_memory_suggests_smaller_batch_and_accumulation(capsys):
-    model = OutOfMemoryAtFirstStep(model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)})
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      enable_checkpointing=False, num_sanity_val_steps=0)
+    model = OutOfMemoryAtFirstStep(
+        model_name="coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)}
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
     with pytest.raises(SystemExit):
         exit_readably(lambda: trainer.fit(model, tiny_data()))
-    assert_short(capsys.readouterr().err, "out of GPU memory", "Tried to allocate 2.00 GiB",
-                 "--data.init_args.batch_size", "--trainer.accumulate_grad_batches")
+    assert_short(
+        capsys.readouterr().err,
+        "out of GPU memory",
+        "Tried to allocate 2.00 GiB",
+        "--data.init_args.batch_size",
+        "--trainer.accumulate_grad_batches",
+    )
 
 
 def test_cli_registers_the_safety_callbacks_and_atomic_io(in_tmp):
@@ -354,8 +421,13 @@ def test_nan_loss_with_the_default_callbacks_exits_with_the_guard_message(in_tmp
         return loss * float("nan") if self.global_step >= 1 else loss
 
     monkeypatch.setattr(ImageClassifier, "training_step", nan_from_step_1)
-    short_fit = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1",
-                 "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false"]
+    short_fit = [
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+    ]
     code, err = run_main(["fit", "--config", "smoke.yaml", *short_fit], monkeypatch, capsys)
     assert code == DIVERGED_EXIT != USER_ERROR_EXIT, err
     assert_short(err, "error: training loss is not finite (nan or inf) at global step 1")
@@ -387,11 +459,17 @@ def test_training_with_empty_and_oversized_files_skips_them_under_on_corrupt_ski
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--model.model_overrides.img_size=[64,64]"],
-         ["error: model.model_overrides: Option 'img_size' is not accepted: the model takes it from the DataModule",
-          "set --data.init_args.image_size instead"]),
-        (["--trainer.accumulate_grad_batches=0"],
-         ["error: trainer.accumulate_grad_batches=0 is out of range: allowed >= 1"]),
+        (
+            ["--model.model_overrides.img_size=[64,64]"],
+            [
+                "error: model.model_overrides: Option 'img_size' is not accepted: the model takes it from the DataModule",
+                "set --data.init_args.image_size instead",
+            ],
+        ),
+        (
+            ["--trainer.accumulate_grad_batches=0"],
+            ["error: trainer.accumulate_grad_batches=0 is out of range: allowed >= 1"],
+        ),
         (["--cpu_threads=-3"], ["error: cpu_threads=-3 is out of range: allowed > 0"]),
         (["--seed_everything=-5"], ["error: seed_everything=-5 is out of range: allowed 0 to 4294967295"]),
         (["--data.init_args.image_size=32000"], ["error: out of host memory", "GiB", "--data.init_args.image_size"]),
@@ -408,12 +486,15 @@ def test_more_settings_are_refused_in_one_line_naming_the_key(args, needles, in_
 def test_an_argument_of_the_default_optimizer_says_to_name_the_class(in_tmp, monkeypatch, capsys):
     recipe = (cli.CONFIG_DIR / "smoke.yaml").read_text()
     start = recipe.index("  optimizer:")
-    (in_tmp / "plain.yaml").write_text(recipe[:start] + recipe[recipe.index("  warmup_steps"):])
+    (in_tmp / "plain.yaml").write_text(recipe[:start] + recipe[recipe.index("  warmup_steps") :])
     argv = ["fit", "--config", "plain.yaml", *QUICK, "--model.optimizer.init_args.lr=0.1"]
     code, err = run_main(argv, monkeypatch, capsys)
     assert code == USER_ERROR_EXIT
-    assert_short(err, "error: model.optimizer.init_args.lr: model.optimizer is the default optimizer",
-                 "--model.optimizer torch.optim.AdamW --model.optimizer.init_args.lr VALUE")
+    assert_short(
+        err,
+        "error: model.optimizer.init_args.lr: model.optimizer is the default optimizer",
+        "--model.optimizer torch.optim.AdamW --model.optimizer.init_args.lr VALUE",
+    )
 
 
 def test_fit_lock_that_is_a_folder_is_named_with_the_fix(in_tmp, monkeypatch, capsys):
@@ -429,19 +510,33 @@ def test_ckpt_path_last_with_only_damaged_checkpoints_names_them_instead_of_star
     folder.mkdir(parents=True)
     (folder / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
     (folder / "epoch001-acc1_0.5000.ckpt").write_bytes(b"")
-    code, err = run_main(["fit", "--config", "smoke.yaml", *QUICK[:2], "--trainer.max_steps=1", "--ckpt_path=last"],
-                         monkeypatch, capsys)
+    code, err = run_main(
+        ["fit", "--config", "smoke.yaml", *QUICK[:2], "--trainer.max_steps=1", "--ckpt_path=last"], monkeypatch, capsys
+    )
     assert code == USER_ERROR_EXIT
-    assert_short(err, "every checkpoint under logs/smoke is incomplete", "last.ckpt", "epoch001-acc1_0.5000.ckpt",
-                 "Move them away to start fresh")
+    assert_short(
+        err,
+        "every checkpoint under logs/smoke is incomplete",
+        "last.ckpt",
+        "epoch001-acc1_0.5000.ckpt",
+        "Move them away to start fresh",
+    )
 
 
-@pytest.mark.parametrize("key", ["interrupt_checkpoint.check_every_n_steps", "nan_guard.check_every_n_steps",
-                                 "throughput.window", "pictures.max_images"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "interrupt_checkpoint.check_every_n_steps",
+        "nan_guard.check_every_n_steps",
+        "throughput.window",
+        "pictures.max_images",
+    ],
+)
 def test_callback_counts_below_one_are_refused_naming_their_config_key(key, in_tmp, monkeypatch, capsys):
     """interrupt_checkpoint's 0 was accepted and divided by zero at the first DDP step; the others named no key."""
-    code, err = run_main(["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", f"--{key}=0"],
-                         monkeypatch, capsys)
+    code, err = run_main(
+        ["fit", "--config", "smoke.yaml", *QUICK, "--trainer.fast_dev_run=1", f"--{key}=0"], monkeypatch, capsys
+    )
     assert code == USER_ERROR_EXIT
     assert_short(err, f"error: {key}=0 is out of range: allowed > 0")
     with pytest.raises(ValueError, match="check_every_n_steps=0 is out of range: allowed > 0"):

@@ -14,8 +14,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from lightning_modules.resilience.run_lock import RunFolderInUse, RunLock, lock_run_folder
 
-HOLDER = "import sys; from pathlib import Path; from lightning_modules.resilience.run_lock import lock_run_folder; " \
-         "lock_run_folder(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()"
+HOLDER = (
+    "import sys; from pathlib import Path; from lightning_modules.resilience.run_lock import lock_run_folder; "
+    "lock_run_folder(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()"
+)
 
 
 class Line(LightningModule):
@@ -32,17 +34,29 @@ class Line(LightningModule):
 
 def fit_into(save_dir) -> Trainer:
     """A one-step fit whose logger writes into ``save_dir/run/version_0``, as a resumed run does."""
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=CSVLogger(save_dir, name="run", version=0),
-                      callbacks=[RunLock()], enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=CSVLogger(save_dir, name="run", version=0),
+        callbacks=[RunLock()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Line(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4)), batch_size=2))
     return trainer
 
 
 def test_a_second_fit_into_a_locked_run_folder_refuses_until_the_holder_is_killed(tmp_path):
     folder = tmp_path / "run" / "version_0"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], cwd=REPO_ROOT, env=subprocess_env(),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder)],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         with pytest.raises(RunFolderInUse, match=rf"fit.lock: another fit \(pid {holder.pid}\) is writing into"):
@@ -69,9 +83,15 @@ def test_loggers_without_a_run_folder_lock_the_folder_of_their_run_and_resume_fr
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4)), batch_size=2)
 
     def trainer() -> Trainer:
-        return Trainer(accelerator="cpu", max_steps=1, logger=MLFlowLogger("lock", tracking_uri=store),
-                       callbacks=[RunLock(), RunCheckpoint(save_last=True)], enable_progress_bar=False,
-                       enable_model_summary=False, default_root_dir=tmp_path)
+        return Trainer(
+            accelerator="cpu",
+            max_steps=1,
+            logger=MLFlowLogger("lock", tracking_uri=store),
+            callbacks=[RunLock(), RunCheckpoint(save_last=True)],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
 
     first = trainer()
     holder = RunLock()
@@ -96,8 +116,10 @@ def test_last_checkpoint_of_a_wandb_config_is_looked_up_under_its_project(tmp_pa
     last = tmp_path / "coatnet" / "abc123" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     torch.save({"global_step": 1}, last)
-    logger = Namespace(class_path="lightning.pytorch.loggers.WandbLogger",
-                       init_args=Namespace(save_dir=str(tmp_path), project="coatnet", name="first try"))
+    logger = Namespace(
+        class_path="lightning.pytorch.loggers.WandbLogger",
+        init_args=Namespace(save_dir=str(tmp_path), project="coatnet", name="first try"),
+    )
     assert last_checkpoint_of_config(Namespace(trainer=Namespace(logger=logger))) == str(last)
 
 
@@ -118,9 +140,15 @@ def test_a_logger_without_any_local_folder_still_gets_its_checkpoint_folder_lock
 
     holder = lock_run_folder(tmp_path / "remote" / "run-7")  # another fit of the same run
     try:
-        trainer = Trainer(accelerator="cpu", max_steps=1, logger=RemoteOnlyLogger(), default_root_dir=tmp_path,
-                          callbacks=[RunLock(), RunCheckpoint(save_last=True)], enable_progress_bar=False,
-                          enable_model_summary=False)
+        trainer = Trainer(
+            accelerator="cpu",
+            max_steps=1,
+            logger=RemoteOnlyLogger(),
+            default_root_dir=tmp_path,
+            callbacks=[RunLock(), RunCheckpoint(save_last=True)],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4)), batch_size=2)
         with pytest.raises(RunFolderInUse, match="remote/run-7"):
             trainer.fit(Line(), loader)

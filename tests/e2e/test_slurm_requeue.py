@@ -22,8 +22,15 @@ from step_marker import wait_for_step
 from lightning_modules.resilience.interrupt import InterruptCheckpoint, signal_named
 from lightning_modules.resilience.slurm_requeue import slurm_job_id
 
-SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+SLURM_JOB = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_NTASKS": "1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "localhost",
+}
 
 
 def fake_scontrol(folder: Path) -> Path:
@@ -39,16 +46,39 @@ def fake_scontrol(folder: Path) -> Path:
 def test_sigusr1_before_the_time_limit_saves_requeues_once_and_the_requeued_job_resumes(tmp_path):
     logs, marker = tmp_path / "logs", tmp_path / "step.txt"
     calls = fake_scontrol(tmp_path / "bin")
-    args = ["fit", "--config", "smoke.yaml", "--config", "slurm.yaml", f"--trainer.logger.init_args.save_dir={logs}",
-            "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1",
-            "--trainer.num_sanity_val_steps=0", "--trainer.enable_model_summary=false",
-            "--trainer.enable_progress_bar=false"]
-    env = subprocess_env(threads=1, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)]),
-                         PATH=f"{calls.parent}{os.pathsep}{os.environ['PATH']}", **SLURM_JOB)
-    marked = ["--trainer.callbacks+=step_marker.StepMarker", f"--trainer.callbacks.path={marker}",
-              "--trainer.callbacks.delay=0.2"]
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "cli.py"), *args, *marked], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        "fit",
+        "--config",
+        "smoke.yaml",
+        "--config",
+        "slurm.yaml",
+        f"--trainer.logger.init_args.save_dir={logs}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_model_summary=false",
+        "--trainer.enable_progress_bar=false",
+    ]
+    env = subprocess_env(
+        threads=1,
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)]),
+        PATH=f"{calls.parent}{os.pathsep}{os.environ['PATH']}",
+        **SLURM_JOB,
+    )
+    marked = [
+        "--trainer.callbacks+=step_marker.StepMarker",
+        f"--trainer.callbacks.path={marker}",
+        "--trainer.callbacks.delay=0.2",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "cli.py"), *args, *marked],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_step(proc, marker, step=2)
         proc.send_signal(signal.SIGUSR1)
@@ -96,10 +126,23 @@ class SignalAtFitStart(Callback):
 def test_sigusr1_while_the_fit_starts_stops_after_one_step_says_so_and_requeues_once(tmp_path):
     calls = fake_scontrol(tmp_path / "bin")
     env = subprocess_env(threads=1, PATH=f"{calls.parent}{os.pathsep}{os.environ['PATH']}", **SLURM_JOB)
-    proc = run_cli(["fit", "--config", "smoke.yaml", "--config", "slurm.yaml", "--trainer.max_epochs=1",
-                    "--trainer.limit_train_batches=4", "--trainer.num_sanity_val_steps=0",
-                    "--trainer.enable_progress_bar=false", "--trainer.callbacks+=test_slurm_requeue.SignalAtFitStart"],
-                   cwd=tmp_path, env=env, check=False)
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            "smoke.yaml",
+            "--config",
+            "slurm.yaml",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=4",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.callbacks+=test_slurm_requeue.SignalAtFitStart",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 128 + signal.SIGUSR1, output[-3000:]
     assert "SIGUSR1 received before training started: the run stops after its first step and requeues" in output

@@ -12,8 +12,6 @@ from bench import fold_batchnorm, lightning_overhead, model_table, throughput
 TINY = ["--batch-size", "2", "--img-size", "32", "--num-classes", "10", "--device", "cpu", "--precision", "fp32"]
 
 
-
-
 def table_rows(table: str) -> dict[str, list[str]]:
     """First cell -> remaining cells, header and separator lines excluded."""
     lines = [line.strip("|").split("|") for line in table.strip().splitlines()[2:]]
@@ -27,8 +25,18 @@ def number(cell: str) -> float:
 def test_throughput_table_and_results_file(tmp_path, monkeypatch):
     results = tmp_path / "RESULTS.md"
     monkeypatch.setattr(throughput, "RESULTS_FILE", results)
-    argv = ["--model", "coatnet_nano", "--timm-name", "coatnet_pico_rw_224", *TINY, "--warmup", "0", "--iters", "1",
-            "--append-results"]
+    argv = [
+        "--model",
+        "coatnet_nano",
+        "--timm-name",
+        "coatnet_pico_rw_224",
+        *TINY,
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--append-results",
+    ]
     table = throughput.main(argv)
     header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
     assert header == list(throughput.COLUMNS)
@@ -142,7 +150,9 @@ def test_scalars_summarises_and_exports_every_event_file(tmp_path, capsys):
             writer.add_scalar("val/acc1", value, step)
         writer.add_scalar("train/images_per_sec", 100.0 + part, part)
         writer.close()
-    table = scalars.main([str(run), "--tags", "val/acc1", "train/images_per_sec", "missing/tag", "--csv", str(tmp_path / "c.csv")])
+    table = scalars.main(
+        [str(run), "--tags", "val/acc1", "train/images_per_sec", "missing/tag", "--csv", str(tmp_path / "c.csv")]
+    )
     rows = table_rows(table)
     assert rows["val/acc1"] == ["4", "0.7000", "0.2000", "0.7000", "0.4500"]
     assert rows["train/images_per_sec"][0] == "2" and "missing/tag" not in rows
@@ -177,14 +187,32 @@ def test_scalars_names_requested_tags_that_are_not_in_the_logs(tmp_path, capsys)
 def test_profile_step_reports_every_stage_and_the_top_operators():
     from bench import profile_step
 
-    report = profile_step.main(["--model", "coatnet_nano", "--batch-size", "2", "--img-size", "32", "--num-classes",
-                                "10", "--precision", "fp32", "--device", "cpu", "--warmup", "1", "--steps", "1"])
+    report = profile_step.main(
+        [
+            "--model",
+            "coatnet_nano",
+            "--batch-size",
+            "2",
+            "--img-size",
+            "32",
+            "--num-classes",
+            "10",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+        ]
+    )
     stage_part, operator_part = report.split("Top ")
-    stages = table_rows(stage_part[stage_part.index("| stage"):])
+    stages = table_rows(stage_part[stage_part.index("| stage") :])
     assert list(stages) == ["stem", "S1", "S2", "S3", "S4", "head"]
     assert all(number(fwd) > 0 and number(bwd) > 0 for fwd, bwd, _ in stages.values()), stages
     assert abs(sum(number(share) for _, _, share in stages.values()) - 100) < 1
-    operators = table_rows(operator_part[operator_part.index("| operator"):])
+    operators = table_rows(operator_part[operator_part.index("| operator") :])
     assert len(operators) == profile_step.TOP_OPERATORS and any("convolution" in name for name in operators)
 
 
@@ -195,17 +223,35 @@ def test_gpu_checks_script_records_skipped_steps_and_rejects_unknown_topics(tmp_
     from pathlib import Path
 
     script = REPO_ROOT / "bench" / "gpu_checks.sh"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OUT": str(tmp_path), "BUDGET_S": "0"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "OUT": str(tmp_path),
+        "BUDGET_S": "0",
+    }
     done = subprocess.run(["bash", str(script), "speed"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     summary = (tmp_path / "summary.md").read_text()
-    steps = ("c0_compiled", "c0_eager", "c0_profile", "c0_lightning_overhead", "c0_fold_bn", "c1_eager",
-             "c0_grad_checkpointing", "c0_grad_checkpointing_s1_s2")
+    steps = (
+        "c0_compiled",
+        "c0_eager",
+        "c0_profile",
+        "c0_lightning_overhead",
+        "c0_fold_bn",
+        "c1_eager",
+        "c0_grad_checkpointing",
+        "c0_grad_checkpointing_s1_s2",
+    )
     for step in steps:
         assert f"- {step}: skipped" in summary
     assert (tmp_path / "RESULTS.md").is_file() and summary in done.stdout
-    chosen = subprocess.run(["bash", str(script), "speed"], env={**env, "ONLY": "c0_host_syncs c1_eager"},
-                            capture_output=True, text=True, timeout=120)
+    chosen = subprocess.run(
+        ["bash", str(script), "speed"],
+        env={**env, "ONLY": "c0_host_syncs c1_eager"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert chosen.returncode == 0, chosen.stderr
     summary = (tmp_path / "summary.md").read_text()
     assert "- c0_host_syncs: skipped" in summary and "- c1_eager: skipped" in summary  # selected, then out of budget
@@ -217,9 +263,20 @@ def test_gpu_checks_script_records_skipped_steps_and_rejects_unknown_topics(tmp_
 def test_data_pipeline_table_compares_folder_and_shards(tmp_path, capsys):
     from bench import data_pipeline
 
-    data_pipeline.main(["--num-images", "16", "--workers", "0", "--batch-size", "8", "--root", str(tmp_path), "--device", "cpu"])
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "img/s" not in line]
-    assert [(r[0].split()[0], r[1].strip()) for r in rows] == [("cpu", "folder"), ("device", "folder"), ("cpu", "shards"), ("device", "shards")]
+    data_pipeline.main(
+        ["--num-images", "16", "--workers", "0", "--batch-size", "8", "--root", str(tmp_path), "--device", "cpu"]
+    )
+    rows = [
+        line.split("|")[1:-1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and "img/s" not in line
+    ]
+    assert [(r[0].split()[0], r[1].strip()) for r in rows] == [
+        ("cpu", "folder"),
+        ("device", "folder"),
+        ("cpu", "shards"),
+        ("device", "shards"),
+    ]
     assert all(float(r[-1]) > 0 for r in rows)
     assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == ["train-000000.tar"]
 
@@ -228,9 +285,18 @@ def test_loader_vs_timm_table_has_every_side_at_both_sizes(tmp_path, capsys):
     pytest.importorskip("timm")
     from bench import loader_vs_timm
 
-    loader_vs_timm.main(["--num-images", "8", "--large-images", "4", "--batch-size", "4", "--rounds", "1", "--root", str(tmp_path)])
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "img/s" not in line]
-    assert [(r[0].split()[0], r[1].strip()) for r in rows][:2] == [("imagenet-like", "project loader"), ("imagenet-like", "timm loader")]
+    loader_vs_timm.main(
+        ["--num-images", "8", "--large-images", "4", "--batch-size", "4", "--rounds", "1", "--root", str(tmp_path)]
+    )
+    rows = [
+        line.split("|")[1:-1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and "img/s" not in line
+    ]
+    assert [(r[0].split()[0], r[1].strip()) for r in rows][:2] == [
+        ("imagenet-like", "project loader"),
+        ("imagenet-like", "timm loader"),
+    ]
     assert len(rows) == 10 and {r[0].split()[0] for r in rows} == {"imagenet-like", "large"}
     assert all(float(r[2]) > 0 and r[4].strip().endswith("x") for r in rows)
     timm_rows = [r for r in rows if r[1].strip() == "timm loader"]

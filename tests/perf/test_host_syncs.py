@@ -89,12 +89,21 @@ def test_cifar_recipe_with_device_augmentation_and_mixing_never_waits(tmp_path):
     """RandAugment (geometric ops included), pad-crop-flip, random erasing and Mixup/CutMix on the batch."""
     write_fake_cifar(tmp_path / "data", "cifar10", train_per_class=12, test_per_class=2)
     result = audit(
-        tmp_path, "--config", "cifar10.yaml",
-        "--model.model_name=coatnet_nano", "--model.compile=false", "--model.channels_last=false",
-        "--trainer.precision=32-true", "--trainer.log_every_n_steps=3",
-        f"--data.init_args.root={tmp_path / 'data'}", "--data.init_args.download=false",
-        "--data.init_args.holdout_per_class=2", "--data.init_args.batch_size=16", "--data.init_args.num_workers=0",
-        "--data.init_args.augment.randaugment_magnitude=15", "--data.init_args.augment.random_erasing=0.5",
+        tmp_path,
+        "--config",
+        "cifar10.yaml",
+        "--model.model_name=coatnet_nano",
+        "--model.compile=false",
+        "--model.channels_last=false",
+        "--trainer.precision=32-true",
+        "--trainer.log_every_n_steps=3",
+        f"--data.init_args.root={tmp_path / 'data'}",
+        "--data.init_args.download=false",
+        "--data.init_args.holdout_per_class=2",
+        "--data.init_args.batch_size=16",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.augment.randaugment_magnitude=15",
+        "--data.init_args.augment.random_erasing=0.5",
     )
     plain, _ = plain_and_logging(result)
     assert plain == 0, host_syncs.format_report(result)
@@ -107,14 +116,26 @@ def test_image_folder_pipeline_never_waits(tmp_path, decode):
     write_image_folder(tmp_path / "images", "train", classes, per_class=24, size=(40, 48))
     write_image_folder(tmp_path / "images", "val", classes, per_class=2, size=(40, 48))
     result = audit(
-        tmp_path, "--config", "coatnet0.yaml",
-        "--model.model_name=coatnet_nano", "--model.compile=false", "--model.channels_last=false",
-        "--model.mixup_alpha=0.8", "--model.cutmix_alpha=1.0",
-        "--trainer.precision=32-true", "--trainer.log_every_n_steps=3", "--trainer.accelerator=cpu",
-        "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.accumulate_grad_batches=1",
-        f"--data.init_args.root={tmp_path / 'images'}", "--data.init_args.num_classes=2",
-        "--data.init_args.image_size=32", f"--data.init_args.decode={decode}",
-        "--data.init_args.batch_size=6", "--data.init_args.num_workers=0",
+        tmp_path,
+        "--config",
+        "coatnet0.yaml",
+        "--model.model_name=coatnet_nano",
+        "--model.compile=false",
+        "--model.channels_last=false",
+        "--model.mixup_alpha=0.8",
+        "--model.cutmix_alpha=1.0",
+        "--trainer.precision=32-true",
+        "--trainer.log_every_n_steps=3",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.strategy=auto",
+        "--trainer.accumulate_grad_batches=1",
+        f"--data.init_args.root={tmp_path / 'images'}",
+        "--data.init_args.num_classes=2",
+        "--data.init_args.image_size=32",
+        f"--data.init_args.decode={decode}",
+        "--data.init_args.batch_size=6",
+        "--data.init_args.num_workers=0",
     )
     plain, _ = plain_and_logging(result)
     assert plain == 0, host_syncs.format_report(result)

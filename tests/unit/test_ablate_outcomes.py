@@ -52,8 +52,16 @@ def fit_result(plan: RunPlan, attempt: str, status: str, accuracy: float | None 
         writer.add_scalar("val/acc1", accuracy, steps - 1)
         writer.add_scalar("epoch", 0, steps - 1)
         writer.close()
-    record = {"attempt": attempt, "status": status, "steps": steps, "epochs": 1, "reached_budget": status == "finished",
-              "final_train_loss": float("nan") if status == "diverged" else 1.5, "params": 1000, "flops": 2000}
+    record = {
+        "attempt": attempt,
+        "status": status,
+        "steps": steps,
+        "epochs": 1,
+        "reached_budget": status == "finished",
+        "final_train_loss": float("nan") if status == "diverged" else 1.5,
+        "params": 1000,
+        "flops": 2000,
+    }
     (plan.run_dir / RECORD_FILE).write_text(json.dumps(record))
 
 
@@ -89,8 +97,13 @@ def study_of(tmp_path: Path, fits: Fits) -> tuple[optuna.Study, Objective]:
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(GRID)
     spec = load_grid_file(grid_file, CONFIG_DIR)
-    study = optuna.create_study(storage=open_storage(str(tmp_path / "grid.journal")), study_name="grid",
-                                sampler=make_sampler(spec, "grid", 0), direction="maximize", load_if_exists=True)
+    study = optuna.create_study(
+        storage=open_storage(str(tmp_path / "grid.journal")),
+        study_name="grid",
+        sampler=make_sampler(spec, "grid", 0),
+        direction="maximize",
+        load_if_exists=True,
+    )
     return study, Objective(spec, "grid", tmp_path / "logs", [], launcher=fits)
 
 
@@ -177,9 +190,14 @@ def test_a_finished_run_is_reported_finished_though_a_duplicate_trial_found_it_b
     fits = Fits()
     study, objective = study_of(tmp_path, fits)
     run_trials(study, objective, None)
-    study.add_trial(optuna.trial.create_trial(  # a second process's trial of A, which found A training
-        state=TrialState.FAIL, params={"variant": "A"}, user_attrs={"run": "A", "outcome": "busy"},
-        distributions={"variant": optuna.distributions.CategoricalDistribution(["A", "B"])}))
+    study.add_trial(
+        optuna.trial.create_trial(  # a second process's trial of A, which found A training
+            state=TrialState.FAIL,
+            params={"variant": "A"},
+            user_attrs={"run": "A", "outcome": "busy"},
+            distributions={"variant": optuna.distributions.CategoricalDistribution(["A", "B"])},
+        )
+    )
     assert statuses(study, tmp_path) == {"A": "complete", "B": "complete"}
     assert retry_failed_runs(study) == []
 
@@ -219,10 +237,14 @@ def test_a_rerun_next_to_a_fit_left_running_names_that_fit_and_trains_nothing(
 def test_a_point_another_live_ablate_is_starting_is_skipped_before_its_fit_takes_the_lock(tmp_path: Path) -> None:
     fits = Fits()
     study, objective = study_of(tmp_path, fits)
-    study.add_trial(optuna.trial.create_trial(  # another ablate on this machine (alive: our parent) has just taken B
-        state=TrialState.RUNNING, params={"variant": "B"}, user_attrs={"run": "B", "host": socket.gethostname(),
-                                                                        "pid": os.getppid()},
-        distributions={"variant": optuna.distributions.CategoricalDistribution(["A", "B"])}))
+    study.add_trial(
+        optuna.trial.create_trial(  # another ablate on this machine (alive: our parent) has just taken B
+            state=TrialState.RUNNING,
+            params={"variant": "B"},
+            user_attrs={"run": "B", "host": socket.gethostname(), "pid": os.getppid()},
+            distributions={"variant": optuna.distributions.CategoricalDistribution(["A", "B"])},
+        )
+    )
     study.enqueue_trial({"variant": "B"})  # what GridSampler hands out once every point has started
     study.enqueue_trial({"variant": "A"})
     run_trials(study, objective, 2)

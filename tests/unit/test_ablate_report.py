@@ -21,8 +21,16 @@ from ablate.run_record import RECORD_FILE
 POINTS = ["C-C-T-T", "C-C-C-C"]
 
 
-def finished_run(grid_dir: Path, study: optuna.Study, point: str, seed: int, accuracy: float, steps: int = 10,
-                 reached: bool = True, loss: float = 1.0) -> None:
+def finished_run(
+    grid_dir: Path,
+    study: optuna.Study,
+    point: str,
+    seed: int,
+    accuracy: float,
+    steps: int = 10,
+    reached: bool = True,
+    loss: float = 1.0,
+) -> None:
     """A run folder as a finished fit and ablate leave it, and its trial."""
     name = f"{point}_seed={seed}"
     run_dir = grid_dir / name
@@ -31,16 +39,32 @@ def finished_run(grid_dir: Path, study: optuna.Study, point: str, seed: int, acc
         writer.add_scalar("val/acc1", value, epoch * 10 + 9)
         writer.add_scalar("epoch", epoch, epoch * 10 + 9)
     writer.close()
-    record = {"attempt": "x", "status": "finished", "steps": steps, "epochs": 3, "reached_budget": reached,
-              "final_train_loss": loss, "params": 1_280_000, "flops": 15_000_000, "max_epochs": 3, "max_steps": -1}
+    record = {
+        "attempt": "x",
+        "status": "finished",
+        "steps": steps,
+        "epochs": 3,
+        "reached_budget": reached,
+        "final_train_loss": loss,
+        "params": 1_280_000,
+        "flops": 15_000_000,
+        "max_epochs": 3,
+        "max_steps": -1,
+    }
     (run_dir / RECORD_FILE).write_text(json.dumps(record))
     (run_dir / WALL_TIME_FILE).write_text(json.dumps({"seconds": 60.0, "load_avg_1min": 3.5, "cpu_count": 2}))
-    study.add_trial(create_trial(
-        state=TrialState.COMPLETE, value=accuracy + 0.05,
-        params={"variant": point, "seed_everything": seed},
-        distributions={"variant": CategoricalDistribution(POINTS), "seed_everything": CategoricalDistribution([0, 1])},
-        user_attrs={"run": name, "point": point, "outcome": "complete"},
-    ))
+    study.add_trial(
+        create_trial(
+            state=TrialState.COMPLETE,
+            value=accuracy + 0.05,
+            params={"variant": point, "seed_everything": seed},
+            distributions={
+                "variant": CategoricalDistribution(POINTS),
+                "seed_everything": CategoricalDistribution([0, 1]),
+            },
+            user_attrs={"run": name, "point": point, "outcome": "complete"},
+        )
+    )
 
 
 def test_seeds_are_aggregated_per_point_as_mean_and_spread(tmp_path: Path) -> None:
@@ -51,8 +75,11 @@ def test_seeds_are_aggregated_per_point_as_mean_and_spread(tmp_path: Path) -> No
         finished_run(tmp_path, study, "C-C-C-C", seed, accuracy)
     rows = result_rows(study, tmp_path)
     assert [(row.run, row.seed, row.steps, row.epochs) for row in rows] == [
-        ("C-C-C-C_seed=0", 0, 10, 3), ("C-C-C-C_seed=1", 1, 10, 3),
-        ("C-C-T-T_seed=0", 0, 10, 3), ("C-C-T-T_seed=1", 1, 10, 3)]
+        ("C-C-C-C_seed=0", 0, 10, 3),
+        ("C-C-C-C_seed=1", 1, 10, 3),
+        ("C-C-T-T_seed=0", 0, 10, 3),
+        ("C-C-T-T_seed=1", 1, 10, 3),
+    ]
     assert rows[2].best_val_acc1 == pytest.approx(0.55) and rows[2].final_val_acc1 == pytest.approx(0.50)
     summary = {s.point: s for s in point_summaries(rows)}["C-C-T-T"]
     accuracy, loss = summary.spread("final_val_acc1"), summary.spread("final_train_loss")
@@ -70,8 +97,18 @@ def test_seeds_are_aggregated_per_point_as_mean_and_spread(tmp_path: Path) -> No
         assert table_line.count("|") in (11, 13), table_line
     with (tmp_path / "results.csv").open() as handle:
         first = next(csv.DictReader(handle))
-    for column in ("steps", "epochs", "final_train_loss", "best_val_acc1", "final_val_acc1", "wall_time_s", "seed",
-                   "load_avg_1min", "cpu_count", "images_per_sec"):
+    for column in (
+        "steps",
+        "epochs",
+        "final_train_loss",
+        "best_val_acc1",
+        "final_val_acc1",
+        "wall_time_s",
+        "seed",
+        "load_avg_1min",
+        "cpu_count",
+        "images_per_sec",
+    ):
         assert column in first
     assert first["load_avg_1min"] == "3.5" and first["cpu_count"] == "2"
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

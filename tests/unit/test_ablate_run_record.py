@@ -40,9 +40,15 @@ class Regression(LightningModule):
 
 
 def fit(tmp_path: Path, model: LightningModule, max_epochs: int, ckpt_path: str | None = None) -> Trainer:
-    trainer = Trainer(max_epochs=max_epochs, logger=CSVLogger(tmp_path, name="grid", version="run"),
-                      callbacks=[RunRecord(), NanGuard(check_every_n_steps=1)], enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer = Trainer(
+        max_epochs=max_epochs,
+        logger=CSVLogger(tmp_path, name="grid", version="run"),
+        callbacks=[RunRecord(), NanGuard(check_every_n_steps=1)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(model, ckpt_path=ckpt_path)
     return trainer
 

@@ -74,8 +74,14 @@ def search_study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.BaseStor
     grid_file.write_text(SEARCH)
     spec = load_grid_file(grid_file, CONFIG_DIR)
     storage = open_storage(str(tmp_path / "logs" / "search" / "optuna.journal"))
-    study = optuna.create_study(storage=storage, sampler=make_sampler(spec, "tpe", 0), pruner=make_pruner("tpe", 1),
-                                study_name="search-tpe", direction="maximize", load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage,
+        sampler=make_sampler(spec, "tpe", 0),
+        pruner=make_pruner("tpe", 1),
+        study_name="search-tpe",
+        direction="maximize",
+        load_if_exists=True,
+    )
     fake = FakeFit([[0.5, 0.6, 0.7], [0.1, 0.2, 0.3]])
     return study, storage, Objective(spec, "tpe", tmp_path / "logs", [], launcher=fake), fake
 
@@ -93,12 +99,16 @@ def test_tpe_trials_take_values_from_the_ranges_and_a_worse_curve_is_pruned(tmp_
     assert argv[-1] == "--ckpt_path=last" and "--trainer.logger.init_args.version=trial-0000" in argv
     rows = result_rows(study, tmp_path / "logs" / "search")
     assert [(row.run, row.status, row.best_val_acc1) for row in rows] == [
-        ("trial-0000", "complete", pytest.approx(0.7)), ("trial-0001", "pruned", pytest.approx(0.1))]
+        ("trial-0000", "complete", pytest.approx(0.7)),
+        ("trial-0001", "pruned", pytest.approx(0.1)),
+    ]
 
 
 def test_a_killed_search_trial_is_enqueued_again_under_its_run_name(tmp_path: Path) -> None:
     study, storage, objective, fake = search_study(tmp_path)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
     trial = study.ask()
     trial.suggest_float("model.optimizer.init_args.lr", 1e-4, 1e-2, log=True)
     trial.suggest_categorical("data.init_args.batch_size", [32, 64])
@@ -113,13 +123,18 @@ def test_a_killed_search_trial_is_enqueued_again_under_its_run_name(tmp_path: Pa
     assert fake.plans[0].name == "trial-0000"  # the same folder, so --ckpt_path last resumes it
     assert fail_dead_trials(study, storage) == []  # only dead processes' trials are failed
 
+
 def test_a_grid_hands_out_each_point_once_and_skips_a_finished_run_folder(tmp_path: Path) -> None:
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(GRID)
     spec = load_grid_file(grid_file, CONFIG_DIR)
     sampler = make_sampler(spec, "grid", 0)
-    study = optuna.create_study(storage=open_storage(str(tmp_path / "grid.journal")), sampler=sampler,
-                                pruner=make_pruner("grid", 1), direction="maximize")
+    study = optuna.create_study(
+        storage=open_storage(str(tmp_path / "grid.journal")),
+        sampler=sampler,
+        pruner=make_pruner("grid", 1),
+        direction="maximize",
+    )
     fake = FakeFit([[0.4, 0.5], [0.3]])
     objective = Objective(spec, "grid", tmp_path / "logs", ["--trainer.max_steps=3"], launcher=fake)
     study.optimize(objective, n_trials=1)
@@ -133,15 +148,21 @@ def test_a_grid_hands_out_each_point_once_and_skips_a_finished_run_folder(tmp_pa
     (tmp_path / "logs" / "grid" / other / FINISHED_MARKER).write_text("{}")
     assert run_trials(study, objective, None) == []  # until every point has a finished trial
     assert len(fake.plans) == 1 and sampler.is_exhausted(study)
-    assert {t.user_attrs["run"]: t.value for t in study.trials} == {first.name: pytest.approx(0.5), other: pytest.approx(0.9)}
+    assert {t.user_attrs["run"]: t.value for t in study.trials} == {
+        first.name: pytest.approx(0.5),
+        other: pytest.approx(0.9),
+    }
 
 
 def test_a_grid_point_whose_run_crashed_is_trained_again_on_the_rerun(tmp_path: Path) -> None:
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(GRID)
     spec = load_grid_file(grid_file, CONFIG_DIR)
-    study = optuna.create_study(storage=open_storage(str(tmp_path / "grid.journal")),
-                                sampler=make_sampler(spec, "grid", 0), direction="maximize")
+    study = optuna.create_study(
+        storage=open_storage(str(tmp_path / "grid.journal")),
+        sampler=make_sampler(spec, "grid", 0),
+        direction="maximize",
+    )
     fake = FakeFit([[0.4], [0.5], [0.6]])
     crashing = iter([RunOutcome(1, False, 1.0)])
 

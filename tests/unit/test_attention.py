@@ -106,7 +106,9 @@ def test_resized_table_is_smooth_interpolation():
     resized = resize_table(table, (3, 3), (5, 5)).view(9, 9)
     ramp_rows = resized[:, 4]
     assert torch.all(ramp_rows[1:] >= ramp_rows[:-1])  # monotone like the source
-    assert resized[0, 0].item() == pytest.approx(0.0, abs=1e-4) and resized[-1, -1].item() == pytest.approx(24.0, abs=1e-4)
+    assert resized[0, 0].item() == pytest.approx(0.0, abs=1e-4) and resized[-1, -1].item() == pytest.approx(
+        24.0, abs=1e-4
+    )
     with pytest.raises(ValueError, match="rows"):
         resize_table(table, (4, 4), (5, 5))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -24,12 +24,26 @@ from datamodules.sampling.draws import DrawIndex
 
 # every effect off, so that turning one field on shows; layers 1 so that the magnitude has something to act on
 BASE = TrainAugment(
-    scale=(1.0, 1.0), ratio=(1.0, 1.0), crop_padding=4, pad_mode="reflect", hflip=0.0,
-    randaugment_layers=1, randaugment_magnitude=5.0, color_jitter=0.0, random_erasing=0.0,
+    scale=(1.0, 1.0),
+    ratio=(1.0, 1.0),
+    crop_padding=4,
+    pad_mode="reflect",
+    hflip=0.0,
+    randaugment_layers=1,
+    randaugment_magnitude=5.0,
+    color_jitter=0.0,
+    random_erasing=0.0,
 )
 CHANGED = {
-    "scale": (0.1, 0.3), "ratio": (0.5, 2.0), "crop_padding": 0, "pad_mode": "zero", "hflip": 1.0,
-    "randaugment_layers": 0, "randaugment_magnitude": 30.0, "color_jitter": 0.5, "random_erasing": 1.0,
+    "scale": (0.1, 0.3),
+    "ratio": (0.5, 2.0),
+    "crop_padding": 0,
+    "pad_mode": "zero",
+    "hflip": 1.0,
+    "randaugment_layers": 0,
+    "randaugment_magnitude": 30.0,
+    "color_jitter": 0.5,
+    "random_erasing": 1.0,
 }
 SAMPLES = 6
 
@@ -51,8 +65,14 @@ def data_root(tmp_path_factory):
 
 def _folder(root, recipe: TrainAugment, preset: str, decode: str = "cpu") -> ImageFolderDataModule:
     dm = ImageFolderDataModule(
-        root=str(root), num_classes=2, image_size=32, preset=preset, decode=decode, batch_size=SAMPLES,
-        num_workers=0, augment=recipe,
+        root=str(root),
+        num_classes=2,
+        image_size=32,
+        preset=preset,
+        decode=decode,
+        batch_size=SAMPLES,
+        num_workers=0,
+        augment=recipe,
     )
     dm.setup()
     return dm
@@ -82,7 +102,10 @@ def _cifar(root, recipe: TrainAugment) -> CIFARDataModule:
 
 # executor path -> (crop kind, output for a recipe)
 PATHS: dict[str, tuple[str, Callable]] = {
-    "folder-resized-in-workers": ("resized", lambda root, r: _in_workers(_folder(root, r.replace(on_device=False), "imagenet"))),
+    "folder-resized-in-workers": (
+        "resized",
+        lambda root, r: _in_workers(_folder(root, r.replace(on_device=False), "imagenet")),
+    ),
     "folder-resized-on-device": ("resized", lambda root, r: _on_device(_folder(root, r, "imagenet"))),
     "folder-resized-gpu-decode": ("resized", lambda root, r: _gpu_decode(_folder(root, r, "imagenet", "gpu"))),
     "folder-pad-in-workers": ("pad", lambda root, r: _in_workers(_folder(root, r.replace(on_device=False), "cifar"))),
@@ -98,7 +121,9 @@ def test_every_recipe_field_changes_every_executor_path(data_root, path: str) ->
     crop, run = PATHS[path]
     base = run(data_root, BASE)
     assert torch.equal(base, run(data_root, BASE)), "the same recipe and seed must give the same images"
-    without_effect = [name for name in fields_for(crop) if torch.equal(run(data_root, BASE.replace(**{name: CHANGED[name]})), base)]
+    without_effect = [
+        name for name in fields_for(crop) if torch.equal(run(data_root, BASE.replace(**{name: CHANGED[name]})), base)
+    ]
     assert not without_effect, f"{path}: these recipe fields change nothing: {without_effect}"
 
 
@@ -123,8 +148,12 @@ def test_the_recipe_is_one_argument_merged_key_by_key() -> None:
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"hflip": 1.5}, r"augment\.hflip"), ({"scale": (0.5, 0.2)}, r"augment\.scale"),
-     ({"randaugment_magnitude": 31}, "randaugment_magnitude"), ({"crop_padding": -1}, r"augment\.crop_padding")],
+    [
+        ({"hflip": 1.5}, r"augment\.hflip"),
+        ({"scale": (0.5, 0.2)}, r"augment\.scale"),
+        ({"randaugment_magnitude": 31}, "randaugment_magnitude"),
+        ({"crop_padding": -1}, r"augment\.crop_padding"),
+    ],
 )
 def test_bad_recipe_values_are_refused_by_name(changes, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -174,7 +203,9 @@ def test_reduced_size_decode_keeps_16_bit_scaling_and_reports_corrupt_files() ->
     out = torch.from_numpy(decode_resized_crop(data, lambda h, w: CropBox(0, 0, h, w), (64, 64), "bilinear"))
     assert abs(out.float().mean().item() - 127.5) < 1  # scaled to 8 bits, not clipped to white
     with pytest.raises(ImageDecodeError, match="Truncated"):
-        decode_resized_crop(_jpeg(random_image(64, 64, 0))[:200], lambda h, w: CropBox(0, 0, h, w), (32, 32), "bilinear")
+        decode_resized_crop(
+            _jpeg(random_image(64, 64, 0))[:200], lambda h, w: CropBox(0, 0, h, w), (32, 32), "bilinear"
+        )
 
 
 def test_worker_draws_depend_on_seed_epoch_and_index_only(data_root) -> None:
@@ -183,8 +214,13 @@ def test_worker_draws_depend_on_seed_epoch_and_index_only(data_root) -> None:
 
     def batches(workers: int, skip: int = 0, epoch: int = 0) -> list[torch.Tensor]:
         dm = ImageFolderDataModule(
-            root=str(data_root), num_classes=2, image_size=32, batch_size=2, num_workers=workers,
-            persistent_workers=False, augment=recipe,
+            root=str(data_root),
+            num_classes=2,
+            image_size=32,
+            batch_size=2,
+            num_workers=workers,
+            persistent_workers=False,
+            augment=recipe,
         )
         dm.setup()
         loader = dm.train_dataloader()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from albumentations_policy import TRANSFORMS, rand_augment
+
 from datamodules.augmentation.batched_ops import (
     EXECUTORS,
     GEOMETRIC_OPS,
@@ -213,7 +213,9 @@ def test_opencv_op_matches_albumentations_and_the_batched_op(name: str, magnitud
         for sign in _signs(name):
             reference = _apply_albumentations(_albumentations_op(name, magnitude, sign), images)
             hwc = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()) for image in images]
-            got = torch.from_numpy(np.stack([CPU_EXECUTORS[name](im, magnitude / 10, sign) for im in hwc])).permute(0, 3, 1, 2)
+            got = torch.from_numpy(np.stack([CPU_EXECUTORS[name](im, magnitude / 10, sign) for im in hwc])).permute(
+                0, 3, 1, 2
+            )
             assert torch.equal(got.float(), reference), (name, sign, (got.float() - reference).abs().max())
 
 
@@ -224,7 +226,9 @@ def test_worker_executor_draws_and_applies_as_the_batched_one(crop: str) -> None
     from datamodules.augmentation.executor import AugmentExecutor, PerImageAugment
     from datamodules.augmentation.recipe import TrainAugment
 
-    recipe = TrainAugment(randaugment_layers=3, randaugment_magnitude=12, color_jitter=0.4, random_erasing=0.5, crop_padding=3)
+    recipe = TrainAugment(
+        randaugment_layers=3, randaugment_magnitude=12, color_jitter=0.4, random_erasing=0.5, crop_padding=3
+    )
     batched, per_image = AugmentExecutor(recipe, crop), PerImageAugment(recipe, crop)
     images = torch.cat([_test_images(24, 40, seed) for seed in range(4)])
     for i, image in enumerate(images):
@@ -232,5 +236,9 @@ def test_worker_executor_draws_and_applies_as_the_batched_one(crop: str) -> None
         got = per_image(image, torch.Generator().manual_seed(i))
         changed = got != expected
         assert got.shape == expected.shape and changed.float().mean() < 0.01, (i, changed.float().mean())
-    different = [i for i, image in enumerate(images) if not torch.equal(per_image(image, torch.Generator().manual_seed(i)), image)]
+    different = [
+        i
+        for i, image in enumerate(images)
+        if not torch.equal(per_image(image, torch.Generator().manual_seed(i)), image)
+    ]
     assert len(different) > len(images) // 2  # the recipe does act

@@ -18,7 +18,10 @@ def test_config_keys_name_their_callback_classes(tmp_path, monkeypatch):
     parsed = cli.CoAtNetCLI(args=["--config", "smoke.yaml", *QUIET], run=False).config_init
     callbacks = {key: value for key, value in parsed.items() if isinstance(value, Callback)}
     assert {"checkpoint", "nan_guard", "random_state", "run_lock", "pictures"} <= callbacks.keys()
-    own = {key: type(value).__name__ for key, value in callbacks.items()
-           if type(value).__module__.startswith("lightning_modules")}
+    own = {
+        key: type(value).__name__
+        for key, value in callbacks.items()
+        if type(value).__module__.startswith("lightning_modules")
+    }
     misnamed = {key: name for key, name in own.items() if camel(key) not in name}
     assert not misnamed, f"config key -> class name: {misnamed}"

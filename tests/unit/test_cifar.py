@@ -82,8 +82,12 @@ def test_holdout_error_names_the_class_when_names_are_known(tmp_path):
 def test_augment_on_device_moves_the_whole_policy_out_of_the_loader(cifar10):
     root, _ = cifar10
     dm = CIFARDataModule(
-        variant="cifar10", root=str(root), augment=TrainAugment(randaugment_layers=2, random_erasing=0.5),
-        batch_size=60, num_workers=0, image_size=64,
+        variant="cifar10",
+        root=str(root),
+        augment=TrainAugment(randaugment_layers=2, random_erasing=0.5),
+        batch_size=60,
+        num_workers=0,
+        image_size=64,
     )
     dm.setup()
     raw, labels = next(iter(dm.train_dataloader()))
@@ -107,7 +111,8 @@ def test_device_randaugment_runs_only_when_asked(cifar10):
 
     def device_output(layers: int) -> torch.Tensor:
         dm = CIFARDataModule(
-            root=str(root), num_workers=0,
+            root=str(root),
+            num_workers=0,
             augment=TrainAugment(randaugment_layers=layers, randaugment_magnitude=10, crop_padding=0, hflip=0.0),
         )
         torch.manual_seed(0)
@@ -162,8 +167,12 @@ def test_download_verifies_md5_and_extracts(tmp_path):
     served, md5 = _release_archive(tmp_path)
     root = tmp_path / "data"
     with serve_directory(served) as base:
-        dm = CIFARDataModule(variant="cifar10", 
-            root=str(root), download=True, download_url=f"{base}/cifar-10-python.tar.gz", download_md5=md5
+        dm = CIFARDataModule(
+            variant="cifar10",
+            root=str(root),
+            download=True,
+            download_url=f"{base}/cifar-10-python.tar.gz",
+            download_md5=md5,
         )
         dm.prepare_data()
     dm.setup()
@@ -176,8 +185,12 @@ def test_download_with_bad_checksum_fails_clearly_and_leaves_nothing(tmp_path):
     served, md5 = _release_archive(tmp_path, corrupt=True)
     root = tmp_path / "data"
     with serve_directory(served) as base:
-        dm = CIFARDataModule(variant="cifar10", 
-            root=str(root), download=True, download_url=f"{base}/cifar-10-python.tar.gz", download_md5=md5
+        dm = CIFARDataModule(
+            variant="cifar10",
+            root=str(root),
+            download=True,
+            download_url=f"{base}/cifar-10-python.tar.gz",
+            download_md5=md5,
         )
         with pytest.raises(DatasetError, match=f"checksum mismatch.*expected md5 {md5}"):
             dm.prepare_data()
@@ -197,7 +210,12 @@ def test_archive_with_path_traversal_is_refused(tmp_path):
     root = tmp_path / "data"
     root.mkdir()
     shutil.copy(archive, root / archive.name)
-    dm = CIFARDataModule(variant="cifar10", root=str(root), download_md5=file_md5(archive), download_url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+    dm = CIFARDataModule(
+        variant="cifar10",
+        root=str(root),
+        download_md5=file_md5(archive),
+        download_url="http://127.0.0.1:9/cifar-10-python.tar.gz",
+    )
     with pytest.raises(DatasetError, match="unsafe archive entry"):
         dm.prepare_data()
     assert not (tmp_path / "escaped.txt").exists()

@@ -241,7 +241,7 @@ def test_layer_decay_scales_lr_from_the_head_down_and_keeps_weight_decay_rules()
     assert len(lr_of) == len(params), "every parameter in exactly one group"
     assert groups[0]["lr"] == pytest.approx(1e-3), "the head's group comes first, unscaled"
     assert lr_of[id(params["head.fc.weight"])] == pytest.approx(1e-3)
-    assert lr_of[id(params["stages.0.0.conv_expand.weight"])] == pytest.approx(1e-3 * 0.5 ** blocks)
+    assert lr_of[id(params["stages.0.0.conv_expand.weight"])] == pytest.approx(1e-3 * 0.5**blocks)
     assert lr_of[id(params["stem.conv1.weight"])] == pytest.approx(1e-3 * 0.5 ** (blocks + 1))
     tables = module.model.no_weight_decay()
     for name, param in params.items():
@@ -284,7 +284,9 @@ def test_learning_rate_monitor_logs_every_group_by_name_when_the_loggers_write(l
     module, logger = ImageClassifier(**NANO, warmup_steps=4, layer_decay=layer_decay), MemoryLogger()
     trainer = _trainer(max_steps=5, log_every_n_steps=2, logger=logger, callbacks=[LearningRateMonitor("step")])
     trainer.fit(module, _loader(n=40))
-    lr_steps = {step: {k: v for k, v in values.items() if k.startswith("lr/")} for step, values in logger.written.items()}
+    lr_steps = {
+        step: {k: v for k, v in values.items() if k.startswith("lr/")} for step, values in logger.written.items()
+    }
     lr_steps = {step: values for step, values in lr_steps.items() if values}
     assert sorted(lr_steps) == [1, 3], "only on the steps the loggers write"
     groups = trainer.optimizers[0].param_groups
@@ -306,7 +308,11 @@ def test_model_overrides_are_kept_as_a_plain_dict_of_the_set_fields(tmp_path):
     overrides = CoAtNetOverrides(drop_path_rate=ProperFraction(0.2), depths=(1, 1, 1, 1))
     overrides.transformer.head_dim = 16
     module = ImageClassifier(**NANO, model_overrides=overrides)
-    assert module.hparams.model_overrides == {"depths": [1, 1, 1, 1], "transformer": {"head_dim": 16}, "drop_path_rate": 0.2}
+    assert module.hparams.model_overrides == {
+        "depths": [1, 1, 1, 1],
+        "transformer": {"head_dim": 16},
+        "drop_path_rate": 0.2,
+    }
     assert type(module.hparams.model_overrides["drop_path_rate"]) is float
     torch.save(dict(module.hparams), tmp_path / "hparams.pt")
     assert torch.load(tmp_path / "hparams.pt", weights_only=True)["model_overrides"]["transformer"] == {"head_dim": 16}
@@ -337,9 +343,13 @@ def test_classifier_module_holds_the_ml_and_leaves_plumbing_to_one_call_hooks():
     hook = methods["on_load_checkpoint"].body
     assert len([s for s in hook if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]) == 1
     assert network_config is classifier.network_config
-    callbacks = ["lightning_modules.callbacks.progress", "lightning_modules.callbacks.throughput",
-                 "lightning_modules.pictures.callback"]
+    callbacks = [
+        "lightning_modules.callbacks.progress",
+        "lightning_modules.callbacks.throughput",
+        "lightning_modules.pictures.callback",
+    ]
     probe = f"import sys; import {', '.join(callbacks)}; print('lightning_modules.classifier' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.stdout.strip() == "False", done.stdout + done.stderr[-2000:]

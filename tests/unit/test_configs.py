@@ -136,7 +136,9 @@ def test_imagenet_recipes_follow_the_paper(name):
 
 def test_cifar_recipe_runs_on_an_image_folder_copy():
     assert set(yaml.safe_load((CONFIG_DIR / "data/cifar10_folder.yaml").read_text())) == {"data"}
-    cli = _cli("cifar10.yaml", "data/cifar10_folder.yaml", extra=("--trainer.accelerator=cpu", "--trainer.precision=32-true"))
+    cli = _cli(
+        "cifar10.yaml", "data/cifar10_folder.yaml", extra=("--trainer.accelerator=cpu", "--trainer.precision=32-true")
+    )
     data = cli.datamodule
     recipe_data = yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["data"]["init_args"]
     assert type(data).__name__ == "CIFARDataModule" and data.hparams.source == "folder"
@@ -146,7 +148,9 @@ def test_cifar_recipe_runs_on_an_image_folder_copy():
     for key in ("randaugment_layers", "randaugment_magnitude", "on_device"):
         assert getattr(data.augment, key) == recipe_data["augment"][key], f"the folder preset must keep augment.{key}"
     assert tuple(cli.model.hparams.image_size) == (32, 32) and cli.model.hparams.num_classes == 10
-    assert cli.model.hparams.model_name == yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["model"]["model_name"]
+    assert (
+        cli.model.hparams.model_name == yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["model"]["model_name"]
+    )
     # The recipe compiles: equal evaluation batches on the holdout and on the official test split mean one eval graph.
     assert 500 * 10 % data.eval_batch_size == 0 and 10_000 % data.eval_batch_size == 0
 
@@ -171,10 +175,19 @@ def test_imagenet_recipe_reads_tar_shards_with_the_shard_preset(tmp_path):
     write_image_folder(tmp_path / "images", "val", classes, per_class=1, size=(48, 64))
     write_shards(tmp_path / "images" / "train", tmp_path / "wds", "imagenet1k-train", samples_per_shard=4, workers=1)
     write_shards(tmp_path / "images" / "val", tmp_path / "wds", "imagenet1k-validation", samples_per_shard=4, workers=1)
-    cli = _cli("coatnet0.yaml", "data/imagenet_shards.yaml", extra=(
-        "--trainer.accelerator=cpu", "--trainer.devices=1", f"--data.root={tmp_path / 'wds'}", "--data.num_classes=2",
-        "--data.image_size=32", "--data.batch_size=2", "--data.num_workers=0",
-    ))
+    cli = _cli(
+        "coatnet0.yaml",
+        "data/imagenet_shards.yaml",
+        extra=(
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=1",
+            f"--data.root={tmp_path / 'wds'}",
+            "--data.num_classes=2",
+            "--data.image_size=32",
+            "--data.batch_size=2",
+            "--data.num_workers=0",
+        ),
+    )
     cli.datamodule.prepare_data()
     cli.datamodule.setup("fit")
     assert cli.datamodule.class_names == classes and len(cli.datamodule.train_set) == 6
@@ -240,14 +253,18 @@ def test_bare_names_search_the_role_folders_and_old_paths_name_the_new_one(tmp_p
     assert find_config("coatnet0.yaml") == str(CONFIG_DIR / "coatnet0.yaml")
     assert find_config("ema.yaml") == find_config("trainer/ema.yaml") == str(CONFIG_DIR / "trainer" / "ema.yaml")
     assert find_config("missing.yaml") == "missing.yaml", "jsonargparse reports a file that is nowhere"
-    with pytest.raises(ConfigNameError, match=r"ablations/layout_ccct.yaml moved .*: pass --config model/layout_ccct.yaml"):
+    with pytest.raises(
+        ConfigNameError, match=r"ablations/layout_ccct.yaml moved .*: pass --config model/layout_ccct.yaml"
+    ):
         find_config("ablations/layout_ccct.yaml")
     with pytest.raises(ConfigNameError, match=r"grid file of python -m ablate"):
         find_config("layouts.yaml")
     for role in ("trainer", "data"):  # a name two folders hold must be spelled with its folder
         (tmp_path / "configs" / role).mkdir(parents=True)
         (tmp_path / "configs" / role / "fast.yaml").write_text("# x\n")
-    with pytest.raises(ConfigNameError, match=r"fast.yaml is in several folders .*: pass one of data/fast.yaml, trainer/fast.yaml"):
+    with pytest.raises(
+        ConfigNameError, match=r"fast.yaml is in several folders .*: pass one of data/fast.yaml, trainer/fast.yaml"
+    ):
         find_config("fast.yaml", tmp_path / "configs")
     assert find_config("data/fast.yaml", tmp_path / "configs") == str(tmp_path / "configs" / "data" / "fast.yaml")
 
@@ -270,40 +287,84 @@ def test_model_overrides_of_config_files_merge_key_by_key(tmp_path):
     files = {
         "recipe.yaml": {"model": {"model_overrides": {"drop_path_rate": 0.1, "transformer": {"norm": "batchnorm"}}}},
         "data.yaml": {"data": {"init_args": {"batch_size": 8}}},
-        "ablation.yaml": {"model": {"model_overrides": {"layout": "CCCT", "transformer": {"attention": "post_softmax"}}}},
+        "ablation.yaml": {
+            "model": {"model_overrides": {"layout": "CCCT", "transformer": {"attention": "post_softmax"}}}
+        },
     }
     for name, content in files.items():
         (tmp_path / name).write_text(yaml.safe_dump(content))
     recipe, data, ablation = (str(tmp_path / name) for name in files)
-    expected = {"drop_path_rate": 0.3, "transformer": {"norm": "batchnorm", "attention": "post_softmax"}, "layout": "CCCT"}
-    cli = _cli("smoke.yaml", extra=("--model.model_overrides=null", "--config", recipe, f"--config={data}",
-                                    "-c", ablation, "--model.model_overrides.drop_path_rate", "0.3"))
+    expected = {
+        "drop_path_rate": 0.3,
+        "transformer": {"norm": "batchnorm", "attention": "post_softmax"},
+        "layout": "CCCT",
+    }
+    cli = _cli(
+        "smoke.yaml",
+        extra=(
+            "--model.model_overrides=null",
+            "--config",
+            recipe,
+            f"--config={data}",
+            "-c",
+            ablation,
+            "--model.model_overrides.drop_path_rate",
+            "0.3",
+        ),
+    )
     assert cli.model.hparams.model_overrides == expected
     assert cli.model.model.config.transformer.norm == "batchnorm" and cli.model.model.config.layout == "CCCT"
     assert cli.model.model.config.drop_path_rate == 0.3
 
     # Items and files apply in command-line order: an item before a later file is kept unless that file sets it.
-    between = _overrides(cli, "--config", recipe, "--model.model_overrides.drop_path_rate=0.3",
-                         "--model.model_overrides.layout", "CCTT", "--config", ablation)
+    between = _overrides(
+        cli,
+        "--config",
+        recipe,
+        "--model.model_overrides.drop_path_rate=0.3",
+        "--model.model_overrides.layout",
+        "CCTT",
+        "--config",
+        ablation,
+    )
     assert between == expected, "the item between the files must survive; the later file's layout wins"
     # A whole mapping merges like a file; null clears what came before it.
     assert _overrides(cli, "--config", recipe, "--model.model_overrides", "{layout: CCCC}", "--config", ablation) == (
-        expected | {"drop_path_rate": 0.1})
+        expected | {"drop_path_rate": 0.1}
+    )
     assert _overrides(cli, "--config", recipe, "--model.model_overrides=null", "--config", ablation) == {
-        "layout": "CCCT", "transformer": {"attention": "post_softmax"}}
-    two_items = _overrides(cli, "--model.model_overrides.transformer.head_dim", "64",
-                           "--model.model_overrides.transformer.layer_scale=1e-6")
+        "layout": "CCCT",
+        "transformer": {"attention": "post_softmax"},
+    }
+    two_items = _overrides(
+        cli,
+        "--model.model_overrides.transformer.head_dim",
+        "64",
+        "--model.model_overrides.transformer.layer_scale=1e-6",
+    )
     assert two_items == {"transformer": {"head_dim": 64, "layer_scale": 1e-6}}, "two keys of one section both stay"
 
 
-@pytest.mark.parametrize(("item", "named"), [
-    ("--model.model_overrides.drop_path_rate=[", "model.model_overrides.drop_path_rate: "),
-    ("--model.model_overrides.drop_path_rate=1.5", "model.model_overrides.drop_path_rate=1.5 is out of range: allowed [0, 1)"),
-    ("--model.model_overrides={head: {dropout: 1}}", "model.model_overrides.head.dropout=1 is out of range: allowed [0, 1)"),
-    ("--model.model_overrides.transformer.head_dims=64", "transformer.head_dims"),
-    ("--model.model_overrides.conv.stride_at=2x2", "model.model_overrides.conv.stride_at: Expected a typing.Literal"),
-    ("--model.model_overrides.num_classes=3", "model.model_overrides: Option 'num_classes' is not accepted"),
-])
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        ("--model.model_overrides.drop_path_rate=[", "model.model_overrides.drop_path_rate: "),
+        (
+            "--model.model_overrides.drop_path_rate=1.5",
+            "model.model_overrides.drop_path_rate=1.5 is out of range: allowed [0, 1)",
+        ),
+        (
+            "--model.model_overrides={head: {dropout: 1}}",
+            "model.model_overrides.head.dropout=1 is out of range: allowed [0, 1)",
+        ),
+        ("--model.model_overrides.transformer.head_dims=64", "transformer.head_dims"),
+        (
+            "--model.model_overrides.conv.stride_at=2x2",
+            "model.model_overrides.conv.stride_at: Expected a typing.Literal",
+        ),
+        ("--model.model_overrides.num_classes=3", "model.model_overrides: Option 'num_classes' is not accepted"),
+    ],
+)
 def test_bad_model_overrides_are_refused_while_parsing_naming_the_key(item, named, capsys):
     with pytest.raises(SystemExit):
         _cli("smoke.yaml", extra=(item,))
@@ -316,7 +377,9 @@ def _field_paths(cls: type) -> set[str]:
     paths: set[str] = set()
     for item in dataclasses.fields(cls):
         hint = hints[item.name]
-        paths |= {f"{item.name}.{path}" for path in _field_paths(hint)} if dataclasses.is_dataclass(hint) else {item.name}
+        paths |= (
+            {f"{item.name}.{path}" for path in _field_paths(hint)} if dataclasses.is_dataclass(hint) else {item.name}
+        )
     return paths
 
 
@@ -337,10 +400,23 @@ def test_ema_preset_trains_on_an_image_folder(tmp_path, monkeypatch):
     write_image_folder(tmp_path, "train", ["a", "b"], per_class=4, size=(32, 32))
     write_image_folder(tmp_path, "val", ["a", "b"], per_class=2, size=(32, 32))
     monkeypatch.chdir(tmp_path)
-    argv = ["fit", "--config", "smoke.yaml", "--config", "ema.yaml", "--data=datamodules.ImageFolderDataModule",
-            f"--data.init_args.root={tmp_path}", "--data.init_args.num_classes=2", "--data.init_args.image_size=32",
-            "--data.init_args.preset=cifar", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
-            "--trainer.fast_dev_run=2", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    argv = [
+        "fit",
+        "--config",
+        "smoke.yaml",
+        "--config",
+        "ema.yaml",
+        "--data=datamodules.ImageFolderDataModule",
+        f"--data.init_args.root={tmp_path}",
+        "--data.init_args.num_classes=2",
+        "--data.init_args.image_size=32",
+        "--data.init_args.preset=cifar",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.num_workers=0",
+        "--trainer.fast_dev_run=2",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+    ]
     monkeypatch.setattr(sys, "argv", ["cli.py", *argv])
     run = cli.CoAtNetCLI()
     ema = next(cb for cb in run.trainer.callbacks if isinstance(cb, EMAWeightAveraging))
@@ -360,5 +436,7 @@ def test_defaults_file_gives_logger_checkpointing_and_atomic_io_and_print_config
     checkpoint = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint))
     assert (checkpoint.monitor, checkpoint.save_last, checkpoint._enable_version_counter) == ("val/acc1", True, False)
     printed = yaml.safe_load(cli.parser.dump(cli.config))  # what --print_config writes
-    assert printed["trainer"]["plugins"] == [{"class_path": "lightning_modules.resilience.atomic_io.AtomicCheckpointIO"}]
+    assert printed["trainer"]["plugins"] == [
+        {"class_path": "lightning_modules.resilience.atomic_io.AtomicCheckpointIO"}
+    ]
     assert printed["checkpoint"]["filename"] == "epoch{epoch:03d}-acc1_{val/acc1:.4f}"

@@ -125,7 +125,9 @@ def test_variants_give_timm_logits_with_cut_depths(name):
 def test_other_resolution_table_model():
     # timm resizes its tables with BeiT-style geometric interpolation, ours (coatnet.resize_table)
     # is bicubic with aligned corners: the two differ, so this converts timm's already-resized tables.
-    theirs = timm.create_model("coatnet_0_rw_224", pretrained=False, num_classes=CLASSES, img_size=IMG, depths=CUT_DEPTHS)
+    theirs = timm.create_model(
+        "coatnet_0_rw_224", pretrained=False, num_classes=CLASSES, img_size=IMG, depths=CUT_DEPTHS
+    )
     _randomise(theirs).set_input_size(img_size=(96, 96))
     ours = from_timm_model(theirs, depths=CUT_DEPTHS)
     assert ours.img_size == (96, 96)
@@ -135,7 +137,9 @@ def test_other_resolution_table_model():
 
 def test_other_resolution_mlp_model_through_our_resize():
     # The rel-pos MLP has no table, so our img_size override and timm's resize agree exactly.
-    theirs = timm.create_model("coatnet_rmlp_nano_rw_224", pretrained=False, num_classes=CLASSES, img_size=IMG, depths=CUT_DEPTHS)
+    theirs = timm.create_model(
+        "coatnet_rmlp_nano_rw_224", pretrained=False, num_classes=CLASSES, img_size=IMG, depths=CUT_DEPTHS
+    )
     state_dict = _randomise(theirs).state_dict()
     ours = convert_timm_state_dict(state_dict, "coatnet_rmlp_nano_rw_224.sw_in1k", img_size=96, depths=CUT_DEPTHS)
     theirs.set_input_size(img_size=(96, 96))
@@ -292,7 +296,12 @@ def test_cli_convert_list_and_summary(tmp_path, capsys):
     command = [sys.executable, "-m", "coatnet", "convert", "--timm-name", "coatnet_nano_rw_224.sw_in1k"]
     result = subprocess.run(
         [*command, "--input", str(source), "--output", str(output)],
-        cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120, check=True,
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert "coatnet_nano_rw_224.sw_in1k" in result.stdout and str(output) in result.stdout
     model, meta = load_weights(output)

@@ -105,9 +105,13 @@ def test_synthetic_is_learnable_by_a_tiny_cnn():
     dm = SyntheticDataModule(num_classes=10, train_size=1024, val_size=300, test_size=0, batch_size=32, seed=1)
     dm.setup()
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step, batch in zip(range(60), dm.train_dataloader()):
@@ -218,7 +222,9 @@ def test_a_datamodule_yielding_float_images_is_named_in_a_one_line_error():
     dm = FloatImages(num_classes=2, image_size=32, batch_size=4, num_workers=0)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    with pytest.raises(DatasetError, match=r"^FloatImages's loader yields torch.float32 \[4, 3, 32, 32\] images; .*uint8") as info:
+    with pytest.raises(
+        DatasetError, match=r"^FloatImages's loader yields torch.float32 \[4, 3, 32, 32\] images; .*uint8"
+    ) as info:
         dm.on_after_batch_transfer(batch, 0)
     assert "\n" not in str(info.value)
     uint8 = (batch[0] * 255).to(torch.uint8)

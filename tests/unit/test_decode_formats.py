@@ -92,7 +92,10 @@ def test_a_torchcodec_that_cannot_load_falls_back_to_pillow_with_one_warning(mon
         assert len(records) == 1 and records[0].levelno == logging.WARNING
         assert f"torchcodec cannot be loaded ({reason}" in records[0].getMessage()
         image = random_image(20, 30, 0)
-        assert fallback.decode_rgb(_bytes(_encode(Image.fromarray(image), "PNG"))).permute(1, 2, 0).numpy().tolist() == image.tolist()
+        assert (
+            fallback.decode_rgb(_bytes(_encode(Image.fromarray(image), "PNG"))).permute(1, 2, 0).numpy().tolist()
+            == image.tolist()
+        )
     finally:
         monkeypatch.undo()
         importlib.reload(decoders)
@@ -113,7 +116,9 @@ def test_rotated_jpeg_is_upright_on_every_path(decoder, tmp_path):
     assert decode_bytes(_bytes(data)).shape == (40, 20, 3)  # train, val and test (CPU workers)
     assert tuple(decode_to_chw(str(path)).shape) == (3, 40, 20)  # CIFAR-style folder held in memory
     assert load_rgb(str(path)).shape == (40, 20, 3)  # predict
-    images, _ = decode_batch(EncodedImages([torch.from_numpy(_bytes(data))], [str(path)], False), torch.device("cpu"), CorruptFiles("error"))
+    images, _ = decode_batch(
+        EncodedImages([torch.from_numpy(_bytes(data))], [str(path)], False), torch.device("cpu"), CorruptFiles("error")
+    )
     assert tuple(images[0].shape) == (3, 40, 20)  # device path
     assert np.abs(decode_bytes(_bytes(data)).astype(int) - reference).max() <= 1
 
@@ -122,7 +127,9 @@ def test_batched_cuda_fallback_applies_orientation_itself(monkeypatch):
     """torchvision's nvJPEG batch decode ignores EXIF: stand a CPU decode in for it and check the turn."""
     from torchvision.io import decode_jpeg
 
-    monkeypatch.setattr(decoders, "torchvision_decode_jpeg", lambda data, mode, device: [decode_jpeg(d, mode=mode) for d in data])
+    monkeypatch.setattr(
+        decoders, "torchvision_decode_jpeg", lambda data, mode, device: [decode_jpeg(d, mode=mode) for d in data]
+    )
     data = [torch.from_numpy(_bytes(_with_orientation(random_image(20, 40, k), k))) for k in (1, 3, 6)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision's own notice; the real path shows it
@@ -157,7 +164,9 @@ def test_refused_samples_are_named_with_the_file(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     Image.fromarray(random_image(8, 8, 0)).save(tmp_path / "train" / "a" / "fine.png")
     Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(tmp_path / "train" / "a" / "hdr.tif")
-    dm = ImageFolderDataModule(root=str(tmp_path), num_classes=1, val_dir="train", image_size=32, num_workers=0, on_corrupt="error")
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), num_classes=1, val_dir="train", image_size=32, num_workers=0, on_corrupt="error"
+    )
     dm.setup()
     with pytest.raises(Exception, match=r"cannot decode image .*hdr\.tif \(ValueError: float samples range 300\.\.300"):
         dm.val_set[1]
@@ -226,4 +235,6 @@ def test_cuda_batch_decode_matches_the_cpu_decode_and_orientation(decoder):
     for image, encoded in zip(images, data):
         expected = decoders.decode_rgb(encoded)
         assert image.is_cuda and image.shape == expected.shape
-        assert (image.cpu().int() - expected.int()).abs().float().mean() < 1.0  # nvJPEG's IDCT may differ from libjpeg's
+        assert (
+            image.cpu().int() - expected.int()
+        ).abs().float().mean() < 1.0  # nvJPEG's IDCT may differ from libjpeg's

@@ -14,8 +14,8 @@ from datamodules.augmentation.crops import (
     eval_crop_box,
     sample_resized_crop,
 )
-from datamodules.augmentation.tensor_ops import crop_resize
 from datamodules.augmentation.recipe import TrainAugment
+from datamodules.augmentation.tensor_ops import crop_resize
 from datamodules.augmentation.transforms import TrainCropDecode
 from datamodules.decoding import device_decode
 from datamodules.decoding.device_decode import on_side_stream
@@ -99,11 +99,17 @@ def gpu_folder(tmp_path):
 
 
 def test_gpu_path_decodes_on_batch_device_with_png_fallback(gpu_folder):
-    dm = ImageFolderDataModule(root=str(gpu_folder), num_classes=2, image_size=32, decode="gpu", batch_size=4, num_workers=0)
+    dm = ImageFolderDataModule(
+        root=str(gpu_folder), num_classes=2, image_size=32, decode="gpu", batch_size=4, num_workers=0
+    )
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     encoded, labels = batch
-    assert isinstance(encoded, EncodedImages) and encoded.train and all(d.dtype == torch.uint8 and d.ndim == 1 for d in encoded.data)
+    assert (
+        isinstance(encoded, EncodedImages)
+        and encoded.train
+        and all(d.dtype == torch.uint8 and d.ndim == 1 for d in encoded.data)
+    )
     moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
     images, labels = dm.on_after_batch_transfer(moved, 0)
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
@@ -136,8 +142,14 @@ def test_gpu_path_replaces_corrupt_jpeg_and_keeps_labels_aligned(gpu_folder):
 def test_gpu_path_applies_the_randaugment_policy_to_training_batches_only(gpu_folder, preset):
     def decoded(layers: int, jitter: float, train: bool) -> torch.Tensor:
         dm = ImageFolderDataModule(
-            root=str(gpu_folder), num_classes=2, image_size=32, decode="gpu", preset=preset, batch_size=6,
-            num_workers=0, val_dir="train",
+            root=str(gpu_folder),
+            num_classes=2,
+            image_size=32,
+            decode="gpu",
+            preset=preset,
+            batch_size=6,
+            num_workers=0,
+            val_dir="train",
             augment=TrainAugment(randaugment_layers=layers, randaugment_magnitude=10, color_jitter=jitter, hflip=0.0),
         )
         dm.setup()

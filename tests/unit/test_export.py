@@ -20,7 +20,12 @@ FORMATS = ["onnx", "torchscript"]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A checkpoint shaped like ImageClassifier's (``model.`` prefix, hyper-parameters, data_info), non-square input."""
-    hp = {"model_name": "coatnet_nano", "num_classes": 4, "image_size": (32, 64), "model_overrides": {"drop_path_rate": 0.1}}
+    hp = {
+        "model_name": "coatnet_nano",
+        "num_classes": 4,
+        "image_size": (32, 64),
+        "model_overrides": {"drop_path_rate": 0.1},
+    }
     model = create_model("coatnet_nano", num_classes=4, img_size=(32, 64), drop_path_rate=0.1)
     with torch.no_grad():  # non-zero, head-specific relative-position tables, as after training
         for name, param in model.named_parameters():
@@ -55,7 +60,9 @@ def test_load_checkpoint_rebuilds_the_network(checkpoint):
 def test_export_matches_eager_at_other_batch_sizes(checkpoint, exported, fmt):
     model, _ = export.load_checkpoint(checkpoint)
     for batch in (1, 5):  # traced/exported with batch 2
-        assert export.max_abs_diff(model, exported[fmt], fmt, export.example_input(INFO, batch=batch, seed=batch)) < 1e-4
+        assert (
+            export.max_abs_diff(model, exported[fmt], fmt, export.example_input(INFO, batch=batch, seed=batch)) < 1e-4
+        )
 
 
 def test_onnx_carries_opset_and_preprocessing_metadata(exported):

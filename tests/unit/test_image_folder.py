@@ -116,7 +116,13 @@ def test_cifar_preset_keeps_full_image_with_pad_crop(folder):
 
 
 def test_workers_draw_different_augmentations(folder):
-    dm = _dm(folder, num_workers=2, batch_size=1, persistent_workers=False, augment={"randaugment_layers": 0, "color_jitter": 0.0})
+    dm = _dm(
+        folder,
+        num_workers=2,
+        batch_size=1,
+        persistent_workers=False,
+        augment={"randaugment_layers": 0, "color_jitter": 0.0},
+    )
     dm.setup()
     dm.train_set.source = dm.train_set.source.subset([0, 0, 0, 0])  # the same image four times
     batches = [b[0] for b in dm.train_dataloader()]
@@ -130,7 +136,13 @@ def test_real_cifar10_jpegs_with_holdout(tmp_path):
     if root is None:
         pytest.skip("shared CIFAR-10 JPEG tarball not found (../shared/data or $COATNET_SHARED_DATA)")
     dm = ImageFolderDataModule(
-        root=str(root), num_classes=10, image_size=32, val_holdout_per_class=5, preset="cifar", num_workers=0, batch_size=50
+        root=str(root),
+        num_classes=10,
+        image_size=32,
+        val_holdout_per_class=5,
+        preset="cifar",
+        num_workers=0,
+        batch_size=50,
     )
     dm.setup()
     assert dm.class_names == CIFAR10_CLASSES

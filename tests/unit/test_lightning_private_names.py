@@ -16,10 +16,16 @@ from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnect
 
 # (Lightning module, private name, the project module that uses it and why)
 IMPORTED = [
-    ("lightning.pytorch.callbacks.throughput_monitor", "_plugin_to_compute_dtype",
-     "callbacks/throughput.py: the compute dtype behind the precision plugin, for MFU"),
-    ("lightning.fabric.utilities.cloud_io", "_is_local_file_protocol",
-     "resilience/atomic_io.py: atomic rename only on local paths"),
+    (
+        "lightning.pytorch.callbacks.throughput_monitor",
+        "_plugin_to_compute_dtype",
+        "callbacks/throughput.py: the compute dtype behind the precision plugin, for MFU",
+    ),
+    (
+        "lightning.fabric.utilities.cloud_io",
+        "_is_local_file_protocol",
+        "resilience/atomic_io.py: atomic rename only on local paths",
+    ),
     ("lightning.fabric.utilities.types", "_PATH", "resilience/atomic_io.py: CheckpointIO's path type"),
 ]
 METHODS = [
@@ -29,8 +35,11 @@ METHODS = [
     (ModelCheckpoint, "_save_last_checkpoint", "resilience/run_checkpoint.py: last.ckpt at a stop"),
     (ModelCheckpoint, "_monitor_candidates", "resilience/run_checkpoint.py"),
     (_TrainingEpochLoop, "_broadcast_sigterm_tensor", "resilience/interrupt.py: the per-step DDP check it replaces"),
-    (_SignalConnector, "_has_already_handler",
-     "resilience/interrupt.py: Lightning installs no SLURM requeue over a SIGUSR1 handler set in setup"),
+    (
+        _SignalConnector,
+        "_has_already_handler",
+        "resilience/interrupt.py: Lightning installs no SLURM requeue over a SIGUSR1 handler set in setup",
+    ),
 ]
 
 

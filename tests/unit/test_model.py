@@ -37,7 +37,10 @@ def test_paper_variants_param_count_and_shapes(name):
     assert abs(n_params(model) - TIMM_PARAMS[name]) / TIMM_PARAMS[name] < 0.005
     widths = model.config.widths
     assert [tuple(f.shape) for f in features] == [
-        (2, widths[0], 56, 56), (2, widths[1], 28, 28), (2, widths[2], 14, 14), (2, widths[3], 7, 7)
+        (2, widths[0], 56, 56),
+        (2, widths[1], 28, 28),
+        (2, widths[2], 14, 14),
+        (2, widths[3], 7, 7),
     ]
     assert tuple(logits.shape) == (2, 1000)
 
@@ -269,7 +272,8 @@ def test_activation_bytes_count_what_backward_keeps():
         block.register_forward_pre_hook(
             lambda m, args, name=f"stage{i + 1}": block_inputs.__setitem__(name, block_inputs[name] + args[0].nbytes)
         )
-        for i, stage in enumerate(model.stages) for block in stage
+        for i, stage in enumerate(model.stages)
+        for block in stage
     ]
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))

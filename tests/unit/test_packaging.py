@@ -75,8 +75,9 @@ print("seen:", seen)
 """
     env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
     env["PYTHONPATH"] = str(REPO_ROOT)
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1] == "seen: []", proc.stdout
 
@@ -99,9 +100,16 @@ def _module_level_imports(package: str) -> set[str]:
     return {name for name in names if name not in sys.stdlib_module_names | first_party | {"__future__"}}
 
 
-@pytest.mark.parametrize(("package", "extras"), [
-    ("coatnet", ()), ("lightning_modules", ()), ("datamodules", ()), ("bench", ()), ("ablate", ("ablate",)),
-])
+@pytest.mark.parametrize(
+    ("package", "extras"),
+    [
+        ("coatnet", ()),
+        ("lightning_modules", ()),
+        ("datamodules", ()),
+        ("bench", ()),
+        ("ablate", ("ablate",)),
+    ],
+)
 def test_module_level_imports_are_declared_dependencies(package, extras):
     # optuna and matplotlib serve ablate/ only: a plain install (no [ablate]) must train without them.
     project = PYPROJECT["project"]

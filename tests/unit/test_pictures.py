@@ -175,15 +175,26 @@ def test_a_logger_without_images_gets_every_picture_as_png_files_in_its_run_fold
     data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=8, test_size=8, batch_size=8)
     logger = CSVLogger(tmp_path, name="run")
     trainer = Trainer(
-        accelerator="cpu", logger=logger, callbacks=[RunPictures()], max_epochs=1, limit_train_batches=1,
-        limit_val_batches=1, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[RunPictures()],
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         enable_checkpointing=False,
     )
     trainer.fit(model, datamodule=data)
     folder = Path(logger.log_dir) / "pictures"
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
-        "attention/stage3/step_1.png", "attention/stage4/step_1.png", "confusion_matrix/step_1.png",
-        "rel_pos_bias/stage3/step_1.png", "rel_pos_bias/stage4/step_1.png", "train_batch/step_0.png",
+        "attention/stage3/step_1.png",
+        "attention/stage4/step_1.png",
+        "confusion_matrix/step_1.png",
+        "rel_pos_bias/stage3/step_1.png",
+        "rel_pos_bias/stage4/step_1.png",
+        "train_batch/step_0.png",
         "val_predictions/step_1.png",
     ], "the training batch before step 0, the validation pictures after step 1, nothing half-written"
     with Image.open(folder / "confusion_matrix" / "step_1.png") as png:
@@ -207,8 +218,12 @@ def _validate(tmp_path, layout: str, *callbacks: Callback) -> tuple[set[str], Im
     data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=16, test_size=8, batch_size=8)
     logger = TensorBoardLogger(tmp_path, name="run")
     trainer = Trainer(
-        accelerator="cpu", logger=logger, callbacks=[*callbacks] or [RunPictures()], limit_val_batches=2,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[*callbacks] or [RunPictures()],
+        limit_val_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.validate(model, datamodule=data, verbose=False)
     accumulator = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
@@ -253,7 +268,9 @@ def test_best_values_survive_a_resume():
     from types import SimpleNamespace
 
     pictures = RunPictures(val_predictions=False, confusion_matrix=False, class_accuracy=False)
-    trainer = SimpleNamespace(loggers=[], callback_metrics={"val/acc1": torch.tensor(0.3), "val/loss": torch.tensor(2.0)})
+    trainer = SimpleNamespace(
+        loggers=[], callback_metrics={"val/acc1": torch.tensor(0.3), "val/loss": torch.tensor(2.0)}
+    )
     pictures.setup(trainer, torch.nn.Linear(1, 1), "fit")
     pictures.load_state_dict({"best": {"hp/best_acc1": 0.8, "hp/final_acc1": 0.8, "hp/best_loss": 0.5}})
     pictures._track_best(trainer)
@@ -284,16 +301,28 @@ def _fit_as_if_distributed(tmp_path, monkeypatch, class_accuracy: bool) -> tuple
     monkeypatch.setattr(_AcceleratorConnector, "is_distributed", property(lambda self: True))
     reduces = []
     reduce = SingleDeviceStrategy.reduce
-    monkeypatch.setattr(SingleDeviceStrategy, "reduce", lambda self, *args, **kw: reduces.append(1) or reduce(self, *args, **kw))
+    monkeypatch.setattr(
+        SingleDeviceStrategy, "reduce", lambda self, *args, **kw: reduces.append(1) or reduce(self, *args, **kw)
+    )
     model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32))
     data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=16, test_size=8, batch_size=8)
     recorder, hits = MemoryLogger(), _ClassHits()
-    pictures = RunPictures(train_batch=False, rel_pos_bias=False, attention_maps=False, hparams=False,
-                                   class_accuracy=class_accuracy)
+    pictures = RunPictures(
+        train_batch=False, rel_pos_bias=False, attention_maps=False, hparams=False, class_accuracy=class_accuracy
+    )
     trainer = Trainer(
-        accelerator="cpu", devices=1, logger=[TensorBoardLogger(tmp_path, name="run"), recorder],
-        callbacks=[pictures, hits], max_epochs=1, limit_train_batches=1, limit_val_batches=2, num_sanity_val_steps=0,
-        use_distributed_sampler=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+        logger=[TensorBoardLogger(tmp_path, name="run"), recorder],
+        callbacks=[pictures, hits],
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -304,7 +333,7 @@ def _fit_as_if_distributed(tmp_path, monkeypatch, class_accuracy: bool) -> tuple
 def test_class_accuracy_reaches_the_loggers_without_the_sync_dist_warning_or_a_collective(tmp_path, monkeypatch):
     recorder, hits, reduces, messages = _fit_as_if_distributed(tmp_path / "a", monkeypatch, class_accuracy=True)
     assert not [m for m in messages if "val_class_acc" in m], "values are summed across ranks already"
-    (step, logged), = [(step, m) for step, m in recorder.calls if "val/acc1" in m]
+    ((step, logged),) = [(step, m) for step, m in recorder.calls if "val/acc1" in m]
     expected = (hits.hits / hits.totals).tolist()
     assert {k: v for k, v in logged.items() if k.startswith("val_class_acc/")} == pytest.approx(
         {f"val_class_acc/pattern_{i}": value for i, value in enumerate(expected)}
@@ -331,12 +360,20 @@ def test_every_recipe_logger_is_told_to_write_no_placeholder_hp_metric(tmp_path,
 
 def _fit_with(logger, tmp_path) -> None:
     """A one-step fit with one validation batch and the default pictures, logged to ``logger`` only."""
-    model = ImageClassifier("coatnet_nano", num_classes=4, image_size=(32, 32),
-                            model_overrides={"depths": (1, 1, 1, 1)})
+    model = ImageClassifier(
+        "coatnet_nano", num_classes=4, image_size=(32, 32), model_overrides={"depths": (1, 1, 1, 1)}
+    )
     data = SyntheticDataModule(num_classes=4, image_size=32, train_size=8, val_size=8, test_size=8, batch_size=8)
     trainer = Trainer(
-        accelerator="cpu", logger=logger, callbacks=[RunPictures()], max_steps=1, limit_val_batches=1,
-        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[RunPictures()],
+        max_steps=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)

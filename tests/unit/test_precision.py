@@ -21,8 +21,6 @@ BF16_LOGITS_TOLERANCE = 0.02  # relative norm error; measured about 0.7% here
 BF16_GRAD_TOLERANCE = 0.05  # measured up to about 3.3% on the tables and depthwise kernels
 
 
-
-
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
 

@@ -32,8 +32,14 @@ def test_bar_shows_the_loss_of_the_last_logging_step(tmp_path):
     bar = LoggedLossProgressBar()
     probe = ShownVersusLogged(bar)
     trainer = Trainer(
-        accelerator="cpu", max_steps=8, log_every_n_steps=3, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[bar, probe],
+        accelerator="cpu",
+        max_steps=8,
+        log_every_n_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[bar, probe],
     )
     module = ImageClassifier(model_name="coatnet_nano", num_classes=10, image_size=(32, 32))
     trainer.fit(module, DataLoader(data, batch_size=8))
@@ -49,8 +55,16 @@ def test_bar_shows_the_loss_of_the_last_logging_step(tmp_path):
 
 
 def test_cli_leaves_its_bar_out_when_the_bar_is_off_or_another_is_configured(tmp_path, monkeypatch, capsys):
-    common = ["fit", "--config", "smoke.yaml", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
-              "--trainer.num_sanity_val_steps=0", "--trainer.logger=false", "--trainer.enable_model_summary=false"]
+    common = [
+        "fit",
+        "--config",
+        "smoke.yaml",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.logger=false",
+        "--trainer.enable_model_summary=false",
+    ]
     monkeypatch.chdir(tmp_path)
 
     def output(*extra: str) -> str:  # in-process: three subprocesses cost 20 s of imports

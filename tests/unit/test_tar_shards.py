@@ -130,9 +130,15 @@ def test_webdataset_tar_with_long_names_and_extra_members_is_read(tmp_path):
         ([("a.jpg", b"x")], r"sample 'a'.*no \.cls member"),
         ([("a.jpg", b"x"), ("a.cls", b"dog")], r"a\.cls holds b'dog', not a class id"),
         ([("a.txt", b"x")], "holds no images"),
-        ([("b.jpg", b"x"), ("b.cls", b"1"), ("b.jpg", b"y"), ("b.cls", b"1")], r"s-0\.tar: sample 'b' has a second image"),
+        (
+            [("b.jpg", b"x"), ("b.cls", b"1"), ("b.jpg", b"y"), ("b.cls", b"1")],
+            r"s-0\.tar: sample 'b' has a second image",
+        ),
         ([("b.jpg", b"x"), ("b.cls", b"1"), ("b.cls", b"2")], r"s-0\.tar: sample 'b' has a second label"),
-        ([("d/b.jpg", b"x"), ("d/b.png", b"y"), ("d/b.cls", b"2")], r"sample 'd/b' has a second image member \(d/b\.png\)"),
+        (
+            [("d/b.jpg", b"x"), ("d/b.png", b"y"), ("d/b.cls", b"2")],
+            r"sample 'd/b' has a second image member \(d/b\.png\)",
+        ),
     ],
 )
 def test_malformed_shards_are_named_with_the_fix(tmp_path, members, message):
@@ -202,7 +208,14 @@ def test_eval_order_covers_every_sample_and_pads_like_distributed_sampler():
 
 
 def _dm(root: Path, **kwargs) -> ImageFolderDataModule:
-    defaults = dict(root=str(root), num_classes=3, image_size=32, batch_size=4, num_workers=0, augment=TrainAugment(randaugment_layers=0))
+    defaults = dict(
+        root=str(root),
+        num_classes=3,
+        image_size=32,
+        batch_size=4,
+        num_workers=0,
+        augment=TrainAugment(randaugment_layers=0),
+    )
     return ImageFolderDataModule(**{**defaults, **kwargs})
 
 

@@ -229,8 +229,12 @@ def _loaders(path: Path) -> list:
         ("text", ["not a readable PyTorch checkpoint", "another kind of file"]),
         (
             "pickled_objects.pth",
-            ["holds pickled Python objects (print) that weights_only loading refuses", "nothing in it was run",
-             "python -m coatnet convert", "Only if you trust its source"],
+            [
+                "holds pickled Python objects (print) that weights_only loading refuses",
+                "nothing in it was run",
+                "python -m coatnet convert",
+                "Only if you trust its source",
+            ],
         ),
     ],
 )
