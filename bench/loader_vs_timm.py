@@ -1,7 +1,8 @@
 """Training-loader images per second per CPU core: this project's ``ImageFolderDataModule`` against timm's loader,
 and against decoding alone, on photo-like JPEGs it writes itself (ImageNet-like and large photos).
 
-Everything runs in one process with one torch thread (``num_workers=0``: per-core rates), and the loaders take
+Everything runs in one process with one torch thread and one OpenCV thread, as in loader workers
+(``num_workers=0``: per-core rates), and the loaders take
 turns, round after round, so a noisy machine slows both sides alike; ratios are medians over the rounds' pairs.
 The project's recipe is coatnet0.yaml's: random-resized crop to 224 (bicubic), flip, RandAugment 2 layers at
 magnitude 15. timm's is ``create_transform(224, is_training=True, auto_augment='rand-m15-n2',
@@ -30,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -235,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(0 < n < args.batch_size for n in counts.values()):
         parser.error("each image count must be 0 or at least --batch-size (train loaders drop the last partial batch)")
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # as in loader workers (``sampling.workers``): per-core rates
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         base = args.root or Path(scratch)
@@ -246,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             kib = np.mean([p.stat().st_size for p in root.glob("train/*/*.jpg")]) / 1024
             rows.append((name, f"{size[1]}x{size[0]}, {kib:.0f} KiB", measure(root, args.batch_size, args.rounds)))
     print(
-        f"\nbatch {args.batch_size}, one process, {torch.get_num_threads()} torch thread, {args.rounds} rounds; "
+        f"\nbatch {args.batch_size}, one process, {torch.get_num_threads()} torch thread, "
+        f"{cv2.getNumThreads()} OpenCV thread, {args.rounds} rounds; "
         f"recipe: random-resized crop 224, flip, RandAugment 2 layers m15\n"
     )
     print(table(rows))

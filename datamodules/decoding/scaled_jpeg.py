@@ -1,7 +1,7 @@
-"""Random-resized crops decoded at reduced size: the crop box is drawn from the header's size (Pillow reads
-it, with the EXIF orientation), then a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) at which
-the box still covers the output size (libjpeg-turbo's scaled decoding, through OpenCV, straight into a
-numpy array), and only the box is resized.
+"""Random-resized crops decoded at reduced size: the crop box is drawn from the header's size and EXIF
+orientation (read from the marker segments by ``jpeg_header``, or by Pillow where that declines), then a JPEG
+is decoded at the smallest DCT scale (1/2, 1/4, 1/8) at which the box still covers the output size
+(libjpeg-turbo's scaled decoding, through OpenCV, straight into a numpy array), and only the box is resized.
 
 A 2000x1500 photo cropped to 224x224 then decodes at 1/4 or 1/8 of its area or less (the entropy decoding
 of the whole file remains). The pixels are those ``decoders`` gives (upright per EXIF, RGB); other formats,
@@ -20,6 +20,7 @@ from PIL import Image
 
 from datamodules.augmentation.crops import CropBox
 from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, as_bytes_tensor, check_header, decode_rgb
+from datamodules.decoding.jpeg_header import read_jpeg_header
 from datamodules.decoding.orientation import exif_orientation
 from datamodules.decoding.pillow_decode import own_pixel_limit
 from datamodules.errors import ImageDecodeError
@@ -77,6 +78,18 @@ def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.flip(pixels, flips) if flips else pixels
 
 
+def _header(data: np.ndarray) -> tuple[str | None, str, tuple[int, int], int] | None:
+    """(format, mode, (width, height), EXIF orientation), as Pillow reads them; None where Pillow cannot."""
+    fast = read_jpeg_header(data)
+    if fast is not None:
+        return "JPEG", fast.mode, (fast.width, fast.height), fast.orientation
+    try:
+        with own_pixel_limit(), Image.open(io.BytesIO(data)) as image:  # reads the header only
+            return image.format, image.mode, image.size, exif_orientation(image)
+    except Exception:  # noqa: BLE001 - not for Pillow (or not an image): decode_rgb reads it or says why not
+        return None
+
+
 def decode_resized_crop(
     data: np.ndarray,
     choose_box: ChooseBox,
@@ -87,11 +100,7 @@ def decode_resized_crop(
     """Encoded bytes -> the chosen crop, upright, as HWC uint8 RGB at ``size``; raises ``ImageDecodeError`` for
     corrupt data or a header declaring more than ``max_pixels`` (checked before anything decodes)."""
     check_header(as_bytes_tensor(data), max_pixels)
-    try:
-        with own_pixel_limit(), Image.open(io.BytesIO(data)) as image:  # reads the header only
-            header = (image.format, image.mode, image.size, exif_orientation(image))
-    except Exception:  # not for Pillow (or not an image): decode_rgb reads it or says why not
-        header = None
+    header = _header(data)
     # a JPEG that does not end in its end-of-image marker may be truncated: decode_rgb refuses those
     if header is None or header[0] != "JPEG" or header[1] not in COLOUR_MODES or bytes(data[-2:]) != JPEG_END:
         full = decode_rgb(data, max_pixels)

@@ -229,3 +229,21 @@ def test_a_datamodule_yielding_float_images_is_named_in_a_one_line_error():
     assert "\n" not in str(info.value)
     uint8 = (batch[0] * 255).to(torch.uint8)
     assert dm.on_after_batch_transfer((uint8, batch[1]), 0)[0].dtype == torch.float32
+
+
+class _OpenCVThreads(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> int:
+        import cv2
+
+        return cv2.getNumThreads()
+
+
+def test_loader_workers_run_opencv_on_one_thread():
+    """Workers are the parallelism: OpenCV's own pool would start a thread per core in each of them."""
+    from datamodules.sampling.workers import seed_worker
+
+    loader = torch.utils.data.DataLoader(_OpenCVThreads(), num_workers=1, worker_init_fn=seed_worker)
+    assert [int(n) for n in loader] == [1]
