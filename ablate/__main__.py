@@ -2,7 +2,7 @@
 
     python -m ablate --config configs/grids/layouts.yaml
     python -m ablate --config attention_bias.yaml --storage sqlite:///logs/ablate/studies.db
-    python -m ablate --config lr_search.yaml --sampler tpe --n-trials 20
+    python -m ablate --config quick_search.yaml --sampler tpe --n-trials 20
     python -m ablate --config layouts.yaml --seeds 2                    # every point with seeds 0 and 1
     python -m ablate --config layouts.yaml -- --trainer.max_epochs 1     # extra cli.py arguments for every run
 
