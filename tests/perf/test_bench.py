@@ -301,3 +301,22 @@ def test_loader_vs_timm_table_has_every_side_at_both_sizes(tmp_path, capsys):
     assert all(float(r[2]) > 0 and r[4].strip().endswith("x") for r in rows)
     timm_rows = [r for r in rows if r[1].strip() == "timm loader"]
     assert all(r[4].strip() == "1.00x" for r in timm_rows)
+
+
+def test_import_footprint_counts_a_cifar_fit_without_shard_reader_or_decoders():
+    import re
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.import_footprint", "--list"],
+        cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    count = re.search(r"project modules imported by the CIFAR-10 fit: (\d+) \((\d+) lines\)", proc.stderr)
+    assert count and 0 < int(count.group(1)) < 100, proc.stderr[-2000:]
+    modules = set(re.findall(r"^  (\S+)$", proc.stderr, flags=re.M))
+    assert {"datamodules.cifar", "lightning_modules.classifier", "coatnet.model"} <= modules
+    assert not modules & {"datamodules.sources.tar_shards", "datamodules.decoding.device_decode", "ablate.study"}
