@@ -7,6 +7,7 @@ them with Pillow, which parses every metadata segment too; other formats ask Pil
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -26,12 +27,13 @@ def _png_size(head: bytes) -> tuple[int, int] | None:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def _jpeg_size(data: memoryview) -> tuple[int, int] | None:
-    """Walk the marker segments to the first start-of-frame: precision (1 byte), height, width (2 bytes each)."""
+def jpeg_segments(data: memoryview) -> Iterator[tuple[int, int, int]]:
+    """(marker, position, length field) of each sized marker segment after SOI, in file order; stops at the end
+    of the data or at a byte that is not a marker (fill bytes and unsized markers are skipped)."""
     position, end = 2, len(data)
     while position + 4 <= end:
         if data[position] != 0xFF:
-            return None
+            return
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
@@ -39,13 +41,20 @@ def _jpeg_size(data: memoryview) -> tuple[int, int] | None:
         if marker in JPEG_UNSIZED_MARKERS:
             position += 2
             continue
+        length = (data[position + 2] << 8) | data[position + 3]
+        yield marker, position, length
+        position += 2 + length
+
+
+def _jpeg_size(data: memoryview) -> tuple[int, int] | None:
+    """The first start-of-frame segment: precision (1 byte), height, width (2 bytes each)."""
+    for marker, position, _ in jpeg_segments(data):
         if marker in JPEG_FRAME_MARKERS:
-            if position + 9 > end:
+            if position + 9 > len(data):
                 return None
             height = (data[position + 5] << 8) | data[position + 6]
             width = (data[position + 7] << 8) | data[position + 8]
             return (width, height) if height else None  # height 0: given later (DNL), leave it to the decoder
-        position += 2 + ((data[position + 2] << 8) | data[position + 3])
     return None
 
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from datamodules.decoding.header_size import JPEG_FRAME_MARKERS, JPEG_UNSIZED_MARKERS
+from datamodules.decoding.header_size import JPEG_FRAME_MARKERS, jpeg_segments
 
 START_OF_SCAN = 0xDA
 APP1 = 0xE1
@@ -59,23 +59,12 @@ def read_jpeg_header(data: np.ndarray) -> JpegHeader | None:
     view = memoryview(data)
     if bytes(view[:3]) != b"\xff\xd8\xff":
         return None
-    position, end = 2, len(view)
     frame: tuple[str, int, int] | None = None
     orientation: int | None = 1
     exif_seen = False
-    while position + 4 <= end:
-        if view[position] != 0xFF:
-            return None
-        marker = view[position + 1]
-        if marker == 0xFF:
-            position += 1
-            continue
-        if marker in JPEG_UNSIZED_MARKERS:
-            position += 2
-            continue
-        length = (view[position + 2] << 8) | view[position + 3]
+    for marker, position, length in jpeg_segments(view):
         segment_end = position + 2 + length
-        if length < 2 or segment_end > end:
+        if length < 2 or segment_end > len(view):
             return None
         if marker == START_OF_SCAN:
             return None if frame is None or orientation is None else JpegHeader(*frame, orientation)
@@ -96,5 +85,4 @@ def read_jpeg_header(data: np.ndarray) -> JpegHeader | None:
                     return None
                 exif_seen = True
                 orientation = _orientation(body[len(EXIF_PREFIX) :])
-        position = segment_end
     return None
