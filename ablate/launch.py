@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.metrics import epoch_accuracies
-from ablate.run_record import ATTEMPT_ENV, CALLBACK_PATH, warn
+from ablate.run_record import ATTEMPT_ENV, CALLBACK_PATH, read_json_object
 from lightning_modules.resilience.run_lock import LOCK_NAME
 
 CLI_MODULE = "lightning_modules.cli"  # run with -m: works in a clone and from an installed wheel
@@ -166,16 +166,7 @@ def launch(plan: RunPlan, on_epoch: Callable[[int, float], bool], env: dict[str,
 
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object this package wrote; {} where there is none, and a warning naming a damaged one."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        data = None
-    if not isinstance(data, dict):
-        warn(f"{path} is damaged (not a JSON object); it is ignored")
-        return {}
-    return data
+    return read_json_object(path, "it is ignored") or {}
 
 
 def _exited_within(process: subprocess.Popen, seconds: float) -> bool:

@@ -114,19 +114,24 @@ def _network_size(pl_module: LightningModule) -> dict[str, int]:
     return {"params": sum(p.numel() for p in model.parameters()), "flops": 2 * sum(part.macs for part in parts)}
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run's record, or None where there is none; a damaged one is skipped with a warning naming it."""
-    path = run_dir / RECORD_FILE
+def read_json_object(path: Path, if_damaged: str) -> dict[str, Any] | None:
+    """A JSON object ablate or its runs wrote, or None where there is none; a damaged one is skipped with a
+    warning naming it and ``if_damaged`` (what happens instead)."""
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        record = None
-    if not isinstance(record, dict):
-        warn(f"{path} is damaged (not a JSON object); its run is shown without it")
+        data = None
+    if not isinstance(data, dict):
+        warn(f"{path} is damaged (not a JSON object); {if_damaged}")
         return None
-    return record
+    return data
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's record, or None where there is none or it is damaged (a warning names it)."""
+    return read_json_object(run_dir / RECORD_FILE, "its run is shown without it")
 
 
 def warn(message: str) -> None:
