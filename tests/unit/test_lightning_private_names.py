@@ -68,7 +68,7 @@ def test_private_names_of_loggers_parser_and_loops_exist(tmp_path):
     parser = LightningArgumentParser()
     parser.add_class_arguments(Trainer, "trainer")
     action = parser._option_string_actions.get("--trainer.limit_val_batches")
-    assert hasattr(action, "_typehint"), "used by cli.py: batch limits that take counts"
+    assert hasattr(action, "_typehint"), "used by cli_plumbing.py: batch limits that take counts"
     for logger in (TensorBoardLogger(tmp_path), CSVLogger(tmp_path)):
         assert "_version" in vars(logger), "used by resilience/resume_paths.py: continue a run's version folder"
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
