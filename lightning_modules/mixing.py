@@ -47,6 +47,7 @@ class MixResult:
     permutation: Tensor | None
 
 
+@dataclass
 class MixupCutmix:
     """Batch-level Mixup / CutMix with label smoothing.
 
@@ -56,29 +57,16 @@ class MixupCutmix:
     caller's argument types (``ImageClassifier``'s, at parse time and on construction).
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        mix_prob: float = 1.0,
-        switch_prob: float = 0.5,
-        label_smoothing: float = 0.0,
-    ) -> None:
-        self.num_classes = num_classes
-        self.mixup_alpha = mixup_alpha
-        self.cutmix_alpha = cutmix_alpha
-        self.mix_prob = mix_prob
-        self.switch_prob = switch_prob
-        self.label_smoothing = label_smoothing
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any batch can be mixed at all."""
-        return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+    num_classes: int
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    label_smoothing: float = 0.0
 
     def _choose_mode(self) -> str:
-        if not self.enabled or torch.rand(()).item() >= self.mix_prob:
+        enabled = self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+        if not enabled or torch.rand(()).item() >= self.mix_prob:  # no draw when disabled: the streams stay put
             return "none"
         if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
             return "cutmix" if torch.rand(()).item() < self.switch_prob else "mixup"

@@ -93,4 +93,4 @@ def test_invalid_settings_raise_once_naming_the_argument_and_its_range():
         ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32), mixup_alpha=-1.0)
     with pytest.raises(ValueError, match=r"^mix_prob=1.5 is out of range: allowed \[0, 1\]$"):
         ImageClassifier(model_name="coatnet_nano", num_classes=4, image_size=(32, 32), mix_prob=1.5)
-    assert "raise" not in inspect.getsource(MixupCutmix.__init__)
+    assert "raise" not in inspect.getsource(MixupCutmix)  # a dataclass: its generated __init__ only assigns
