@@ -20,9 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from coatnet import CoAtNet, fold_batchnorm
@@ -38,14 +36,13 @@ from lightning_modules.mixing import MixupCutmix
 from lightning_modules.model_overrides import CoAtNetOverrides, network_config, overrides_dict
 from lightning_modules.optim import (
     SharedOnCopy,
-    WarmupCosine,
     check_clipping_is_possible,
     layer_decay_groups,
     no_decay_names,
-    total_optimizer_steps,
+    warmup_cosine_scheduler,
     weight_decay_groups,
 )
-from lightning_modules.prediction import DATA_INFO_KEY, data_info
+from lightning_modules.prediction import store_data_info
 from lightning_modules.resilience.init_weights import load_init_from
 from lightning_modules.resilience.network_match import check_checkpoint
 from lightning_modules.steps import loggers_write_after, split_batch
@@ -232,29 +229,19 @@ class ImageClassifier(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store class names and eval preprocessing next to the weights, for predict and export."""
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
-        if datamodule is not None and hasattr(datamodule, "class_names"):
-            checkpoint[DATA_INFO_KEY] = data_info(datamodule)
+        store_data_info(checkpoint, self._trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse the weights of another network, even one with the same parameter shapes (see ``network_match``)."""
         check_checkpoint(checkpoint, self.model.config, self.hparams, self._trainer)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        if self.hparams.layer_decay is None:
+        hp = self.hparams
+        if hp.layer_decay is None:
             groups = weight_decay_groups(self.model, self.no_decay)
         else:
-            groups = layer_decay_groups(self.model, self.no_decay, self.model.config.depths, self.hparams.layer_decay)
+            groups = layer_decay_groups(self.model, self.no_decay, self.model.config.depths, hp.layer_decay)
         optimizer = self.optimizer_factory(groups)
         check_clipping_is_possible(self.trainer, optimizer)
-        for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
-            group["lr"] *= group.get("lr_scale", 1.0)
-        total_steps = total_optimizer_steps(self.trainer)
-        if self.hparams.warmup_steps > total_steps:
-            rank_zero_warn(
-                f"model.warmup_steps={self.hparams.warmup_steps} is longer than the whole run ({total_steps} "
-                "optimizer steps): the learning rate never reaches its peak. Shorten the warm-up or train longer."
-            )
-        schedule = WarmupCosine(self.hparams.warmup_steps, total_steps, self.hparams.min_lr_ratio)
-        scheduler = {"scheduler": LambdaLR(optimizer, schedule), "interval": "step", "frequency": 1, "name": "lr"}
+        scheduler = warmup_cosine_scheduler(optimizer, self.trainer, hp.warmup_steps, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

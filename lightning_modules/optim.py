@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 # Prefixes that wrappers (FSDP, activation checkpointing, torch.compile) insert into parameter names.
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -156,3 +158,21 @@ def total_optimizer_steps(trainer: Trainer) -> int:
     if not math.isfinite(total_steps):
         raise ValueError("The cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
     return int(total_steps)
+
+
+def warmup_cosine_scheduler(
+    optimizer: torch.optim.Optimizer, trainer: Trainer, warmup_steps: int, min_lr_ratio: float
+) -> dict[str, Any]:
+    """``WarmupCosine`` over the whole run as Lightning's per-step ``lr_scheduler`` entry, named ``lr`` for the
+    ``LearningRateMonitor``. Each group's ``lr_scale`` (layer decay) is applied first, before the scheduler
+    records the groups' initial learning rates; a warm-up longer than the run is warned about."""
+    for group in optimizer.param_groups:
+        group["lr"] *= group.get("lr_scale", 1.0)
+    total_steps = total_optimizer_steps(trainer)
+    if warmup_steps > total_steps:
+        rank_zero_warn(
+            f"model.warmup_steps={warmup_steps} is longer than the whole run ({total_steps} "
+            "optimizer steps): the learning rate never reaches its peak. Shorten the warm-up or train longer."
+        )
+    schedule = WarmupCosine(warmup_steps, total_steps, min_lr_ratio)
+    return {"scheduler": LambdaLR(optimizer, schedule), "interval": "step", "frequency": 1, "name": "lr"}

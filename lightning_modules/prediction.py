@@ -40,6 +40,13 @@ def data_info(datamodule: Any) -> dict[str, Any]:
     }
 
 
+def store_data_info(checkpoint: dict[str, Any], trainer: Trainer | None) -> None:
+    """Put the attached DataModule's ``data_info`` in ``checkpoint`` (nothing without one that names classes)."""
+    datamodule = trainer.datamodule if trainer is not None else None
+    if datamodule is not None and hasattr(datamodule, "class_names"):
+        checkpoint[DATA_INFO_KEY] = data_info(datamodule)
+
+
 def csv_header(top_k: int) -> list[str]:
     """``path, top1_class, top1_prob, ..., top{k}_class, top{k}_prob, error``."""
     return ["path", *[f"top{i}_{field}" for i in range(1, top_k + 1) for field in ("class", "prob")], "error"]

@@ -109,7 +109,7 @@ def test_a_warm_up_longer_than_the_run_warns_once_with_both_numbers():
     with pytest.warns(UserWarning, match=r"model.warmup_steps=500 is longer than the whole run \(40 optimizer steps\)"):
         module.configure_optimizers()
     module.hparams.warmup_steps = 40
-    with mock.patch("lightning_modules.classifier.rank_zero_warn") as warn:
+    with mock.patch("lightning_modules.optim.rank_zero_warn") as warn:
         module.configure_optimizers()
     warn.assert_not_called()
 
