@@ -15,60 +15,19 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.checks import ImageSize, check_image_size, check_normalisation
 from datamodules.errors import DatasetError
 from datamodules.sampling.epoch_sampler import EpochShuffleSampler
-from datamodules.sampling.resume import ResumingDataLoader, batches_done_this_epoch
-from datamodules.sampling.workers import seed_worker
+from datamodules.sampling.loaders import split_loader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_NUM_WORKERS = min(8, max(0, (os.cpu_count() or 1) - 1))
 
-ImageSize = int | tuple[int, int]
-
-
-def to_hw(image_size: ImageSize) -> tuple[int, int]:
-    """Normalise an int or (height, width) to a (height, width) tuple of ints."""
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    size = tuple(int(s) for s in image_size)
-    if len(size) != 2:
-        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
-    return size  # type: ignore[return-value]
-
-
-def check_image_size(image_size: ImageSize) -> tuple[int, int]:
-    """A positive (height, width). Which sizes fit is the model's rule (a multiple of its total stride: 32, or 16
-    with a stride-1 stem); the model built for this size says so when it is not."""
-    height, width = to_hw(image_size)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image_size {height}x{width} is not allowed: both sides must be positive (e.g. 32, 224, 384)")
-    return height, width
-
-
-def _on_unit_scale(values: tuple[float, ...]) -> str:
-    return "[" + ", ".join(f"{v / 255:.4g}" for v in values) + "]"
-
-
-def check_normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    """Images are scaled to 0..1 before normalising, so mean must lie in [0, 1] and std in (0, 1]: values on
-    the 0..255 scale (e.g. mean 123.675) would silently push every input to about -2."""
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values (one per RGB channel), got mean={list(mean)}, std={list(std)}")
-    if not all(0.0 <= m <= 1.0 for m in mean):
-        raise ValueError(
-            f"mean={list(mean)} is not on the 0..1 scale images are normalised on; "
-            f"values in [0, 1] are needed (divided by 255: mean={_on_unit_scale(mean)})."
-        )
-    if not all(0.0 < s <= 1.0 for s in std):
-        raise ValueError(
-            f"std={list(std)} is not on the 0..1 scale images are normalised on; "
-            f"values in (0, 1] are needed (divided by 255: std={_on_unit_scale(std)})."
-        )
-
 
 class ImageClassificationDataModule(L.LightningDataModule):
-    """Base class: loader construction, size checks and on-device normalisation.
+    """Base class: the data contract (loaders yield uint8 [B,3,H,W] images, checked and normalised on the device),
+    the settings every DataModule shares, and the split loaders.
 
     Subclasses set ``num_classes`` in ``__init__``, build ``self.train_set``,
     ``self.val_set`` and ``self.test_set`` in ``setup`` and may override
@@ -131,59 +90,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.test_set: Dataset | None = None
         self._affine_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    # ----------------------------------------------------------------- loaders
-    def _loader(
-        self, dataset: Dataset | None, split: str, train: bool, collate_fn: Callable | None = None
-    ) -> DataLoader:
-        if dataset is None:
-            raise DatasetError(f"the {split} split is not set up: call setup() (or let the Trainer do it) first.")
-        workers = self.num_workers
-        # a loader's own generator seeds its workers: drawing from the global stream instead would shift
-        # the training draws after it, differently in a resumed run (see ResumingDataLoader)
-        if train:
-            loader_class, own_seeding = ResumingDataLoader, {"batches_done": self._batches_done_this_epoch}
-        else:
-            loader_class, own_seeding = DataLoader, {"generator": torch.Generator().manual_seed(self.seed)}
-        return loader_class(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=self._sampler(dataset, train),
-            drop_last=train,
-            num_workers=workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
-            worker_init_fn=seed_worker if workers > 0 else None,
-            collate_fn=collate_fn,
-            **own_seeding,
-        )
-
-    def _batches_done_this_epoch(self) -> int:
-        return batches_done_this_epoch(self.trainer)
-
-    def _sampler(self, dataset: Dataset, train: bool) -> Sampler[int] | None:
-        """Training order, one share per rank (None: in order; Lightning splits that across ranks)."""
-        return EpochShuffleSampler(dataset, self.seed, *self._world()) if train else None
-
-    def _world(self) -> tuple[int, int]:
-        """(number of ranks, this rank) of the attached Trainer; (1, 0) without one."""
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, drop_last=True so every step sees a full per-device batch."""
-        return self._loader(self.train_set, "train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, "val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Serves the validation split with eval transforms."""
-        return self._loader(self.val_set, "val", train=False)
-
-    # ------------------------------------------------------- device-side work
+    # ------------------------------------- the data contract: uint8 batches, normalised on the device
     def _is_training(self) -> bool:
         trainer = self.trainer
         return trainer is not None and bool(trainer.training)
@@ -230,3 +137,34 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """Inverse of ``normalize`` to float in [0, 1], e.g. for TensorBoard images."""
         scale, shift = self._affine(images.device)
         return ((images.float() - shift) / scale / 255.0).clamp_(0.0, 1.0)
+
+    # ------------------------------------------------- loaders (built by sampling.loaders.split_loader)
+    def _loader(
+        self, dataset: Dataset | None, split: str, train: bool, collate_fn: Callable | None = None
+    ) -> DataLoader:
+        if dataset is None:
+            raise DatasetError(f"the {split} split is not set up: call setup() (or let the Trainer do it) first.")
+        return split_loader(self, dataset, train, self._sampler(dataset, train), collate_fn)
+
+    def _sampler(self, dataset: Dataset, train: bool) -> Sampler[int] | None:
+        """Training order, one share per rank (None: in order; Lightning splits that across ranks)."""
+        return EpochShuffleSampler(dataset, self.seed, *self._world()) if train else None
+
+    def _world(self) -> tuple[int, int]:
+        """(number of ranks, this rank) of the attached Trainer; (1, 0) without one."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, drop_last=True so every step sees a full per-device batch."""
+        return self._loader(self.train_set, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Serves the validation split with eval transforms."""
+        return self._loader(self.val_set, "val", train=False)
