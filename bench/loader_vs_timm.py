@@ -114,8 +114,7 @@ def decode_rate(files: list[Path]) -> float:
 
 def device_step_rate(batches: list[torch.Tensor]) -> float:
     """The batched recipe (flip, RandAugment) on the crops the project loader hands over, run on this CPU."""
-    from datamodules.augmentation.executor import AugmentExecutor
-    from datamodules.augmentation.recipe import TrainAugment
+    from datamodules.augmentation.recipe import AugmentExecutor, TrainAugment
 
     executor = AugmentExecutor(TrainAugment(**RECIPE), "resized")
     start = time.perf_counter()

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from datamodules.augmentation.executor import AugmentExecutor, PerImageAugment
-from datamodules.augmentation.recipe import TrainAugment, as_recipe
+from datamodules.augmentation.recipe import AugmentExecutor, PerImageAugment, TrainAugment, as_recipe
 from datamodules.base import (
     DEFAULT_NUM_WORKERS,
     ImageClassificationDataModule,

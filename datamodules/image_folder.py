@@ -10,8 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.augmentation.executor import AugmentExecutor, PerImageAugment
-from datamodules.augmentation.recipe import TrainAugment, as_recipe
+from datamodules.augmentation.recipe import AugmentExecutor, PerImageAugment, TrainAugment, as_recipe
 from datamodules.augmentation.tensor_ops import Interpolation, host_to_device
 from datamodules.augmentation.transforms import EvalTransform, ResizeTo, TrainCropDecode
 from datamodules.base import (

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from datamodules.augmentation.crops import CropBox, eval_crop_box, sample_resized_crop
-from datamodules.augmentation.executor import AugmentExecutor
-from datamodules.augmentation.recipe import TrainAugment
+from datamodules.augmentation.recipe import AugmentExecutor, TrainAugment
 from datamodules.augmentation.tensor_ops import Interpolation, crop_resize
 from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, decode_jpegs, decode_rgb
 from datamodules.decoding.encoded_images import (

@@ -223,8 +223,7 @@ def test_opencv_op_matches_albumentations_and_the_batched_op(name: str, magnitud
 def test_worker_executor_draws_and_applies_as_the_batched_one(crop: str) -> None:
     """Same generator seed -> same flips, crops, ops, signs, jitter and erasing: the same image, up to the
     geometric ops' one level on a few pixels (which a later histogram or posterize op may turn into a step)."""
-    from datamodules.augmentation.executor import AugmentExecutor, PerImageAugment
-    from datamodules.augmentation.recipe import TrainAugment
+    from datamodules.augmentation.recipe import AugmentExecutor, PerImageAugment, TrainAugment
 
     recipe = TrainAugment(
         randaugment_layers=3, randaugment_magnitude=12, color_jitter=0.4, random_erasing=0.5, crop_padding=3

@@ -70,7 +70,7 @@ class Watch:
         return None
 sys.meta_path.insert(0, Watch())
 import lightning_modules.cli, datamodules.cifar, datamodules.image_folder, datamodules.augmentation.transforms
-import datamodules.augmentation.executor, datamodules.decoding.device_decode, ablate.study
+import datamodules.augmentation.recipe, datamodules.decoding.device_decode, ablate.study
 print("seen:", seen)
 """
     env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
