@@ -17,7 +17,6 @@ from datamodules.base import (
     ImageSize,
 )
 from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
-from datamodules.errors import DatasetError
 from datamodules.sampling.draws import PerSampleDraws
 from datamodules.sources.cifar_release import (
     RELEASES,
@@ -147,27 +146,12 @@ class CIFARDataModule(ImageClassificationDataModule):
 
     def _load_folder(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
         # imported here: only this source decodes files, so a pickle run loads no image decoder
-        from datamodules.sources.cifar_folder import find_split, load_image_folder
-        from datamodules.sources.folder_scan import check_same_classes, list_classes
+        from datamodules.sources.cifar_folder import load_cifar_folder
 
-        classes = list_classes(self.root / "train")
-        if len(classes) != self.num_classes:
-            raise DatasetError(
-                f"{self.variant} has {self.num_classes} classes but {self.root / 'train'} has {len(classes)} "
-                "class folders; fix the folder or choose the matching variant."
-            )
-        self.class_names = classes
-        test_dir = find_split(self.root, ("test", "val"))
-        if test_dir is None and self.val_split == "test":
-            raise DatasetError(
-                f"val_split: test needs {self.root}/test/<class>/ or {self.root}/val/<class>/; "
-                "add one, or set val_split: holdout to validate on held-out training images."
-            )
-        train = load_image_folder(self.root / "train", classes, NATIVE_SIZE, self.max_image_pixels)
-        if test_dir is None:
-            return train, None
-        check_same_classes(classes, list_classes(test_dir), self.root / "train", test_dir)
-        return train, load_image_folder(test_dir, classes, NATIVE_SIZE, self.max_image_pixels)
+        needs_test = self.val_split == "test"
+        folder = self.root, self.variant, self.num_classes, needs_test, NATIVE_SIZE, self.max_image_pixels
+        self.class_names, train, test = load_cifar_folder(*folder)
+        return train, test
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None and self.val_set is not None:

@@ -15,7 +15,7 @@ import torch
 from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, decode_rgb
 from datamodules.decoding.encoded_images import DECODE_ERRORS
 from datamodules.errors import DatasetError, decode_failure
-from datamodules.sources.folder_scan import scan_split
+from datamodules.sources.folder_scan import check_same_classes, list_classes, scan_split
 
 
 def find_split(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -47,7 +47,35 @@ def load_image_folder(
         if tuple(image.shape[-2:]) != size:
             raise DatasetError(
                 f"{files.path(index)} is {image.shape[-1]}x{image.shape[-2]} pixels, but this dataset holds "
-                f"{size[1]}x{size[0]} images; resize the folder, or use datamodules.ImageFolderDataModule for other sizes."
+                f"{size[1]}x{size[0]} images; resize the folder, or use datamodules.ImageFolderDataModule "
+                "for other sizes."
             )
         images[index] = image
     return images, torch.from_numpy(files.labels)
+
+
+def load_cifar_folder(
+    root: Path, variant: str, num_classes: int, needs_test: bool, size: tuple[int, int], max_pixels: int
+) -> tuple[list[str], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """Class names, then the decoded ``root/train`` and ``root/test`` (or ``root/val``; None when neither exists).
+
+    A class count other than ``variant``'s, or no test split where ``needs_test`` (``val_split: test``), stops
+    the load naming the fix; a test split must have train's class folders.
+    """
+    classes = list_classes(root / "train")
+    if len(classes) != num_classes:
+        raise DatasetError(
+            f"{variant} has {num_classes} classes but {root / 'train'} has {len(classes)} "
+            "class folders; fix the folder or choose the matching variant."
+        )
+    test_dir = find_split(root, ("test", "val"))
+    if test_dir is None and needs_test:
+        raise DatasetError(
+            f"val_split: test needs {root}/test/<class>/ or {root}/val/<class>/; "
+            "add one, or set val_split: holdout to validate on held-out training images."
+        )
+    train = load_image_folder(root / "train", classes, size, max_pixels)
+    if test_dir is None:
+        return classes, train, None
+    check_same_classes(classes, list_classes(test_dir), root / "train", test_dir)
+    return classes, train, load_image_folder(test_dir, classes, size, max_pixels)
