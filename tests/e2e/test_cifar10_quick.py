@@ -21,7 +21,7 @@ def test_preset_is_the_documented_cpu_recipe() -> None:
     assert trainer["max_time"] <= "00:00:05:00"
     assert model["model_name"] == "coatnet_nano" and model["optimizer"]["class_path"] == "torch.optim.AdamW"
     assert model["warmup_steps"] > 0 and model.get("mixup_alpha", 0) == 0
-    assert config["data"]["class_path"] == "datamodules.CIFARDataModule"
+    assert config["data"]["class_path"] == "datamodules.cifar.CIFARDataModule"
     assert (data["source"], data["root"], data["val_split"], data["holdout_per_class"]) == (
         "folder",
         "data/cifar10-jpeg",

@@ -155,6 +155,24 @@ def test_cifar_recipe_runs_on_an_image_folder_copy():
     assert 500 * 10 % data.eval_batch_size == 0 and 10_000 % data.eval_batch_size == 0
 
 
+def test_a_saved_config_naming_the_package_level_datamodule_still_loads_over_a_recipe(tmp_path, monkeypatch):
+    """Recipes name a DataModule by its module (``datamodules.cifar.CIFARDataModule``: a reader opens that file);
+    configs saved before name it at the package (``datamodules.CIFARDataModule``). The old name loads the same
+    class and keeps the recipe's settings it does not set."""
+    import datamodules.cifar
+
+    monkeypatch.chdir(tmp_path)
+    recipe = yaml.safe_load((CONFIG_DIR / "cifar10.yaml").read_text())["data"]
+    assert recipe["class_path"] == "datamodules.cifar.CIFARDataModule"
+    saved = tmp_path / "saved.yaml"
+    saved.write_text("data:\n  class_path: datamodules.CIFARDataModule\n  init_args:\n    root: elsewhere\n")
+    cpu = ("--trainer.accelerator=cpu", "--trainer.precision=32-true")
+    data = _cli("cifar10.yaml", str(saved), extra=cpu).datamodule
+    assert type(data) is datamodules.cifar.CIFARDataModule and data.hparams.root == "elsewhere"
+    assert data.batch_size == recipe["init_args"]["batch_size"]
+    assert data.augment.randaugment_layers == recipe["init_args"]["augment"]["randaugment_layers"]
+
+
 def test_imagenet_recipe_reads_tar_shards_with_the_shard_preset(tmp_path):
     from data_helpers import write_image_folder
 
