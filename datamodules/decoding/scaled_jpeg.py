@@ -24,7 +24,13 @@ import simplejpeg
 from PIL import Image
 
 from datamodules.augmentation.crops import CropBox
-from datamodules.decoding.decoders import DEFAULT_MAX_IMAGE_PIXELS, as_bytes_tensor, check_header, decode_rgb
+from datamodules.decoding.decoders import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    as_bytes_tensor,
+    check_header,
+    decode_rgb,
+    refuse_over_limit,
+)
 from datamodules.decoding.jpeg_header import read_jpeg_header
 from datamodules.decoding.orientation import exif_orientation
 from datamodules.decoding.pillow_decode import own_pixel_limit
@@ -76,11 +82,14 @@ def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.flip(pixels, flips) if flips else pixels
 
 
-def _header(data: np.ndarray) -> tuple[str | None, str, tuple[int, int], int] | None:
-    """(format, mode, (width, height), EXIF orientation), as Pillow reads them; None where Pillow cannot."""
+def _header(data: np.ndarray, max_pixels: int) -> tuple[str | None, str, tuple[int, int], int] | None:
+    """(format, mode, (width, height), EXIF orientation), as Pillow reads them; None where Pillow cannot. Raises
+    ``ImageDecodeError`` for an empty file or a declared size over ``max_pixels``, before anything decodes."""
     fast = read_jpeg_header(data)
-    if fast is not None:
+    if fast is not None:  # the marker walk has read the size: no second read of the header
+        refuse_over_limit(fast.width, fast.height, max_pixels)
         return "JPEG", fast.mode, (fast.width, fast.height), fast.orientation
+    check_header(as_bytes_tensor(data), max_pixels)
     try:
         with own_pixel_limit(), Image.open(io.BytesIO(data)) as image:  # reads the header only
             return image.format, image.mode, image.size, exif_orientation(image)
@@ -97,8 +106,7 @@ def decode_resized_crop(
 ) -> np.ndarray:
     """Encoded bytes -> the chosen crop, upright, as HWC uint8 RGB at ``size``; raises ``ImageDecodeError`` for
     corrupt data or a header declaring more than ``max_pixels`` (checked before anything decodes)."""
-    check_header(as_bytes_tensor(data), max_pixels)
-    header = _header(data)
+    header = _header(data, max_pixels)
     # a JPEG that does not end in its end-of-image marker may be truncated: decode_rgb refuses those
     if header is None or header[0] != "JPEG" or header[1] not in COLOUR_MODES or bytes(data[-2:]) != JPEG_END:
         full = decode_rgb(data, max_pixels)
