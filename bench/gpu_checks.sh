@@ -12,7 +12,7 @@
 # names are those in summary.md, e.g. ONLY="c0_compiled c0_host_syncs"). ARGS are extra `cli.py fit`
 # overrides for the CIFAR run (for example --trainer.max_epochs=60).
 #
-# Without jsonargparse or huggingface_hub installed, wheels in .whl/ are installed to /tmp/site.
+# Without jsonargparse, huggingface_hub or simplejpeg installed, wheels in .whl/ are installed to /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 topic=${1:?usage: bash bench/gpu_checks.sh speed|cifar|pipeline [DATA] [ARGS...]}
@@ -24,7 +24,7 @@ OUT=${OUT:-outputs/gpu_checks/$topic}
 BUDGET_S=${BUDGET_S:-540}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if ! python3 -c "import jsonargparse, huggingface_hub" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+if ! python3 -c "import jsonargparse, huggingface_hub, simplejpeg" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
@@ -32,7 +32,7 @@ fi
 missing=$(python3 - <<'PY'
 import importlib.util
 names = ["torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "tensorboard", "timm", "yaml", "cv2",
-         "huggingface_hub", "tqdm", "packaging"]
+         "huggingface_hub", "tqdm", "packaging", "simplejpeg"]
 print(" ".join(n for n in names if importlib.util.find_spec(n) is None))
 PY
 )

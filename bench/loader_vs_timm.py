@@ -15,6 +15,9 @@ Rows:
   crops, timed here on the CPU (on a GPU it costs no CPU time); not a loader.
 - "project loader, on_device: false": the same executor per image in the workers.
 - "bare decode": Pillow decoding every file to RGB, nothing else.
+- "decode floor, 1/8 scale": libjpeg-turbo decoding every file at its smallest DCT scale (simplejpeg). The
+  entropy decoding of the whole file happens at every scale, so no loader that decodes whole files with
+  libjpeg-turbo can beat this rate: it bounds what reduced-size decoding can give.
 
     python -m bench.loader_vs_timm --num-images 1024 --large-images 128 --rounds 5 --ops
 """
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image
 
@@ -112,6 +116,13 @@ def decode_rate(files: list[Path]) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
+def decode_floor_rate(files: list[Path]) -> float:
+    start = time.perf_counter()
+    for path in files:
+        simplejpeg.decode_jpeg(path.read_bytes(), colorspace="RGB", min_height=1, min_width=1)
+    return len(files) / (time.perf_counter() - start)
+
+
 def device_step_rate(batches: list[torch.Tensor]) -> float:
     """The batched recipe (flip, RandAugment) on the crops the project loader hands over, run on this CPU."""
     from datamodules.augmentation.recipe import AugmentExecutor, TrainAugment
@@ -134,6 +145,7 @@ def measure(root: Path, batch_size: int, rounds: int) -> dict[str, list[float]]:
         "project loader": lambda: rate(ours),
         "timm loader": lambda: rate(theirs),
         "bare decode (Pillow)": lambda: decode_rate(files),
+        "decode floor, 1/8 scale (libjpeg-turbo)": lambda: decode_floor_rate(files),
         "project loader, on_device: false": lambda: rate(ours_per_image),
         "project, recipe on the device, run on this CPU": lambda: device_step_rate(crops),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.augmentation.recipe import AugmentExecutor, PerImageAugment, TrainAugment, as_recipe
 from datamodules.augmentation.tensor_ops import Interpolation, host_to_device
-from datamodules.augmentation.transforms import EvalTransform, ResizeTo, TrainCropDecode
+from datamodules.augmentation.transforms import EvalTransform, ResizeTo, TrainCropDecode, collate_channels_last
 from datamodules.base import (
     DEFAULT_NUM_WORKERS,
     IMAGENET_MEAN,
@@ -254,8 +255,12 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.test_set = self._dataset(test, train=False) if test is not None else None
 
     # ------------------------------------------------------------------- loaders
-    def _collate(self, train: bool) -> EncodedCollate | None:
-        return EncodedCollate(train) if self.decode == "gpu" else None
+    def _collate(self, train: bool) -> Callable | None:
+        if self.decode == "gpu":
+            return EncodedCollate(train)
+        # the train crops of ``_dataset`` come as HWC when the recipe runs on the device
+        crops_hwc = train and self.preset != "cifar" and self.augment.on_device
+        return collate_channels_last if crops_hwc else None
 
     def _sampler(self, dataset: Dataset, train: bool) -> Sampler[int] | None:
         """Shards are read whole, one contiguous run of them per rank; folders use the base order."""

@@ -126,7 +126,7 @@ else:
     logger.warning("torchcodec cannot be loaded (%s); images are decoded with %s", TORCHCODEC_MISSING, PILLOW.name)
 
 
-def _refuse_over_limit(width: int, height: int, max_pixels: int) -> None:
+def refuse_over_limit(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageDecodeError(
             f"{width}x{height} pixels ({width * height / 1e6:.1f} Mpx) is over the limit of {max_pixels / 1e6:.1f} Mpx "
@@ -140,7 +140,7 @@ def check_header(data: torch.Tensor, max_pixels: int) -> None:
         raise ImageDecodeError("empty file (0 bytes)")
     size = header_size(data.numpy())
     if size is not None:
-        _refuse_over_limit(*size, max_pixels)
+        refuse_over_limit(*size, max_pixels)
 
 
 def as_bytes_tensor(data: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,7 @@ def decode_rgb(data: np.ndarray | torch.Tensor, max_pixels: int = DEFAULT_MAX_IM
         image = ACTIVE.decode(data)
     except Exception as exc:  # decoders raise many types (cv2.error, RuntimeError, PIL's, ...): all mean a bad file
         raise ImageDecodeError(f"{type(exc).__name__}: {exc}") from exc
-    _refuse_over_limit(image.shape[-1], image.shape[-2], max_pixels)  # formats whose header Pillow cannot read
+    refuse_over_limit(image.shape[-1], image.shape[-2], max_pixels)  # formats whose header Pillow cannot read
     return image
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -36,17 +36,26 @@ def draw_indices(order: Iterable[int], seed: int, epoch: int) -> list[int]:
     return [DrawIndex(i, seed, epoch) for i in order]
 
 
-@dataclass(frozen=True)
 class SampleDraws:
-    numpy: np.random.Generator
-    torch: torch.Generator
+    """One sample's numpy and torch generators, each seeded from the sample's ``SeedSequence`` when first used
+    (a worker building both for every image spent about as long on that as on resizing the crop)."""
+
+    def __init__(self, sequence: np.random.SeedSequence) -> None:
+        self.sequence = sequence
+
+    @cached_property
+    def numpy(self) -> np.random.Generator:
+        return np.random.default_rng(self.sequence)
+
+    @cached_property
+    def torch(self) -> torch.Generator:
+        seed = int(self.sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        return torch.Generator().manual_seed(seed)
 
 
 def draws_for(index: int) -> SampleDraws:
     """The generators of sample ``index`` (an index without a key, e.g. ``dataset[3]``, uses key (0, 0))."""
-    sequence = np.random.SeedSequence([*getattr(index, "key", (0, 0)), int(index)])
-    torch_seed = int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-    return SampleDraws(np.random.default_rng(sequence), torch.Generator().manual_seed(torch_seed))
+    return SampleDraws(np.random.SeedSequence([*getattr(index, "key", (0, 0)), int(index)]))
 
 
 _CURRENT: ContextVar[SampleDraws | None] = ContextVar("sample_draws", default=None)

@@ -79,7 +79,9 @@ def _folder(root, recipe: TrainAugment, preset: str, decode: str = "cpu") -> Ima
 
 
 def _in_workers(dm) -> torch.Tensor:
-    return torch.stack([dm.train_set[DrawIndex(i, 0, 0)][0] for i in range(SAMPLES)])
+    """What the train loader's workers hand over for the first samples, collated as the loader does."""
+    collate = dm.train_dataloader().collate_fn
+    return collate([dm.train_set[DrawIndex(i, 0, 0)] for i in range(SAMPLES)])[0]
 
 
 def _on_device(dm) -> torch.Tensor:
@@ -232,3 +234,28 @@ def test_worker_draws_depend_on_seed_epoch_and_index_only(data_root) -> None:
     assert len(full) == 3 and all(torch.equal(a, b) for a, b in zip(full, batches(2)))
     assert all(torch.equal(a, b) for a, b in zip(full[1:], batches(0, skip=1)))
     assert not any(torch.equal(a, b) for a, b in zip(full, batches(0, epoch=1)))
+
+
+def test_train_crops_are_handed_over_channels_last(data_root) -> None:
+    """With the recipe on the device, workers hand over HWC crops and the batch is [B,3,H,W] stored channels-last:
+    the same pixels as the per-sample crops, with no per-image transpose in the workers."""
+    dm = _folder(data_root, BASE.replace(on_device=True), "resized")
+    samples = [dm.train_set[DrawIndex(i, 0, 0)] for i in range(SAMPLES)]
+    assert samples[0][0].shape == (32, 32, 3)
+    images, labels = dm.train_dataloader().collate_fn(samples)
+    assert images.shape == (SAMPLES, 3, 32, 32) and images.dtype == torch.uint8
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(images, torch.stack([image.permute(2, 0, 1) for image, _ in samples]))
+    assert torch.equal(labels, torch.stack([label for _, label in samples]))
+    per_image = _folder(data_root, BASE.replace(on_device=False), "resized")
+    assert per_image.train_set[DrawIndex(0, 0, 0)][0].shape == (3, 32, 32)  # the per-image executor gives CHW
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])  # 4:4:4 and 4:2:0 chroma
+def test_full_size_train_decode_gives_pillows_pixels_exactly(subsampling: int) -> None:
+    """The train crop decoder (libjpeg-turbo's accurate IDCT) is not an approximation of the evaluation decode."""
+    buffer = io.BytesIO()
+    Image.fromarray(random_image(48, 64, 3)).save(buffer, "JPEG", quality=90, subsampling=subsampling)
+    data = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+    out = decode_resized_crop(data, lambda h, w: CropBox(0, 0, h, w), (48, 64), "bicubic")
+    assert np.array_equal(out, np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))

@@ -86,7 +86,8 @@ def test_corrupt_files_are_skipped_with_warning_or_raise(folder):
     with pytest.warns(UserWarning, match="0001.jpg"):
         samples = [dm.train_set[i] for i in range(len(dm.train_set))]
     assert dm.num_corrupt_skipped == 1
-    assert all(img.shape == (3, 32, 32) for img, _ in samples)
+    images, _ = dm.train_dataloader().collate_fn(samples)  # train crops are collated as the loader does
+    assert images.shape == (len(samples), 3, 32, 32)
     strict = _dm(folder, on_corrupt="error")
     strict.setup()
     with pytest.raises(DatasetError, match=f"cannot decode image {bad}"):
