@@ -1,8 +1,9 @@
-"""Per-sample CPU steps of loader workers: decoded HWC uint8 numpy image (or encoded bytes) -> CHW uint8 tensor.
+"""Per-sample CPU steps of loader workers: decoded HWC uint8 numpy image (or encoded bytes) -> uint8 tensor
+(CHW, or HWC for train crops that ``collate_channels_last`` batches).
 
 Nothing here normalises; that happens on the device (see ``base``). The recipe's augmentations run in
-``executor``; here are the steps that must happen where the image is decoded: the random-resized crop
-(``TrainCropDecode``) and the evaluation crop.
+``recipe``'s executors; here are the steps that must happen where the image is decoded: the random-resized
+crop (``TrainCropDecode``) and the evaluation crop.
 """
 
 from __future__ import annotations
