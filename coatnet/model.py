@@ -1,5 +1,8 @@
-"""CoAtNet: stem (S0) -> stages S1..S4 -> classifier head (the rest of timm's model API: ``timm_api.TimmApi``),
-and the registry of named variants: the paper's (``config.PAPER_VARIANTS``) here, timm's in ``timm_variants``.
+"""CoAtNet: stem (S0) -> stages S1..S4 -> classifier head, and the registry of named variants (``create_model``).
+
+As in timm, ``forward_features`` returns the last feature map and ``forward_head`` pools and classifies; the
+rest of timm's model API is ``timm_api.TimmApi``. The paper's variants are in ``config``, timm's ``_rw`` ones
+in ``timm_variants``.
 """
 
 from __future__ import annotations
@@ -178,7 +181,7 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-_VARIANTS: dict[str, Callable[[], CoAtNetConfig]] = {}
+_VARIANTS: dict[str, Callable[[], CoAtNetConfig]] = dict(PAPER_VARIANTS)  # timm_variants adds timm's
 
 
 def register_variant(name: str) -> Callable[[Callable[[], CoAtNetConfig]], Callable[[], CoAtNetConfig]]:
@@ -191,10 +194,6 @@ def register_variant(name: str) -> Callable[[Callable[[], CoAtNetConfig]], Calla
         return fn
 
     return wrap
-
-
-for _name, _make in PAPER_VARIANTS.items():
-    register_variant(_name)(_make)
 
 
 def list_models() -> list[str]:
