@@ -165,8 +165,9 @@ class CoAtNetConfig:
         return sizes
 
 
-# The variants of the paper's Table 3, by name (the stem's two convolutions, S0, are not counted in depths).
-# coatnet.model registers these, and coatnet.timm_variants timm's _rw ones, for create_model.
+# The paper's Table 3 variants (its S0, the two stem convolutions, is not counted in depths), its ViT-REL
+# ablation and a nano size for CPU runs. create_model's registry (coatnet.model) starts from these; timm's
+# variants are in coatnet.timm_variants.
 def _paper(depths: tuple[int, ...], widths: tuple[int, ...], stem: int) -> Callable[[], CoAtNetConfig]:
     """Paper layout C-C-T-T with a pre-logits head, as timm's coatnet_N_224."""
     return lambda: CoAtNetConfig(depths=depths, widths=widths, stem=StemConfig(widths=(stem, stem)))
