@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from coatnet.model import CoAtNet
-from coatnet.registry import create_model, list_models
+from coatnet import CoAtNet, create_model, list_models
 
 dependencies = ["torch", "einops"]  # what the coatnet package imports
 
@@ -22,7 +21,7 @@ def _entry(name: str) -> Callable[..., CoAtNet]:
         return create_model(name, **overrides)
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"``{name}`` (see coatnet.registry); keyword arguments override config fields."
+    build.__doc__ = f"``{name}`` (see coatnet.list_models); keyword arguments override config fields."
     return build
 
 

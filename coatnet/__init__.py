@@ -4,32 +4,42 @@
 >>> model = coatnet_0(num_classes=10, img_size=384)
 """
 
-from .attention import RelativeAttention, relative_position_index, resize_table
-from .blocks import BLOCKS, Block, MBConvBlock, TransformerBlock, register_block
-from .config import (
-    CoAtNetConfig,
-    ConvConfig,
-    HeadConfig,
-    StemConfig,
-    TransformerConfig,
-    apply_overrides,
-    config_from_dict,
-    config_to_dict,
+from collections.abc import Callable
+from typing import Any
+
+from . import timm_variants  # noqa: F401  (registers timm's _rw variants, so list_models() names them)
+from .blocks import (
+    BLOCKS,
+    Block,
+    MBConvBlock,
+    RelativeAttention,
+    TransformerBlock,
+    register_block,
+    relative_position_index,
 )
+from .config import CoAtNetConfig, ConvConfig, HeadConfig, StemConfig, TransformerConfig
+from .config_io import apply_overrides, config_from_dict, config_to_dict
 from .features import CoAtNetFeatures
 from .fusion import fold_batchnorm
-from .model import CoAtNet
-from .registry import (
-    coatnet_0,
-    coatnet_1,
-    coatnet_2,
-    coatnet_3,
-    coatnet_4,
-    coatnet_nano,
-    create_model,
-    get_config,
-    list_models,
-)
+from .model import CoAtNet, create_model, get_config, list_models, register_variant
+from .rel_pos_resize import resize_table
+
+
+def _named_constructor(name: str) -> Callable[..., CoAtNet]:
+    def build(**overrides: Any) -> CoAtNet:
+        return create_model(name, **overrides)
+
+    build.__name__ = name
+    build.__doc__ = f"Build ``{name}``; keyword arguments override config fields."
+    return build
+
+
+coatnet_0 = _named_constructor("coatnet_0")
+coatnet_1 = _named_constructor("coatnet_1")
+coatnet_2 = _named_constructor("coatnet_2")
+coatnet_3 = _named_constructor("coatnet_3")
+coatnet_4 = _named_constructor("coatnet_4")
+coatnet_nano = _named_constructor("coatnet_nano")
 
 __all__ = [
     "BLOCKS",
@@ -58,6 +68,7 @@ __all__ = [
     "get_config",
     "list_models",
     "register_block",
+    "register_variant",
     "relative_position_index",
     "resize_table",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from .arguments import USER_ERROR_EXIT, ImageSize, OneLineErrorParser
-from .config import config_to_dict
+from .config_io import config_to_dict
 from .convert import (
     TIMM_TO_VARIANT,
     convert_timm_state_dict,
@@ -34,8 +34,7 @@ from .convert import (
 )
 from .errors import CheckpointError
 from .hub import HUB_PREFIX, hub_weights_file, is_hub_name
-from .model import CoAtNet
-from .registry import create_model, list_models
+from .model import CoAtNet, create_model, list_models
 from .summary import activation_bytes, format_summary, summarize
 from .weights import (
     FORMAT,

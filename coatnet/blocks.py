@@ -1,24 +1,15 @@
-"""The blocks a layout letter names, in one table: ``BLOCKS``. Each block owns its downsampling path.
+"""The blocks a layout letter names, in one table (``BLOCKS``), and the layers and attention they are made of.
 
-MBConv blocks (``C``) work on NCHW tensors (channels_last memory friendly). Transformer blocks (``T``)
-work on (B, H, W, C) tokens, so LayerNorm and Linear run on contiguous channels and, with channels_last
-inputs, the hand-over between the two layouts is a free permute.
+MBConv blocks (``C``) work on NCHW tensors (channels_last memory friendly); Transformer blocks (``T``) on
+(B, H, W, C) tokens, so LayerNorm and Linear run on contiguous channels and, with channels_last inputs, the
+hand-over between the two layouts is a free permute. Each block owns its downsampling path.
 
-Adding a block type is one class here (or in any module imported before the config is built)::
-
-    @register_block("X")
-    class MyBlock(Block):
-        tokens_last = False  # True: forward takes and returns (B, H, W, C) tokens instead of NCHW
-
-        def __init__(self, dim_in, dim_out, stride, grid, config, drop_path):
-            super().__init__(dim_in, dim_out, stride, grid, config, drop_path)
-            ...
-
-after which ``layout="CCXT"`` validates, builds, resizes (``set_grid``), recomputes under grad
-checkpointing and wraps under FSDP (the ``fsdp.yaml`` preset names :class:`Block`). Settings of its own
-go in a new :class:`coatnet.config.Section` dataclass (each field's range and role declared with
-``coatnet.config.setting``), added as a field of :class:`coatnet.config.CoAtNetConfig`; the command line
-and the checkpoint match pick it up from there.
+A new block type is one :class:`Block` subclass under ``@register_block("X")``, here or in any module imported
+before the config is built (``tests/unit/test_block_registry.py`` trains a toy one). ``layout="CCXT"`` then
+validates, builds, resizes (``set_grid``), recomputes under grad checkpointing and wraps under FSDP
+(``configs/trainer/fsdp.yaml`` names :class:`Block`). Settings of its own go in a new ``Section`` dataclass of
+:mod:`coatnet.config` (fields declared with ``setting``), added as a field of ``CoAtNetConfig``; the command
+line and the checkpoint match pick it up from there.
 """
 
 from __future__ import annotations
@@ -27,18 +18,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .attention import RelativeAttention
-from .layers import (
-    DropPath,
-    LayerScale,
-    Mlp,
-    Pool2d,
-    SqueezeExcite,
-    make_activation,
-    make_channel_norm,
-)
+from .rel_pos_resize import resize_table
 
 if TYPE_CHECKING:
     from .config import CoAtNetConfig
@@ -87,6 +70,241 @@ def register_block(letter: str) -> Callable[[BlockType], BlockType]:
         return cls
 
     return wrap
+
+
+# Layers the blocks share.
+_ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """Activation module by name (gelu, gelu_tanh, silu, relu, tanh)."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample, rescaling the survivors."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = torch.empty(mask_shape, dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.3f}"
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable scale on the last dimension (CaiT); used by some timm variants."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class BatchNormLast(nn.BatchNorm2d):
+    """BatchNorm over the last dimension of an (B, H, W, C) tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def make_channel_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    """A norm over the channel (last) dimension of channels-last tokens."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    if kind == "batchnorm":
+        return BatchNormLast(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; choose 'layernorm' or 'batchnorm'")
+
+
+class Pool2d(nn.Module):
+    """The downsampling pool: avg2/max2 (2x2, stride 2) or avg/max (3x3, stride 2, padding 1)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in ("avg2", "max2", "avg", "max"):
+            raise ValueError(f"unknown pool {kind!r}; choose avg2, max2, avg or max")
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "avg2":
+            return F.avg_pool2d(x, 2)
+        if self.kind == "max2":
+            return F.max_pool2d(x, 2)
+        if self.kind == "avg":
+            return F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+        return F.max_pool2d(x, 3, stride=2, padding=1)
+
+    def extra_repr(self) -> str:
+        return self.kind
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gating from globally pooled features (NCHW)."""
+
+    def __init__(self, channels: int, reduced: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.act = make_activation(act)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * gate.sigmoid()
+
+
+class Mlp(nn.Module):
+    """The Transformer feed-forward network on channels-last tokens."""
+
+    def __init__(self, dim: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = make_activation(act)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+# Global relative attention (CoAtNet eq. 3). The bias w[i - j] depends only on the 2-D offset between query i
+# and key j on the H x W grid, so one head needs (2H - 1)(2W - 1) values. They are gathered into a dense
+# (heads, N, N) tensor once per forward, which lets ``scaled_dot_product_attention`` add it as an ``attn_mask``.
+def relative_position_index(height: int, width: int) -> torch.Tensor:
+    """Flat (N*N,) index into a (2H-1)(2W-1) table for every (query, key) pair, N = H*W.
+
+    Query i at (yi, xi) and key j at (yj, xj) read row (yi - yj + H - 1) * (2W - 1) + (xi - xj + W - 1).
+    """
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[:, None] - ys[None, :] + height - 1
+    dx = xs[:, None] - xs[None, :] + width - 1
+    return (dy * (2 * width - 1) + dx).flatten()
+
+
+def relative_log_coords(height: int, width: int) -> torch.Tensor:
+    """((2H-1)(2W-1), 2) signed log offsets, the input of the rel-pos MLP (timm's 'cr' mode)."""
+    dy = torch.arange(-(height - 1), height, dtype=torch.float32)
+    dx = torch.arange(-(width - 1), width, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(dy, dx, indexing="ij"), dim=-1).reshape(-1, 2)
+    return torch.sign(grid) * torch.log1p(grid.abs())
+
+
+class RelativePositionTable(nn.Module):
+    """One learnable scalar per head and relative offset (the paper's w)."""
+
+    def __init__(self, grid: tuple[int, int], heads: int) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        self.table = nn.Parameter(torch.empty((2 * grid[0] - 1) * (2 * grid[1] - 1), heads))
+        nn.init.trunc_normal_(self.table, std=0.02)
+
+    def bias_table(self) -> torch.Tensor:
+        return self.table
+
+    def resize(self, grid: tuple[int, int]) -> None:
+        """Interpolate the table to a new grid (fine-tuning at another resolution)."""
+        new = resize_table(self.table.detach(), self.grid, tuple(grid))
+        self.table = nn.Parameter(new)
+        self.grid = tuple(grid)
+
+
+class RelativePositionMlp(nn.Module):
+    """Bias produced by a small MLP over log-spaced offsets (timm's ``rmlp`` models)."""
+
+    def __init__(self, grid: tuple[int, int], heads: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        self.fc1 = nn.Linear(2, hidden)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, heads)
+        self.register_buffer("coords", relative_log_coords(*grid), persistent=False)
+
+    def bias_table(self) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(self.coords))))
+
+    def resize(self, grid: tuple[int, int]) -> None:
+        """The MLP is resolution-free: only the offsets it is evaluated at change."""
+        self.grid = tuple(grid)
+        self.coords = relative_log_coords(*grid).to(self.fc1.weight.device)
+
+
+class RelativeAttention(nn.Module):
+    """Multi-head self-attention over all H*W tokens with a relative-position bias.
+
+    pre_softmax (paper):  softmax_j(q_i.k_j / sqrt(d) + w[i-j]) v_j
+    post_softmax (ablation): (softmax_j(q_i.k_j / sqrt(d)) + w[i-j]) v_j
+    """
+
+    def __init__(
+        self,
+        dim_in: int,
+        dim_attn: int,
+        dim_out: int,
+        head_dim: int,
+        grid: tuple[int, int],
+        form: str = "pre_softmax",
+        rel_pos: str = "table",
+        rel_pos_mlp_dim: int = 512,
+        rel_pos_mlp_dropout: float = 0.125,
+    ) -> None:
+        super().__init__()
+        if form not in ("pre_softmax", "post_softmax"):
+            raise ValueError(f"unknown attention form {form!r}; choose 'pre_softmax' or 'post_softmax'")
+        self.heads = dim_attn // head_dim
+        self.head_dim = head_dim
+        self.pre_softmax = form == "pre_softmax"
+        self.qkv = nn.Linear(dim_in, 3 * dim_attn)
+        if rel_pos == "table":
+            self.rel_pos: nn.Module = RelativePositionTable(grid, self.heads)
+        elif rel_pos == "mlp":
+            self.rel_pos = RelativePositionMlp(grid, self.heads, rel_pos_mlp_dim, rel_pos_mlp_dropout)
+        else:
+            raise ValueError(f"unknown rel_pos {rel_pos!r}; choose 'table' or 'mlp'")
+        self.tokens = grid[0] * grid[1]
+        self.register_buffer("index", relative_position_index(*grid), persistent=False)
+        self.proj = nn.Linear(dim_attn, dim_out)
+
+    def bias(self) -> torch.Tensor:
+        """Dense, contiguous (heads, N, N) bias: contiguity keeps SDPA's fused kernels usable when compiled."""
+        return self.rel_pos.bias_table().t()[:, self.index].view(self.heads, self.tokens, self.tokens)
+
+    def set_grid(self, grid: tuple[int, int]) -> None:
+        self.rel_pos.resize(grid)
+        self.tokens = grid[0] * grid[1]
+        self.index = relative_position_index(*grid).to(self.index.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, C) tokens in row-major grid order."""
+        batch, tokens, _ = x.shape
+        # Channels [q|k|v][head][dim] -> (3, B, heads, N, dim); not einops, which adds ~4 us a call in eager.
+        qkv = self.qkv(x).view(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self.bias().to(q.dtype)
+        if self.pre_softmax:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v) + torch.matmul(bias, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
 
 
 class ConvShortcut(nn.Module):

@@ -1,31 +1,24 @@
-"""Configuration dataclasses that describe a whole CoAtNet.
+"""Configuration dataclasses that describe a whole CoAtNet, and the paper's named variants.
 
 Every architectural choice of the paper (and of timm's ``_rw`` variants, so that their
 weights can be imported) is a field here, so an ablation is a config change, not a code change.
-A field declares its allowed range and its role once, with :func:`setting`; the checks below, the
-command line's parse-time ranges and the checkpoint-match rules all read that metadata.
+A field declares its allowed range and its role once, with :func:`setting`; the checks
+(:mod:`coatnet.config_checks`), the command line's parse-time ranges and the checkpoint-match rules
+(through :mod:`coatnet.config_io`) all read that metadata.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import numbers
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal
+
+from .config_checks import RANGE_TESTS, check_fields, check_network
 
 Pool = Literal["avg2", "max2", "avg", "max"]
-Activation = Literal["gelu", "gelu_tanh", "silu", "relu", "tanh"]  # the names coatnet.layers.make_activation knows
+Activation = Literal["gelu", "gelu_tanh", "silu", "relu", "tanh"]  # the names coatnet.blocks.make_activation knows
 
-# Allowed ranges of numbers (each entry of a tuple), as the error messages and the command line write them.
-RANGE_TESTS: dict[str, Callable[[Any], bool]] = {
-    "> 0": lambda v: v > 0,
-    ">= 0": lambda v: v >= 0,
-    "[0, 1]": lambda v: 0 <= v <= 1,
-    "[0, 1)": lambda v: 0 <= v < 1,  # drop rates: 1 would drop everything
-}
 REGULARISATION = "regularisation"  # role: changes how the network trains, not the function its weights compute
 
 
@@ -45,7 +38,7 @@ class Section:
     section: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -141,37 +134,10 @@ class CoAtNetConfig:
         if isinstance(size, (tuple, list)) and all(isinstance(s, numbers.Integral) for s in size):
             size = tuple(int(s) for s in size)
         object.__setattr__(self, "img_size", size)
-        object.__setattr__(self, "depths", _as_tuple(self.depths))
-        object.__setattr__(self, "widths", _as_tuple(self.widths))
-        _check_fields(self)
-        self._validate()
-
-    def _validate(self) -> None:
-        if not self.layout:
-            raise ValueError("layout is empty: give one letter per stage, e.g. layout='CCTT'")
-        if not (len(self.depths) == len(self.widths) == len(self.layout)):
-            raise ValueError(
-                f"depths {self.depths}, widths {self.widths} and layout {self.layout!r} must have one entry per stage"
-            )
-        from .blocks import BLOCKS  # the table of layout letters (coatnet.blocks imports this module)
-
-        unknown = sorted(set(self.layout) - set(BLOCKS))
-        if unknown:
-            known = ", ".join(f"{letter} ({block.__name__})" for letter, block in sorted(BLOCKS.items()))
-            raise ValueError(
-                f"layout {self.layout!r} has unknown letter(s) {''.join(unknown)}: the layout letters are {known}; "
-                "add one with coatnet.blocks.register_block"
-            )
-        for index, letter in enumerate(self.layout):
-            BLOCKS[letter].check_stage(self, index)
-        stride = self.total_stride
-        for side in self.img_size:
-            if side <= 0 or side % stride:
-                raise ValueError(
-                    f"image size {self.img_size[0]}x{self.img_size[1]} is invalid: each side must be a "
-                    f"positive multiple of {stride} (the network's total stride). Resize or crop the "
-                    f"input, e.g. to {max(stride, round(side / stride) * stride)}."
-                )
+        for name in ("depths", "widths"):  # YAML and JSON give lists
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_network(self)
 
     @property
     def stem_stride(self) -> int:
@@ -199,131 +165,41 @@ class CoAtNetConfig:
         return sizes
 
 
-@functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
+# The paper's Table 3 variants (its S0, the two stem convolutions, is not counted in depths), its ViT-REL
+# ablation and a nano size for CPU runs. create_model's registry (coatnet.model) starts from these; timm's
+# variants are in coatnet.timm_variants.
+def _paper(depths: tuple[int, ...], widths: tuple[int, ...], stem: int) -> Callable[[], CoAtNetConfig]:
+    """Paper layout C-C-T-T with a pre-logits head, as timm's coatnet_N_224."""
+    return lambda: CoAtNetConfig(depths=depths, widths=widths, stem=StemConfig(widths=(stem, stem)))
 
 
-# The sections: every field of CoAtNetConfig whose type is a dataclass.
-_NESTED: dict[str, type] = {
-    item.name: _type_hints(CoAtNetConfig)[item.name]
-    for item in dataclasses.fields(CoAtNetConfig)
-    if dataclasses.is_dataclass(_type_hints(CoAtNetConfig)[item.name])
-}
+def _coatnet_nano() -> CoAtNetConfig:
+    """A 1.5M-parameter paper-style CoAtNet for CPU tests and quick CIFAR runs (not in the paper)."""
+    return CoAtNetConfig(
+        depths=(1, 2, 2, 1), widths=(32, 64, 128, 256), stem=StemConfig(widths=(32, 32)), img_size=(32, 32)
+    )
 
 
-def field_paths(metadata_key: str, cls: type = CoAtNetConfig, prefix: str = "") -> dict[str, Any]:
-    """``{"head.dropout": "[0, 1)", ...}``: the value of ``metadata_key`` (``range`` or ``role``) of every
-    field that declares it, by dotted path, sections included."""
-    found: dict[str, Any] = {}
-    for item in dataclasses.fields(cls):
-        hint = _type_hints(cls)[item.name]
-        if dataclasses.is_dataclass(hint):
-            found.update(field_paths(metadata_key, hint, f"{prefix}{item.name}."))
-        elif metadata_key in item.metadata:
-            found[prefix + item.name] = item.metadata[metadata_key]
-    return found
+def _vit_rel() -> CoAtNetConfig:
+    """The paper's ViT-REL ablation: 16x16 patch stem, then relative-attention blocks only.
 
-
-def regularisation_fields() -> frozenset[str]:
-    """Dotted paths of the fields whose role is regularisation (drop rates): training-only settings."""
-    return frozenset(path for path, role in field_paths("role").items() if role == REGULARISATION)
-
-
-_NOUNS = {int: "integer", float: "number", bool: "True or False", str: "string", type(None): "None"}
-
-
-def _check_fields(config: Any) -> None:
-    """Every field has its annotated type or Literal value, and every number (or tuple entry) the range
-    its metadata declares: a wrong value would otherwise build a model that fails deep inside forward."""
-    hints = _type_hints(type(config))
-    for item in dataclasses.fields(config):
-        value = getattr(config, item.name)
-        if not _matches(value, hints[item.name]):
-            raise ValueError(f"{_name(config, item.name)}={value!r} is invalid: expected {_describe(hints[item.name])}")
-    for item in dataclasses.fields(config):
-        if "range" not in item.metadata:
-            continue
-        value, allowed = getattr(config, item.name), item.metadata["range"]
-        entries = value if isinstance(value, tuple) else (value,)
-        if not all(map(RANGE_TESTS[allowed], entries)):
-            each = "each entry " if isinstance(value, tuple) else ""
-            written = allowed if allowed.startswith(("<", ">")) else f"in {allowed}"
-            raise ValueError(f"{_name(config, item.name)}={value!r} is invalid: {each}must be {written}")
-
-
-def _name(config: Any, field_name: str) -> str:
-    return f"{config.section}.{field_name}" if config.section else field_name
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin, args = get_origin(hint), get_args(hint)
-    if origin is Literal:
-        return any(isinstance(value, type(a)) and value == a for a in args)
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if origin is tuple:
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(value) == len(args) and all(map(_matches, value, args))
-    if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    origin, args = get_origin(hint), get_args(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(map(repr, args))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is tuple:
-        count = "" if args[-1] is Ellipsis else f"{len(args)} "
-        return f"a tuple of {count}{_describe(args[0])}s"
-    return _NOUNS.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def apply_overrides(config: CoAtNetConfig, **overrides: Any) -> CoAtNetConfig:
-    """Return a copy of ``config`` with top-level fields replaced and nested dicts merged.
-
-    ``apply_overrides(cfg, img_size=384, conv={"stride_at": "1x1"})`` changes one MBConv field and
-    keeps the others, which is what a YAML config or a command line wants.
+    ViT-S-like width and depth (about CoAtNet-0's size), with heads of 32 channels as in CoAtNet.
     """
-    known = {f.name for f in dataclasses.fields(CoAtNetConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown CoAtNet config field(s) {sorted(unknown)}; valid fields: {sorted(known)}")
-    updates: dict[str, Any] = {}
-    for name, value in overrides.items():
-        if name in _NESTED and not isinstance(value, (dict, _NESTED[name])):
-            raise ValueError(
-                f"{name}={value!r} is invalid: {name} is a section, give a dict of its fields, e.g. "
-                f"{name}={{'{dataclasses.fields(_NESTED[name])[0].name}': ...}}, or set one field: {name}.FIELD"
-            )
-        if name in _NESTED and isinstance(value, dict):
-            current = getattr(config, name)
-            nested_fields = {f.name for f in dataclasses.fields(current)}
-            bad = set(value) - nested_fields
-            if bad:
-                raise ValueError(f"unknown {name} config field(s) {sorted(bad)}; valid: {sorted(nested_fields)}")
-            value = dataclasses.replace(current, **{k: _as_tuple(v) for k, v in value.items()})
-        updates[name] = _as_tuple(value)
-    return dataclasses.replace(config, **updates)
+    return CoAtNetConfig(
+        depths=(12,),
+        widths=(384,),
+        layout="T",
+        stem=StemConfig(widths=(384, 384), patch_size=16),
+        head=HeadConfig(kind="pre_logits"),
+    )
 
 
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def config_to_dict(config: CoAtNetConfig) -> dict[str, Any]:
-    """Plain nested dict, for checkpoints and logs."""
-    return dataclasses.asdict(config)
-
-
-def config_from_dict(data: dict[str, Any]) -> CoAtNetConfig:
-    """Inverse of :func:`config_to_dict`."""
-    return apply_overrides(CoAtNetConfig(), **data)
+PAPER_VARIANTS: dict[str, Callable[[], CoAtNetConfig]] = {
+    "coatnet_0": _paper((2, 3, 5, 2), (96, 192, 384, 768), 64),
+    "coatnet_1": _paper((2, 6, 14, 2), (96, 192, 384, 768), 64),
+    "coatnet_2": _paper((2, 6, 14, 2), (128, 256, 512, 1024), 128),
+    "coatnet_3": _paper((2, 6, 14, 2), (192, 384, 768, 1536), 192),
+    "coatnet_4": _paper((2, 12, 28, 2), (192, 384, 768, 1536), 192),
+    "coatnet_nano": _coatnet_nano,
+    "vit_rel": _vit_rel,
+}

@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from .config import CoAtNetConfig
 from .errors import CheckpointError
-from .model import CoAtNet
-from .registry import get_config, list_models
+from .model import CoAtNet, get_config, list_models
 from .weights import build_uninitialised, load_mapped, state_dict_mismatch
 
 # timm architecture name (as in timm.list_models) -> our registered variant.

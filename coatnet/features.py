@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .model import CoAtNet, check_input, feature_indices
+from .timm_api import check_input, feature_indices
+
+if TYPE_CHECKING:
+    from .model import CoAtNet
 
 
 class CoAtNetFeatures(nn.Module):

@@ -16,8 +16,7 @@ import copy
 import torch
 from torch import nn
 
-from .blocks import MBConvBlock, TransformerBlock
-from .layers import Pool2d
+from .blocks import MBConvBlock, Pool2d, TransformerBlock
 from .model import CoAtNet, ConvStem
 
 _AFFINE_COMMUTING_POOLS = ("avg2", "avg")  # averages (no zero padding counted) commute with a per-channel affine map

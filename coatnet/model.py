@@ -1,26 +1,26 @@
-"""CoAtNet: stem (S0) -> stages S1..S4 -> classifier head, with timm's model API.
+"""CoAtNet: stem (S0) -> stages S1..S4 -> classifier head, and the registry of named variants (``create_model``).
 
-As in timm, ``forward_features`` returns the last feature map, ``forward_intermediates`` the stem and
-stage maps (feature index 0 is the stem, 1..N the stages), and ``forward_head`` pools and classifies.
+As in timm, ``forward_features`` returns the last feature map and ``forward_head`` pools and classifies; the
+rest of timm's model API is ``timm_api.TimmApi``. The paper's variants are in ``config``, timm's ``_rw`` ones
+in ``timm_variants``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import BLOCKS, Block
-from .config import CoAtNetConfig, HeadConfig, apply_overrides
-from .layers import make_activation, make_channel_norm
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .blocks import BLOCKS, Block, make_activation, make_channel_norm
+from .config import PAPER_VARIANTS, CoAtNetConfig, HeadConfig
+from .config_io import apply_overrides
+from .features import CoAtNetFeatures
+from .recompute import RecomputedBlock
+from .timm_api import TimmApi, check_input, default_pretrained_cfg
 
 
 class ConvStem(nn.Module):
@@ -46,38 +46,6 @@ class PatchStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
-
-
-@contextmanager
-def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
-    """BatchNorms in ``module`` normalise with batch statistics as usual but leave their running ones alone."""
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.training and m.track_running_stats]
-    saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
-    for norm in norms:
-        norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
-    try:
-        yield
-    finally:
-        for norm, (momentum, tracked) in zip(norms, saved):
-            norm.momentum = momentum
-            norm.num_batches_tracked.copy_(tracked)
-
-
-class RecomputedBlock:
-    """A block for ``checkpoint``: its second run (the recomputation in backward) updates no BatchNorm
-    running statistics, so they move once per step, as without checkpointing. Compiled graphs need
-    no such care: their recomputation replays no buffer updates."""
-
-    def __init__(self, block: nn.Module) -> None:
-        self.block = block
-        self.runs = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.runs += 1
-        if self.runs == 1:
-            return self.block(x)
-        with frozen_batchnorm_statistics(self.block):
-            return self.block(x)
 
 
 class Stage(nn.Sequential):
@@ -125,12 +93,6 @@ class ClassifierHead(nn.Module):
         self.num_features = hidden
         self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
-    def reset(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.fc, nn.Linear):
-            nn.init.trunc_normal_(self.fc.weight, std=0.02)
-            nn.init.zeros_(self.fc.bias)
-
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """x: last stage output (B, C, H, W)."""
         x = self.final_norm(x.permute(0, 2, 3, 1)).mean((1, 2))
@@ -138,7 +100,7 @@ class ClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class CoAtNet(nn.Module):
+class CoAtNet(TimmApi):
     """CoAtNet for a fixed input size; see :class:`coatnet.config.CoAtNetConfig`."""
 
     def __init__(self, config: CoAtNetConfig) -> None:
@@ -172,20 +134,6 @@ class CoAtNet(nn.Module):
         self.pretrained_cfg = default_pretrained_cfg(cfg)
         self.apply(_init_weights)
 
-    @property
-    def feature_info(self) -> list[dict[str, Any]]:
-        """Channels, stride and module of each map ``forward_intermediates`` returns: stem, then each stage."""
-        info = [dict(num_chs=self.config.stem.widths[-1], reduction=self.config.stem_stride, module="stem")]
-        reduction = self.config.stem_stride
-        for index, (width, stride) in enumerate(zip(self.config.widths, self.config.stage_strides)):
-            reduction *= stride
-            info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{index}"))
-        return info
-
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.config.img_size
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (B, C, H, W), as timm's ``forward_features``. A ``norm_pool`` head
         applies its final norm in ``forward_head`` (timm applies it here), so ``forward_head`` always takes this."""
@@ -195,56 +143,12 @@ class CoAtNet(nn.Module):
             x = stage(x)
         return x
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Feature maps for a detection or segmentation backbone, in timm's convention.
-
-        ``indices``: None for all, an int n for the last n, or a list of feature indices (0 = stem,
-        1..N = stages S1..SN; negative ones count from the end), see ``feature_info``. ``norm`` applies a
-        ``norm_pool`` head's final norm to the last stage's map. ``stop_early`` skips the stages after the
-        last one asked for. Returns the maps, or (the last stage's map for ``forward_head``, the maps).
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported: CoAtNet returns NCHW maps")
-        count = len(self.stages) + 1
-        take = feature_indices(count, indices)
-        check_input(self.config, x)
-        x = self.stem(x)
-        maps = [x] if 0 in take else []
-        stages = self.stages[: max(take)] if stop_early else self.stages
-        for index, stage in enumerate(stages, start=1):
-            x = stage(x)
-            if index in take:
-                last = norm and index == count - 1
-                maps.append(self.head.final_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if last else x)
-        return maps if intermediates_only else (x, maps)
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool the last stage's map and classify; ``pre_logits`` stops before the classifier."""
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups by depth for timm's layer-wise decay: the stem, each block (each stage with
-        ``coarse``), then the head, unmatched as in timm. The final norm joins the last block ((99999,))."""
-        blocks = r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)"
-        return dict(stem=r"^stem", blocks=[(blocks, None), (r"^head\.final_norm", (99999,))])
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def no_weight_decay(self) -> set[str]:
-        """Names of the relative-position parameters, which should not be decayed."""
-        return {name for name, _ in self.named_parameters() if ".rel_pos." in name}
 
     def set_grad_checkpointing(self, enable: bool | Sequence[int] = True) -> None:
         """Recompute block activations in backward: less memory (bigger batches, CoAtNet-3/4 at 384)
@@ -263,69 +167,6 @@ class CoAtNet(nn.Module):
         for index, stage in enumerate(self.stages):
             stage.grad_checkpointing = index in chosen
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the last Linear for a new number of classes (fine-tuning); 0 removes it.
-        ``global_pool`` is timm's argument; CoAtNet's head always averages."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"global_pool={global_pool!r} is not supported: CoAtNet's head averages ('avg')")
-        self.head.reset(num_classes)
-        self.config = apply_overrides(self.config, num_classes=num_classes)
-        self.pretrained_cfg["num_classes"] = num_classes
-
-    def set_img_size(self, img_size: int | tuple[int, int]) -> None:
-        """Rebuild for another input size, interpolating every relative-position table."""
-        new_config = apply_overrides(self.config, img_size=img_size)
-        for stage, grid in zip(self.stages, new_config.feature_sizes()):
-            for block in stage:
-                block.set_grid(grid)
-        self.config = new_config
-        self.pretrained_cfg["input_size"] = (new_config.in_chans, *new_config.img_size)
-
-
-def check_input(config: CoAtNetConfig, x: torch.Tensor) -> None:
-    """Refuse images of another channel count or size than ``config`` was built for, naming both and the fix."""
-    if x.ndim != 4 or x.shape[1] != config.in_chans:
-        raise ValueError(f"expected images of shape (B, {config.in_chans}, H, W), got {tuple(x.shape)}")
-    if tuple(x.shape[-2:]) != config.img_size:
-        h, w = config.img_size
-        raise ValueError(
-            f"input is {x.shape[-2]}x{x.shape[-1]} but this CoAtNet was built for {h}x{w}: the "
-            f"relative-position tables are sized for it. Resize the input, or build the model "
-            f"with img_size=({x.shape[-2]}, {x.shape[-1]}) (any multiple of {config.total_stride}) "
-            "or call model.set_img_size(...)."
-        )
-
-
-def default_pretrained_cfg(config: CoAtNetConfig) -> dict[str, Any]:
-    """timm's ``pretrained_cfg``: what inputs the model takes. Loaders of trained weights replace the
-    preprocessing (``mean``, ``std``, ``interpolation``, ``crop_pct``) with the one the weights record;
-    untrained, it is the ImageNet preprocessing the ImageFolder data module uses by default."""
-    return dict(
-        input_size=(config.in_chans, *config.img_size),
-        fixed_input_size=True,  # the relative-position tables are sized for it; see set_img_size
-        num_classes=config.num_classes,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        interpolation="bicubic",
-        crop_pct=0.875,
-        first_conv="stem.proj" if config.stem.patch_size else "stem.conv1",
-        classifier="head.fc",
-    )
-
-
-def feature_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
-    """Feature indices in 0..count-1 from timm's ``indices``: None (all), n (the last n) or a list (may be negative)."""
-    if indices is None:
-        return list(range(count))
-    if isinstance(indices, int):
-        if not 0 < indices <= count:
-            raise ValueError(f"indices={indices} asks for the last {indices} feature maps; there are 1..{count}")
-        return list(range(count - indices, count))
-    chosen = [index + count if index < 0 else index for index in indices]
-    if not chosen or not all(0 <= index < count for index in chosen):
-        raise ValueError(f"indices {list(indices)} must be feature indices in {-count}..{count - 1} (0 is the stem)")
-    return sorted(set(chosen))
-
 
 def _init_weights(module: nn.Module) -> None:
     """Conv: fan-out normal (EfficientNet); Linear: truncated normal 0.02, zero bias."""
@@ -338,3 +179,58 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+_VARIANTS: dict[str, Callable[[], CoAtNetConfig]] = dict(PAPER_VARIANTS)  # timm_variants adds timm's
+
+
+def register_variant(name: str) -> Callable[[Callable[[], CoAtNetConfig]], Callable[[], CoAtNetConfig]]:
+    """Decorator: register a zero-argument function that returns a variant's config."""
+
+    def wrap(fn: Callable[[], CoAtNetConfig]) -> Callable[[], CoAtNetConfig]:
+        if name in _VARIANTS:
+            raise ValueError(f"variant {name!r} is already registered")
+        _VARIANTS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(_VARIANTS)
+
+
+def get_config(name: str, **overrides: Any) -> CoAtNetConfig:
+    """The config of a named variant with overrides applied (see :func:`coatnet.config_io.apply_overrides`)."""
+    if name not in _VARIANTS:
+        raise ValueError(f"unknown CoAtNet variant {name!r}; available: {', '.join(list_models())}")
+    return apply_overrides(_VARIANTS[name](), **overrides)
+
+
+@overload
+def create_model(
+    name: str, features_only: Literal[False] = False, out_indices: None = None, **overrides: Any
+) -> CoAtNet: ...
+
+
+@overload
+def create_model(
+    name: str, features_only: Literal[True], out_indices: Sequence[int] | None = None, **overrides: Any
+) -> CoAtNetFeatures: ...
+
+
+def create_model(
+    name: str, features_only: bool = False, out_indices: Sequence[int] | None = None, **overrides: Any
+) -> CoAtNet | CoAtNetFeatures:
+    """Build a named variant, e.g. ``create_model("coatnet_0", img_size=384, num_classes=10)``.
+
+    ``features_only=True`` returns a backbone whose forward gives the feature maps at ``out_indices``
+    (0 = stem, 1..N = stages; default every stage), as timm's ``create_model`` does.
+    """
+    model = CoAtNet(get_config(name, **overrides))
+    if features_only:
+        return CoAtNetFeatures(model, out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices picks feature maps: pass features_only=True with it")
+    return model

@@ -29,11 +29,13 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from .attention import RelativeAttention, resize_table
-from .config import CoAtNetConfig, config_from_dict, config_to_dict
+from .blocks import RelativeAttention
+from .config import CoAtNetConfig
+from .config_io import config_from_dict, config_to_dict
 from .errors import CheckpointError, CheckpointNotFoundError, first_line
 from .hub import WEIGHTS_FILES, hub_config, hub_weights_file, is_hub_name, repo_and_revision
 from .model import CoAtNet
+from .rel_pos_resize import resize_table
 
 # ----------------------------------------------------------------------------- reading files
 

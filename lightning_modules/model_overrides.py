@@ -15,8 +15,9 @@ from typing import Any, Optional, get_type_hints
 
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from coatnet.config import CoAtNetConfig, field_paths
-from coatnet.registry import get_config
+from coatnet.config import CoAtNetConfig
+from coatnet.config_io import field_paths
+from coatnet.model import get_config
 from lightning_modules.hparam_ranges import Fraction, ProperFraction
 
 LINKED_FIELDS = frozenset({"num_classes", "img_size"})  # set from the DataModule (num_classes, image_size)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from coatnet.attention import RelativeAttention
+from coatnet.blocks import RelativeAttention
 
 
 def centre_query(grid: tuple[int, int]) -> int:

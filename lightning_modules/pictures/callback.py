@@ -33,7 +33,7 @@ from torch.utils.hooks import RemovableHandle
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
-from coatnet.attention import RelativeAttention
+from coatnet.blocks import RelativeAttention
 from lightning_modules.hparam_ranges import PositiveInt, check_ranges
 from lightning_modules.pictures.attention_maps import centre_query, query_attention
 from lightning_modules.pictures.destinations import keeps_pictures, log_picture

@@ -15,7 +15,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from coatnet import CoAtNetConfig
-from coatnet.config import config_to_dict, regularisation_fields
+from coatnet.config_io import config_to_dict, regularisation_fields
 from coatnet.errors import CheckpointError
 from lightning_modules.model_overrides import network_config
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coatnet import create_model, relative_position_index, resize_table
-from coatnet.attention import RelativeAttention
+from coatnet.blocks import RelativeAttention
 
 
 def naive_relative_attention(attn: RelativeAttention, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -8,7 +8,8 @@ from typing import Any, get_args, get_type_hints
 import pytest
 
 from coatnet import get_config
-from coatnet.config import REGULARISATION, CoAtNetConfig, field_paths, regularisation_fields, setting
+from coatnet.config import REGULARISATION, CoAtNetConfig, setting
+from coatnet.config_io import field_paths, regularisation_fields
 from lightning_modules.model_overrides import CoAtNetOverrides
 from lightning_modules.resilience.network_match import TRAINING_ONLY_FIELDS
 

@@ -34,7 +34,7 @@ from coatnet.convert import (
     variant_for_timm_name,
 )
 from coatnet.errors import CheckpointError
-from coatnet.registry import get_config
+from coatnet.model import get_config
 from coatnet.weights import load_state_dict_file, load_weights, save_weights
 
 IMG = 64

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from coatnet import CoAtNetConfig, coatnet_0, create_model, get_config
-from coatnet.blocks import BLOCKS
-from coatnet.layers import DropPath
+from coatnet.blocks import BLOCKS, DropPath
 from coatnet.summary import activation_bytes, count_macs, summarize
 
 # timm's paper-like models at 224x224 with 1000 classes (ANCHORS.md section 2).

@@ -28,7 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tiny_run import tiny_fit
 
-from coatnet.attention import RelativeAttention
+from coatnet.blocks import RelativeAttention
 from datamodules import SyntheticDataModule
 from docs.render_pictures import MAX_BYTES, render_pictures
 from lightning_modules.classifier import ImageClassifier

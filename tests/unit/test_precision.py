@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from coatnet import create_model
-from coatnet.attention import RelativeAttention
+from coatnet.blocks import RelativeAttention
 
 BF16_LOGITS_TOLERANCE = 0.02  # relative norm error; measured about 0.7% here
 BF16_GRAD_TOLERANCE = 0.05  # measured up to about 3.3% on the tables and depthwise kernels

@@ -22,11 +22,11 @@ from test_export import checkpoint  # noqa: F401  (a fixture: a Lightning checkp
 from coatnet import (
     ConvConfig,
     apply_overrides,
+    blocks,
     config_from_dict,
     config_to_dict,
     create_model,
     get_config,
-    layers,
     list_models,
 )
 from coatnet.__main__ import main as coatnet_main
@@ -135,7 +135,7 @@ def test_every_variant_survives_the_checks_and_a_json_round_trip():
 
 
 def test_activation_names_are_the_ones_the_layers_build():
-    assert set(get_args(Activation)) == set(layers._ACTIVATIONS)
+    assert set(get_args(Activation)) == set(blocks._ACTIVATIONS)
 
 
 # ----------------------------------------------------------------------------- python -m coatnet

@@ -10,14 +10,17 @@ without a new test. Full-size builds run on the meta device, where they cost no 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import trained_looking
+from conftest import REPO_ROOT, subprocess_env, trained_looking
 from torch import nn
 
 from coatnet import CoAtNet, CoAtNetConfig, create_model, fold_batchnorm, get_config, list_models
 from coatnet.blocks import BLOCKS
+from coatnet.config import PAPER_VARIANTS as PAPER_TABLE
 
 # (variant, layout to force or None): every variant as registered, then each block type on its own.
 CASES = [(name, None) for name in list_models()] + [("coatnet_nano", letter * 4) for letter in sorted(BLOCKS)]
@@ -118,3 +121,16 @@ def test_full_size_variant_builds_and_runs_on_meta(name):
         model = create_model(name, img_size=size, num_classes=7)
         out = model(torch.empty(1, 3, size, size))
     assert out.shape == (1, 7)
+
+
+def test_every_variant_is_listed_whichever_module_is_imported_first():
+    """The paper's variants are data in coatnet.config and timm's register in coatnet.timm_variants: a fresh
+    interpreter that imports only coatnet.model (where the registry is) still lists both."""
+    probe = "from coatnet.model import list_models; print(' '.join(list_models()))"
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    listed = set(run.stdout.split())
+    assert listed == set(list_models())
+    assert set(PAPER_TABLE) | {"coatnet_0_rw", "coatnet_rmlp_2_rw", "coatnet_bn_0_rw"} <= listed
