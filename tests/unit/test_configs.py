@@ -87,7 +87,7 @@ def test_grid_files_are_ablate_grids_not_cli_configs(name):
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_instantiates_with_linked_data_settings(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written or read relative to cwd
-    # Fine-tuning recipes name a weights file the user converts first (tests/test_finetune.py loads one).
+    # Fine-tuning recipes name timm's weights on the Hub, a download (tests/e2e/test_finetune.py loads weights).
     no_weights = ("--model.init_from=null",) if name.startswith("finetune") else ()
     cli = _cli(name, extra=("--trainer.accelerator=cpu", "--trainer.devices=1", *no_weights))
     model, data, trainer = cli.model, cli.datamodule, cli.trainer
@@ -111,6 +111,18 @@ def test_recipe_instantiates_with_linked_data_settings(name, tmp_path, monkeypat
     if callable(getattr(type(data), "eval_transform", None)):  # the image-folder CPU pipeline is built in setup
         assert data.eval_transform() is not None
     assert not list(Path(tmp_path).iterdir()), "instantiation must not create files"
+
+
+@pytest.mark.parametrize("name", ["finetune_cifar10.yaml", "finetune_384.yaml"])
+def test_finetune_recipes_name_hub_weights_of_their_variant(name):
+    """The recipe runs as written: its weights are a supported timm name on the Hub, of the configured variant."""
+    from coatnet.convert import variant_for_timm_name
+    from coatnet.hub import is_hub_name, repo_and_revision
+
+    model = yaml.safe_load((CONFIG_DIR / name).read_text())["model"]
+    assert is_hub_name(model["init_from"])
+    repo, _ = repo_and_revision(model["init_from"])
+    assert repo.startswith("timm/") and variant_for_timm_name(repo.removeprefix("timm/")) == model["model_name"]
 
 
 @pytest.mark.parametrize("name", [f"coatnet{i}.yaml" for i in range(5)])
