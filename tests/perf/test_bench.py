@@ -297,7 +297,8 @@ def test_loader_vs_timm_table_has_every_side_at_both_sizes(tmp_path, capsys):
         ("imagenet-like", "project loader"),
         ("imagenet-like", "timm loader"),
     ]
-    assert len(rows) == 10 and {r[0].split()[0] for r in rows} == {"imagenet-like", "large"}
+    assert len(rows) == 12 and {r[0].split()[0] for r in rows} == {"imagenet-like", "large"}
+    assert sum("decode floor" in r[1] for r in rows) == 2  # the whole-file decoding floor, at each size
     assert all(float(r[2]) > 0 and r[4].strip().endswith("x") for r in rows)
     timm_rows = [r for r in rows if r[1].strip() == "timm loader"]
     assert all(r[4].strip() == "1.00x" for r in timm_rows)
