@@ -163,7 +163,9 @@ class ImageClassifier(LightningModule):
         return self.model(self._input_layout(images))
 
     def _input_layout(self, images: Tensor) -> Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+        """One memory layout for every batch (train crops arrive channels-last, eval batches not): no recompiles."""
+        layout = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+        return images.contiguous(memory_format=layout)
 
     def on_predict_start(self) -> None:
         """Predict with BatchNorm folded into the adjacent layers (``coatnet.fold_batchnorm``): the same outputs up

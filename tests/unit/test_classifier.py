@@ -190,6 +190,21 @@ def test_channels_last_model_and_batches():
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_every_batch_reaches_the_network_in_the_configured_layout(channels_last):
+    """Train crops come channels-last and eval batches contiguous: the network sees one layout, so a compiled model
+    is not recompiled for the other."""
+    module = ImageClassifier(**NANO, channels_last=channels_last)
+    seen = []
+    module.model.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        module(images)
+        module(images.contiguous(memory_format=torch.channels_last))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(x.is_contiguous(memory_format=layout) for x in seen) and len(seen) == 2
+
+
 def test_training_flops_per_image_matches_the_paper_scale():
     # CoAtNet-0 at 224: about 4.2-4.6 G multiply-adds forward; training (fwd + bwd) is ~3x, 2 FLOPs per MAC.
     module = ImageClassifier(model_name="coatnet_0", num_classes=1000, image_size=(224, 224))
