@@ -39,9 +39,11 @@ except ImportError as missing:  # the optional ablate extra is not installed
     )
     sys.exit(USER_ERROR_EXIT)
 
-from ablate.grid_file import GridFileError, load_grid_file
-from ablate.report import write_report
-from ablate.study import (
+# Imported after the check above on purpose: ablate.report and ablate.study import optuna and matplotlib, and
+# without the extra the user should get that one-line error, not a traceback.
+from ablate.grid_file import GridFileError, load_grid_file  # noqa: E402
+from ablate.report import write_report  # noqa: E402
+from ablate.study import (  # noqa: E402
     SAMPLERS,
     Objective,
     RunConfigError,
@@ -57,7 +59,7 @@ from ablate.study import (
     run_trials,
     trial_status,
 )
-from lightning_modules.config_files import CONFIG_DIR, GRID_FOLDER
+from lightning_modules.config_files import CONFIG_DIR, GRID_FOLDER  # noqa: E402
 
 GRID_DIR = CONFIG_DIR / GRID_FOLDER
 

@@ -222,7 +222,8 @@ def _search_range(path: Path, key: str, spec: Any) -> SearchRange:
     if missing or extra:
         allowed = ", ".join(SEARCH_TYPES[kind] + SEARCH_OPTIONAL[kind])
         raise GridFileError(
-            f"{path}: search {key} ({kind}) takes {allowed}; {'missing ' + ', '.join(missing) if missing else 'unknown ' + ', '.join(extra)}"
+            f"{path}: search {key} ({kind}) takes {allowed}; "
+            f"{'missing ' + ', '.join(missing) if missing else 'unknown ' + ', '.join(extra)}"
         )
     _check_range(path, key, kind, options)
     return SearchRange(key, kind, options)

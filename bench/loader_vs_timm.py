@@ -158,7 +158,8 @@ def measure(root: Path, batch_size: int, rounds: int) -> dict[str, list[float]]:
 
 def table(rows: list[tuple[str, str, dict[str, list[float]]]]) -> str:
     lines = [
-        "| photos | loader | img/s per core (median) | rounds | vs timm (median of pairs) | vs bare decode (median of pairs) |",
+        "| photos | loader | img/s per core (median) | rounds "
+        "| vs timm (median of pairs) | vs bare decode (median of pairs) |",
         "|---|---|---:|---|---:|---:|",
     ]
     for size_name, shape, rates in rows:
@@ -168,7 +169,8 @@ def table(rows: list[tuple[str, str, dict[str, list[float]]]]) -> str:
             vs_decode = statistics.median(v / d for v, d in zip(values, decode))
             each = ", ".join(f"{v:.0f}" for v in values)
             lines.append(
-                f"| {size_name} {shape} | {name} | {statistics.median(values):.0f} | {each} | {vs_timm:.2f}x | {vs_decode:.2f}x |"
+                f"| {size_name} {shape} | {name} | {statistics.median(values):.0f} | {each} "
+                f"| {vs_timm:.2f}x | {vs_decode:.2f}x |"
             )
     return "\n".join(lines)
 
@@ -215,7 +217,8 @@ def op_table(repeats: int = 20) -> str:
         return f"{(time.perf_counter() - start) / repeats * 1e3:.3f}"
 
     lines = [
-        "| op | OpenCV (opencv_ops) | tensor ops, batch of 1 (batched_ops) | torchvision.transforms.v2 | albumentations 2.0.8 |",
+        "| op | OpenCV (opencv_ops) | tensor ops, batch of 1 (batched_ops) "
+        "| torchvision.transforms.v2 | albumentations 2.0.8 |",
         "|---|---:|---:|---:|---:|",
     ]
     for name in OP_NAMES[1:]:

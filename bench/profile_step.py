@@ -146,7 +146,8 @@ def operator_table(model: nn.Module, settings: Settings, trace: Path | None) -> 
         spent = getattr(event, key)
         name = event.key.replace("|", "/")[:80]
         lines.append(
-            f"| {name} | {event.count / settings.iters:.0f} | {spent / 1000 / settings.iters:.2f} | {100 * spent / total:.1f}% |"
+            f"| {name} | {event.count / settings.iters:.0f} | {spent / 1000 / settings.iters:.2f} "
+            f"| {100 * spent / total:.1f}% |"
         )
     return "\n".join(lines)
 
@@ -184,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     model.train()
     header = (
         f"{args.model}, batch {args.batch_size}, {args.img_size}px, {args.precision}, "
-        f"{'channels_last' if args.channels_last else 'contiguous'}, {'compiled' if args.compile else 'eager'}, {settings.device}"
+        f"{'channels_last' if args.channels_last else 'contiguous'}, {'compiled' if args.compile else 'eager'}, "
+        f"{settings.device}"
     )
     sections = [header]
     if not args.compile:

@@ -46,7 +46,9 @@ def _optional_mirror(config_class: type, prefix: str = "") -> type:
             section = _optional_mirror(hint, f"{prefix}{item.name}.")
             fields.append((item.name, section, dataclasses.field(default_factory=section)))
         else:
-            fields.append((item.name, Optional[_range_type(prefix + item.name, hint)], None))
+            # Optional[...] on purpose: with X | None, jsonargparse's --help would show some of these fields as
+            # "PositiveInt | null" and the rest (Literal, tuple) still as "Optional[...]".
+            fields.append((item.name, Optional[_range_type(prefix + item.name, hint)], None))  # noqa: UP045
     name = config_class.__name__.removesuffix("Config") + "Overrides"
     mirror = dataclasses.make_dataclass(name, fields)
     mirror.__module__ = __name__

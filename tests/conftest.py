@@ -30,7 +30,8 @@ if str(REPO_ROOT) not in sys.path:  # makes the top-level ``cli.py`` importable 
 
 
 def subprocess_env(threads: int = 1, **extra: str) -> dict[str, str]:
-    """Environment for child processes: repo and test modules importable, albumentations offline, bounded CPU threads."""
+    """Environment for child processes: repo and test modules importable, albumentations offline, bounded CPU
+    threads."""
     env = dict(os.environ)
     importable = [REPO_ROOT, TESTS_DIR, *TIER_DIRS]  # the project, the shared helpers, and test modules by name
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*map(str, importable), env.get("PYTHONPATH", "")]))

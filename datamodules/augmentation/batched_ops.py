@@ -2,9 +2,9 @@
 
 Executes the policy of ``datamodules.augmentation.policy`` (its op list and settings) on the device, as
 ``opencv_ops`` does per image in CPU workers. Each op repeats the arithmetic of the albumentations/OpenCV
-op it stands for (rounding, truncation, histogram quirks; ``tests/albumentations_policy.py`` is the reference it is tested
-against), so results match what the OpenCV-based pipeline produced. Between ops images are float32
-holding integers 0..255: exactly the uint8 values the CPU pipeline would hold.
+op it stands for (rounding, truncation, histogram quirks; ``tests/albumentations_policy.py`` is the reference
+it is tested against), so results match what the OpenCV-based pipeline produced. Between ops images are
+float32 holding integers 0..255: exactly the uint8 values the CPU pipeline would hold.
 """
 
 from __future__ import annotations

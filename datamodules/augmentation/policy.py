@@ -34,7 +34,8 @@ Setting = Callable[[float, float], float]
 def check_magnitude(magnitude: float) -> None:
     if not 0.0 <= magnitude <= MAGNITUDE_LIMIT:
         raise ValueError(
-            f"randaugment_magnitude must be in [0, {MAGNITUDE_LIMIT:g}] (10 = each op's reference strength), got {magnitude}"
+            f"randaugment_magnitude must be in [0, {MAGNITUDE_LIMIT:g}] (10 = each op's reference strength), "
+            f"got {magnitude}"
         )
 
 

@@ -83,7 +83,8 @@ class SkippedFiles:
 
     REASONS: ClassVar[dict[str, str]] = {
         "outside": "image links that point outside {root} are skipped (only links within the dataset root are "
-        "followed, so a scan never reads files elsewhere); copy the files in, or set root to the folder that holds them",
+        "followed, so a scan never reads files elsewhere); copy the files in, or set root to the folder that "
+        "holds them",
         "broken": "image links whose target is missing are skipped; fix or delete them",
         "nested": "images in sub-folders of class folders are skipped (a class is <split>/<class>/<image>, one level); "
         "move them up into their class folder",

@@ -137,7 +137,8 @@ class RunPictures(Callback):
 
     @property
     def state_key(self) -> str:
-        """The key of this callback's checkpointed state under its former name, so older checkpoints keep their best values."""
+        """The key of this callback's checkpointed state under its former name, so older checkpoints keep their
+        best values."""
         return "TensorBoardPictures"
 
     @staticmethod

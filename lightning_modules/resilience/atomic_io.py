@@ -45,7 +45,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, path: _PATH) -> None:
-    """``torch.save`` to ``path`` so that ``path`` is at all times either absent, the old file or the complete new one."""
+    """``torch.save`` to ``path`` so that ``path`` is at all times either absent, the old file or the complete
+    new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)

@@ -1,4 +1,5 @@
-"""Stop on a NaN/inf loss before a checkpoint of the damaged weights is written, so the newest one on disk is the last good one."""
+"""Stop on a NaN/inf loss before a checkpoint of the damaged weights is written, so the newest one on disk
+is the last good one."""
 
 from __future__ import annotations
 

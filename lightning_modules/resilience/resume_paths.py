@@ -36,12 +36,14 @@ def newest_checkpoint_under(run_dir: Path, version: str | None = None) -> str | 
 
 
 def resume_checkpoint_under(run_dir: Path, version: str | None = None) -> str | None:
-    """What ``--ckpt_path last`` resumes from: the newest ``last*.ckpt``, else the newest other checkpoint, else None."""
+    """What ``--ckpt_path last`` resumes from: the newest ``last*.ckpt``, else the newest other checkpoint,
+    else None."""
     return last_checkpoint_under(run_dir, version) or newest_checkpoint_under(run_dir, version)
 
 
 def is_complete(path: Path) -> bool:
-    """A whole file, not one still (or never fully) written: torch.save writes zip archives, whose index is at the end."""
+    """A whole file, not one still (or never fully) written: torch.save writes zip archives, whose index is at
+    the end."""
     return path.is_file() and not path.name.endswith(PARTIAL_SUFFIX) and zipfile.is_zipfile(path)
 
 

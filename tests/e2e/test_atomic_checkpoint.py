@@ -1,4 +1,5 @@
-"""Checkpoint writes are atomic: a process SIGKILLed at any moment leaves a loadable ``last.ckpt``, and training resumes.
+"""Checkpoint writes are atomic: a process SIGKILLed at any moment leaves a loadable ``last.ckpt``, and
+training resumes.
 
 The kill test runs one helper process that imports torch and Lightning once and then forks a
 training child per round (a fresh interpreter per round would cost ~5 s of imports each). Each
@@ -78,7 +79,8 @@ def _train_child(folder: Path, log: Path, final: bool) -> int:
 
 
 def kill_rounds(folder: str, seed: int) -> None:
-    """Helper-process entry: fork ``KILLS`` training children and SIGKILL each, then let one finish; print a JSON report."""
+    """Helper-process entry: fork ``KILLS`` training children and SIGKILL each, then let one finish; print a
+    JSON report."""
     import random
     import signal
     import time

@@ -50,7 +50,8 @@ EPOCHS = 3
 
 
 class StopAfterEpoch(Callback):
-    """Ends ``fit`` after ``epoch`` as a preempted job would, without changing ``max_epochs`` (and so the lr schedule)."""
+    """Ends ``fit`` after ``epoch`` as a preempted job would, without changing ``max_epochs`` (and so the lr
+    schedule)."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,4 +1,5 @@
-"""Bad input gives a short ``error:`` message naming the problem and the fix; a diverged run keeps its last good checkpoint.
+"""Bad input gives a short ``error:`` message naming the problem and the fix; a diverged run keeps its last
+good checkpoint.
 
 Most CLI cases run ``cli.py``'s entry point in-process (a subprocess costs ~10 s of imports); one
 subprocess checks the real exit status and stderr of a missing dataset.
@@ -462,7 +463,8 @@ def test_training_with_empty_and_oversized_files_skips_them_under_on_corrupt_ski
         (
             ["--model.model_overrides.img_size=[64,64]"],
             [
-                "error: model.model_overrides: Option 'img_size' is not accepted: the model takes it from the DataModule",
+                "error: model.model_overrides: Option 'img_size' is not accepted: "
+                "the model takes it from the DataModule",
                 "set --data.init_args.image_size instead",
             ],
         ),

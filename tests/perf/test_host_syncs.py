@@ -111,7 +111,8 @@ def test_cifar_recipe_with_device_augmentation_and_mixing_never_waits(tmp_path):
 
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
 def test_image_folder_pipeline_never_waits(tmp_path, decode):
-    """ImageNet-style folder: uint8 batches normalised on the device; with decode=gpu, decode, crop and policy there too."""
+    """ImageNet-style folder: uint8 batches normalised on the device; with decode=gpu, decode, crop and policy
+    there too."""
     classes = ["a", "b"]
     write_image_folder(tmp_path / "images", "train", classes, per_class=24, size=(40, 48))
     write_image_folder(tmp_path / "images", "val", classes, per_class=2, size=(40, 48))

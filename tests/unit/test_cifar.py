@@ -91,9 +91,9 @@ def test_augment_on_device_moves_the_whole_policy_out_of_the_loader(cifar10):
     )
     dm.setup()
     raw, labels = next(iter(dm.train_dataloader()))
-    by_label = {int(l): dm.train_set.images[dm.train_set.labels == l] for l in labels}
+    by_label = {int(label): dm.train_set.images[dm.train_set.labels == label] for label in labels}
     # the loader yields untouched images ...
-    assert all(any(torch.equal(img, cand) for cand in by_label[int(l)]) for img, l in zip(raw, labels))
+    assert all(any(torch.equal(img, cand) for cand in by_label[int(label)]) for img, label in zip(raw, labels))
     torch.manual_seed(0)
     train_out = dm.device_transform(raw, train=True)
     eval_out = dm.device_transform(raw, train=False)
