@@ -21,6 +21,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 import simplejpeg
+import torch
 from PIL import Image
 
 from datamodules.augmentation.crops import CropBox
@@ -34,7 +35,6 @@ from datamodules.decoding.decoders import (
 from datamodules.decoding.jpeg_header import read_jpeg_header
 from datamodules.decoding.orientation import exif_orientation
 from datamodules.decoding.pillow_decode import own_pixel_limit
-from datamodules.errors import ImageDecodeError
 
 COLOUR_MODES = frozenset({"RGB", "L"})  # JPEG modes (YCbCr colour, grey) libjpeg-turbo decodes to RGB as Pillow does
 DCT_SCALES = (8, 4, 2)
@@ -97,6 +97,14 @@ def _header(data: np.ndarray, max_pixels: int) -> tuple[str | None, str, tuple[i
         return None
 
 
+def _crop_of_full_decode(full: torch.Tensor, box: CropBox, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """``box`` of a CHW image decoded whole by ``decoders.decode_rgb``, resized: the path of every file the reduced
+    decode does not take."""
+    left, top, right, bottom = _region(box, (1.0, 1.0), *full.shape[-2:])
+    crop = np.ascontiguousarray(full[:, top:bottom, left:right].permute(1, 2, 0).numpy())
+    return _resize(crop, size, interpolation)
+
+
 def decode_resized_crop(
     data: np.ndarray,
     choose_box: ChooseBox,
@@ -110,10 +118,7 @@ def decode_resized_crop(
     # a JPEG that does not end in its end-of-image marker may be truncated: decode_rgb refuses those
     if header is None or header[0] != "JPEG" or header[1] not in COLOUR_MODES or bytes(data[-2:]) != JPEG_END:
         full = decode_rgb(data, max_pixels)
-        box = choose_box(*full.shape[-2:])
-        left, top, right, bottom = _region(box, (1.0, 1.0), *full.shape[-2:])
-        crop = np.ascontiguousarray(full[:, top:bottom, left:right].permute(1, 2, 0).numpy())
-        return _resize(crop, size, interpolation)
+        return _crop_of_full_decode(full, choose_box(*full.shape[-2:]), size, interpolation)
     _, _, (width, height), orientation = header
     upright_hw = (width, height) if orientation >= 5 else (height, width)
     box = choose_box(*upright_hw)
@@ -122,8 +127,9 @@ def decode_resized_crop(
         stored = simplejpeg.decode_jpeg(
             data, min_height=-(-height // divisor), min_width=-(-width // divisor), colorspace="RGB"
         )
-    except ValueError as exc:
-        raise ImageDecodeError(f"JPEG decode failed: {exc}") from exc
+    except ValueError:  # damage libjpeg-turbo's strict mode refuses (data corrupt mid-scan) may be what Pillow
+        # tolerates: the evaluation decoder decides, so a file is corrupt on every path or on none
+        return _crop_of_full_decode(decode_rgb(data, max_pixels), box, size, interpolation)
     pixels = _upright(stored, orientation)
     scale = (pixels.shape[0] / upright_hw[0], pixels.shape[1] / upright_hw[1])
     left, top, right, bottom = _region(box, scale, *pixels.shape[:2])

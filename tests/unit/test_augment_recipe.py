@@ -259,3 +259,23 @@ def test_full_size_train_decode_gives_pillows_pixels_exactly(subsampling: int) -
     data = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
     out = decode_resized_crop(data, lambda h, w: CropBox(0, 0, h, w), (48, 64), "bicubic")
     assert np.array_equal(out, np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
+
+
+def test_a_jpeg_damaged_mid_scan_is_corrupt_on_the_train_path_only_if_it_is_for_evaluation() -> None:
+    """libjpeg-turbo's strict mode refuses data corrupt mid-scan that Pillow decodes (with a warning): the train crop
+    then comes from the evaluation decoder, so a file is not skipped in training yet used in validation."""
+    import simplejpeg
+
+    from datamodules.decoding.decoders import decode_rgb
+
+    buffer = io.BytesIO()
+    Image.fromarray(random_image(64, 64, 5)).save(buffer, "JPEG", quality=90)
+    damaged = bytearray(buffer.getvalue())
+    scan = damaged.index(b"\xff\xda") + 40
+    damaged[scan : scan + 3] = b"\x13\x57\x9b"  # entropy-coded bytes changed; the end-of-image marker is intact
+    data = np.frombuffer(bytes(damaged), dtype=np.uint8)
+    with pytest.raises(ValueError):
+        simplejpeg.decode_jpeg(data, colorspace="RGB")
+    reference = decode_rgb(data)
+    out = decode_resized_crop(data, lambda h, w: CropBox(0, 0, h, w), (64, 64), "bilinear")
+    assert np.array_equal(out, reference.permute(1, 2, 0).numpy())
