@@ -8,22 +8,10 @@ initialised: load trained ones with ``coatnet.weights.load_weights`` (a file or 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from coatnet import CoAtNet, create_model, list_models
+from coatnet import list_models, named_constructor
 
 dependencies = ["torch", "einops"]  # what the coatnet package imports
 
 
-def _entry(name: str) -> Callable[..., CoAtNet]:
-    def build(**overrides: Any) -> CoAtNet:
-        return create_model(name, **overrides)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"``{name}`` (see coatnet.list_models); keyword arguments override config fields."
-    return build
-
-
 for _name in list_models():
-    globals()[_name] = _entry(_name)
+    globals()[_name] = named_constructor(_name)

@@ -4,9 +4,6 @@
 >>> model = coatnet_0(num_classes=10, img_size=384)
 """
 
-from collections.abc import Callable
-from typing import Any
-
 from . import timm_variants  # noqa: F401  (registers timm's _rw variants, so list_models() names them)
 from .blocks import (
     BLOCKS,
@@ -21,25 +18,15 @@ from .config import CoAtNetConfig, ConvConfig, HeadConfig, StemConfig, Transform
 from .config_io import apply_overrides, config_from_dict, config_to_dict
 from .features import CoAtNetFeatures
 from .fusion import fold_batchnorm
-from .model import CoAtNet, create_model, get_config, list_models, register_variant
+from .model import CoAtNet, create_model, get_config, list_models, named_constructor, register_variant
 from .rel_pos_resize import resize_table
 
-
-def _named_constructor(name: str) -> Callable[..., CoAtNet]:
-    def build(**overrides: Any) -> CoAtNet:
-        return create_model(name, **overrides)
-
-    build.__name__ = name
-    build.__doc__ = f"Build ``{name}``; keyword arguments override config fields."
-    return build
-
-
-coatnet_0 = _named_constructor("coatnet_0")
-coatnet_1 = _named_constructor("coatnet_1")
-coatnet_2 = _named_constructor("coatnet_2")
-coatnet_3 = _named_constructor("coatnet_3")
-coatnet_4 = _named_constructor("coatnet_4")
-coatnet_nano = _named_constructor("coatnet_nano")
+coatnet_0 = named_constructor("coatnet_0")
+coatnet_1 = named_constructor("coatnet_1")
+coatnet_2 = named_constructor("coatnet_2")
+coatnet_3 = named_constructor("coatnet_3")
+coatnet_4 = named_constructor("coatnet_4")
+coatnet_nano = named_constructor("coatnet_nano")
 
 __all__ = [
     "BLOCKS",
@@ -67,6 +54,7 @@ __all__ = [
     "fold_batchnorm",
     "get_config",
     "list_models",
+    "named_constructor",
     "register_block",
     "register_variant",
     "relative_position_index",

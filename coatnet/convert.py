@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .config import CoAtNetConfig
 from .errors import CheckpointError
 from .model import CoAtNet, get_config, list_models
+from .timm_api import IMAGENET_MEAN, IMAGENET_STD
 from .weights import build_uninitialised, load_mapped, state_dict_mismatch
 
 # timm architecture name (as in timm.list_models) -> our registered variant.
@@ -40,9 +41,6 @@ TIMM_TO_VARIANT: dict[str, str] = {
     "coatnet_rmlp_2_rw_224": "coatnet_rmlp_2_rw",
     "coatnet_rmlp_2_rw_384": "coatnet_rmlp_2_rw",
 }
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Renames inside one block, applied to the key after ``stages.i.j.``; first match wins.
 _MBCONV_RENAMES = (

@@ -234,3 +234,14 @@ def create_model(
     if out_indices is not None:
         raise ValueError("out_indices picks feature maps: pass features_only=True with it")
     return model
+
+
+def named_constructor(name: str) -> Callable[..., CoAtNet]:
+    """``coatnet_0(**overrides)``-style builder of variant ``name``, for ``coatnet``'s names and torch.hub."""
+
+    def build(**overrides: Any) -> CoAtNet:
+        return create_model(name, **overrides)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"Build ``{name}`` (see ``coatnet.list_models``); keyword arguments override config fields."
+    return build
