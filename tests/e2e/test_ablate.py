@@ -48,8 +48,9 @@ def write_grid(tmp_path: Path, variants: str) -> None:
     (tmp_path / "tiny.yaml").write_text(GRID.format(wallclock=tmp_path / "wallclock.yaml", variants=variants))
 
 
-def ablate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [
+def ablate_command(tmp_path: Path, *args: str) -> list[str]:
+    """``python -m ablate`` over the grid ``write_grid`` wrote, logging under ``tmp_path/logs``."""
+    return [
         sys.executable,
         "-m",
         "ablate",
@@ -59,6 +60,10 @@ def ablate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         str(tmp_path / "logs"),
         *args,
     ]
+
+
+def ablate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    command = ablate_command(tmp_path, *args)
     proc = subprocess.run(
         command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False
     )
@@ -131,15 +136,7 @@ def test_a_diverging_point_is_tabulated_as_diverged_while_the_others_train(tmp_p
 @pytest.mark.slow
 def test_two_processes_sharing_a_journal_train_each_point_once_and_tabulate_both(tmp_path: Path) -> None:
     write_grid(tmp_path, LAYOUTS)
-    command = [
-        sys.executable,
-        "-m",
-        "ablate",
-        "--config",
-        str(tmp_path / "tiny.yaml"),
-        "--log-dir",
-        str(tmp_path / "logs"),
-    ]
+    command = ablate_command(tmp_path)
     procs = [
         subprocess.Popen(
             command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
