@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,3 +36,24 @@ def wait_for_step(proc: subprocess.Popen, marker: Path, step: int, timeout: floa
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"training ended before {step} steps were seen:\n" + proc.stdout.read()[-3000:]
+
+
+def start_marked_fit(
+    args: list[str], marker: Path, cwd: Path, env: dict[str, str], delay: float | None = None, **popen
+) -> subprocess.Popen:
+    """``cli.py ARGS`` in the background with a ``StepMarker`` writing to ``marker`` (``delay`` seconds per step, the
+    callback's default if None); its stdout and stderr together in ``proc.stdout``. ``env`` must put ``tests/`` on
+    PYTHONPATH, where this module lives."""
+    marked = ["--trainer.callbacks+=step_marker.StepMarker", f"--trainer.callbacks.path={marker}"]
+    if delay is not None:
+        marked.append(f"--trainer.callbacks.delay={delay}")
+    cli = Path(__file__).resolve().parents[1] / "cli.py"
+    return subprocess.Popen(
+        [sys.executable, str(cli), *args, *marked],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )

@@ -25,7 +25,7 @@ import torch
 from conftest import REPO_ROOT, TESTS_DIR, free_port, run_cli, subprocess_env
 from data_helpers import CIFAR10_CLASSES, write_image_folder
 from lightning.pytorch import Callback, LightningModule, Trainer
-from step_marker import wait_for_step
+from step_marker import start_marked_fit, wait_for_step
 
 from datamodules.sources.shard_writer import write_shards
 from lightning_modules.pictures.callback import RunPictures
@@ -206,8 +206,6 @@ def test_sigterm_under_ddp_saves_last_checkpoint_and_exits(tmp_path):
     # that are in another collective; the run then never exits and SLURM has to SIGKILL it.
     logs, marker = tmp_path / "logs", tmp_path / "step.txt"
     args = [
-        sys.executable,
-        str(REPO_ROOT / "cli.py"),
         "fit",
         "--config",
         "smoke.yaml",
@@ -219,16 +217,12 @@ def test_sigterm_under_ddp_saves_last_checkpoint_and_exits(tmp_path):
         "--trainer.max_epochs=1",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
-        "--trainer.callbacks+=step_marker.StepMarker",
-        f"--trainer.callbacks.path={marker}",
-        "--trainer.callbacks.delay=0.01",
-    ]  # the signal lands inside a step, mid-collective
+    ]
     env = subprocess_env(
         threads=1, MASTER_PORT=str(free_port()), PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
     )
-    proc = subprocess.Popen(
-        args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    # a short step delay: the signal lands inside a step, mid-collective
+    proc = start_marked_fit(args, marker, tmp_path, env, delay=0.01, start_new_session=True)
     try:
         wait_for_step(proc, marker, step=2)
         os.killpg(proc.pid, signal.SIGTERM)  # every rank, as SLURM signals every task

@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +26,7 @@ from conftest import REPO_ROOT, run_cli, subprocess_env
 from data_helpers import write_image_folder
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
-from step_marker import wait_for_step
+from step_marker import start_marked_fit, wait_for_step
 
 from datamodules import ImageFolderDataModule, SyntheticDataModule
 from lightning_modules.classifier import ImageClassifier
@@ -282,16 +280,8 @@ def test_sigterm_saves_checkpoint_and_last_resumes(tmp_path):
         "--trainer.enable_model_summary=false",
         "--trainer.enable_progress_bar=false",
     ]
-    marked = ["--trainer.callbacks+=step_marker.StepMarker", f"--trainer.callbacks.path={marker}"]
     env = subprocess_env(threads=1, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]))
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "cli.py"), *args, *marked],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_marked_fit(args, marker, tmp_path, env)
     try:
         wait_for_step(proc, marker, step=2)
         proc.send_signal(signal.SIGTERM)

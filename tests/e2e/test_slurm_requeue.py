@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO_ROOT, TESTS_DIR, run_cli, subprocess_env
 from lightning.pytorch import Callback
-from step_marker import wait_for_step
+from step_marker import start_marked_fit, wait_for_step
 
 from lightning_modules.resilience.interrupt import InterruptCheckpoint, signal_named
 from lightning_modules.resilience.slurm_requeue import slurm_job_id
@@ -66,19 +64,7 @@ def test_sigusr1_before_the_time_limit_saves_requeues_once_and_the_requeued_job_
         PATH=f"{calls.parent}{os.pathsep}{os.environ['PATH']}",
         **SLURM_JOB,
     )
-    marked = [
-        "--trainer.callbacks+=step_marker.StepMarker",
-        f"--trainer.callbacks.path={marker}",
-        "--trainer.callbacks.delay=0.2",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "cli.py"), *args, *marked],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_marked_fit(args, marker, tmp_path, env, delay=0.2)
     try:
         wait_for_step(proc, marker, step=2)
         proc.send_signal(signal.SIGUSR1)
