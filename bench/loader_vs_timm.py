@@ -10,7 +10,7 @@ use_prefetcher=True)`` on torchvision's ``ImageFolder`` (uint8 out).
 
 Rows:
 - "project loader": what CPU workers do with ``augment.on_device: true`` (the default): decode at reduced size
-  where the crop allows, crop, resize; hand over uint8 crops.
+  where the crop allows, crop, resize each crop straight into its slot of the uint8 batch, and hand the batch over.
 - "project, recipe on the device, run on this CPU": the batched flip + RandAugment step the GPU runs on those
   crops, timed here on the CPU (on a GPU it costs no CPU time); not a loader.
 - "project loader, on_device: false": the same executor per image in the workers.

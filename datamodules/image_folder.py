@@ -7,13 +7,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.augmentation.recipe import AugmentExecutor, PerImageAugment, TrainAugment, as_recipe
 from datamodules.augmentation.tensor_ops import Interpolation, host_to_device
-from datamodules.augmentation.transforms import EvalTransform, ResizeTo, TrainCropDecode, collate_channels_last
+from datamodules.augmentation.transforms import (
+    CropBatch,
+    EvalTransform,
+    ResizeTo,
+    TrainCropDecode,
+    collate_channels_last,
+    empty_batch,
+)
 from datamodules.base import (
     DEFAULT_NUM_WORKERS,
     IMAGENET_MEAN,
@@ -38,7 +46,7 @@ from datamodules.decoding.encoded_images import (
 )
 from datamodules.decoding.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 from datamodules.errors import DatasetError
-from datamodules.sampling.draws import PerSampleDraws
+from datamodules.sampling.draws import PerSampleDraws, sample_draws
 from datamodules.sampling.shard_sampler import ShardOrderSampler
 from datamodules.sources.folder_scan import (
     check_same_classes,
@@ -53,6 +61,23 @@ FOLDER_AUGMENT = TrainAugment(color_jitter=0.4)  # random-resized crop, flip, Ra
 
 class TrainEncodedImages(PerSampleDraws, EncodedImageDataset):
     """Training files whose crop and augmentation draws depend only on (seed, epoch, index)."""
+
+
+class TrainCropBatches(TrainEncodedImages):
+    """Training crops (``TrainCropDecode`` without ``then``: the recipe runs on the device) decoded straight into
+    one batch: the DataLoader asks ``__getitems__`` for the batch's indices, and ``collate_channels_last`` hands the
+    ``CropBatch`` on channels-last. ``dataset[i]`` gives the same crop as an HWC tensor."""
+
+    decode: TrainCropDecode
+    collate = staticmethod(collate_channels_last)
+
+    def __getitems__(self, indices: list[int]) -> CropBatch:
+        images = empty_batch((len(indices), *self.decode.size, 3))
+        slots, found = images.numpy(), np.empty(len(indices), dtype=np.int64)
+        for slot, index in enumerate(indices):
+            with sample_draws(index):
+                _, found[slot] = self.first_readable(index, self.decode.into(slots[slot]))
+        return CropBatch(images, torch.from_numpy(self.source.labels[found].astype(np.int64, copy=False)))
 
 
 class ImageFolderDataModule(ImageClassificationDataModule):
@@ -244,7 +269,8 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             self.image_size, self.interpolation, self.augment, then=self._per_image_augment(),
             max_pixels=self.max_image_pixels,
         )  # fmt: skip
-        return TrainEncodedImages(source, crop, None, self.corrupt)
+        dataset_type = TrainCropBatches if crop.then is None else TrainEncodedImages
+        return dataset_type(source, crop, None, self.corrupt)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -255,12 +281,10 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.test_set = self._dataset(test, train=False) if test is not None else None
 
     # ------------------------------------------------------------------- loaders
-    def _collate(self, train: bool) -> Callable | None:
+    def _collate(self, dataset: Dataset, train: bool) -> Callable | None:
         if self.decode == "gpu":
             return EncodedCollate(train)
-        # the train crops of ``_dataset`` come as HWC when the recipe runs on the device
-        crops_hwc = train and self.preset != "cifar" and self.augment.on_device
-        return collate_channels_last if crops_hwc else None
+        return getattr(dataset, "collate", None)  # the datasets that make their own batches say how
 
     def _sampler(self, dataset: Dataset, train: bool) -> Sampler[int] | None:
         """Shards are read whole, one contiguous run of them per rank; folders use the base order."""
@@ -279,16 +303,16 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "train", train=True, collate_fn=self._collate(True))
+        return self._loader(self.train_set, "train", train=True, collate_fn=self._collate(self.train_set, True))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, "val", train=False, collate_fn=self._collate(False))
+        return self._loader(self.val_set, "val", train=False, collate_fn=self._collate(self.val_set, False))
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None and self.val_set is not None:
             rank_zero_warn("test_dir is not set: test_dataloader serves the validation split.")
             return self.val_dataloader()
-        return self._loader(self.test_set, "test", train=False, collate_fn=self._collate(False))
+        return self._loader(self.test_set, "test", train=False, collate_fn=self._collate(self.test_set, False))
 
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()

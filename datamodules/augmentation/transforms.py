@@ -8,12 +8,15 @@ crop (``TrainCropDecode``) and the evaluation crop.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from datamodules.augmentation.crops import CropBox, eval_crop_box, sample_resized_crop
 from datamodules.augmentation.recipe import TrainAugment
@@ -64,14 +67,40 @@ class TrainCropDecode:
         crop = decode_resized_crop(data, self.choose_box, self.size, self.interpolation, self.max_pixels)
         return torch.from_numpy(crop) if self.then is None else self.then(crop)
 
+    def into(self, out: np.ndarray) -> Callable[[np.ndarray], None]:
+        """Encoded bytes -> the crop written into ``out``, a [H, W, 3] uint8 slot of a batch (``then`` is not
+        applied: for ``CropBatch`` making)."""
+        return partial(decode_resized_crop, choose_box=self.choose_box, size=self.size,
+                       interpolation=self.interpolation, max_pixels=self.max_pixels, out=out)  # fmt: skip
 
-def collate_channels_last(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(HWC uint8 image, label) samples -> a [B, 3, H, W] uint8 batch stored channels-last, and the labels.
+
+class CropBatch(NamedTuple):
+    """Train crops made straight into one batch by a dataset's ``__getitems__`` (no per-sample tensors, no copy
+    to stack them): [B, H, W, 3] uint8 images and [B] int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in a loader worker, in shared memory, as ``default_collate`` makes its
+    batches, so that handing it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+def collate_channels_last(
+    samples: CropBatch | list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(HWC uint8 image, label) samples, or a ``CropBatch``, -> a [B, 3, H, W] uint8 batch stored channels-last,
+    and the labels.
 
     Stacking HWC crops is a plain copy, about 5x cheaper per image than turning each into CHW first (a
     worker spent 5% of its time there), and channels-last is the order the model and the pinned copy keep.
     """
-    images, labels = default_collate(samples)
+    images, labels = samples if isinstance(samples, CropBatch) else default_collate(samples)
     return images.permute(0, 3, 1, 2), labels
 
 

@@ -99,23 +99,26 @@ class EncodedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple:
+    def first_readable(self, index: int, decode: Callable[[np.ndarray], Any]) -> tuple[Any, int]:
+        """``decode`` of image ``index``'s bytes, and ``index``; an unreadable image is reported (``corrupt``) and
+        the next one taken in its place."""
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
             i = (index + attempt) % len(self.source)
-            name = self.source.name(i)
             try:
-                sample = self.decode(self.source.read(i))
+                return decode(self.source.read(i)), i
             except DECODE_ERRORS as exc:
-                self.corrupt.report(name, exc)
-                continue
-            if self.transform is not None:
-                sample = self.transform(sample)
-            label = torch.tensor(self.source.labels[i], dtype=torch.int64)
-            return (sample, label, name) if self.with_path else (sample, label)
+                self.corrupt.report(self.source.name(i), exc)
         raise DatasetError(
             f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {self.source.name(index)} on; "
             "the dataset looks damaged, check the files."
         )
+
+    def __getitem__(self, index: int) -> tuple:
+        sample, i = self.first_readable(index, self.decode)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        label = torch.tensor(self.source.labels[i], dtype=torch.int64)
+        return (sample, label, self.source.name(i)) if self.with_path else (sample, label)
 
     def reseed(self, seed: int) -> None:
         reseed = getattr(self.transform, "reseed", None)

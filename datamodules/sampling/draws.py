@@ -9,7 +9,8 @@ there are, and in a run resumed mid-epoch, without seeding workers or touching g
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cached_property
 from typing import Any
@@ -68,12 +69,20 @@ def current_draws() -> SampleDraws:
     return draws
 
 
+@contextmanager
+def sample_draws(index: int) -> Iterator[SampleDraws]:
+    """Sample ``index``'s draws are ``current_draws()`` inside the block."""
+    draws = draws_for(index)
+    token = _CURRENT.set(draws)
+    try:
+        yield draws
+    finally:
+        _CURRENT.reset(token)
+
+
 class PerSampleDraws:
     """Dataset mixin (put it first among the bases): ``__getitem__(index)`` runs with ``index``'s draws set."""
 
     def __getitem__(self, index: int) -> Any:
-        token = _CURRENT.set(draws_for(index))
-        try:
+        with sample_draws(index):
             return super().__getitem__(index)  # type: ignore[misc]
-        finally:
-            _CURRENT.reset(token)

@@ -210,9 +210,12 @@ def test_reduced_size_decode_keeps_16_bit_scaling_and_reports_corrupt_files() ->
         )
 
 
-def test_worker_draws_depend_on_seed_epoch_and_index_only(data_root) -> None:
+@pytest.mark.parametrize("on_device", [False, True])  # per-sample items; batches made whole by __getitems__
+def test_worker_draws_depend_on_seed_epoch_and_index_only(data_root, on_device: bool) -> None:
     """Exact resume: the same batches whatever the worker count, and a pass resumed after k batches is the tail."""
-    recipe = BASE.replace(scale=(0.2, 1.0), hflip=0.5, randaugment_layers=2, randaugment_magnitude=12, on_device=False)
+    recipe = BASE.replace(
+        scale=(0.2, 1.0), hflip=0.5, randaugment_layers=2, randaugment_magnitude=12, on_device=on_device
+    )
 
     def batches(workers: int, skip: int = 0, epoch: int = 0) -> list[torch.Tensor]:
         dm = ImageFolderDataModule(
@@ -249,6 +252,43 @@ def test_train_crops_are_handed_over_channels_last(data_root) -> None:
     assert torch.equal(labels, torch.stack([label for _, label in samples]))
     per_image = _folder(data_root, BASE.replace(on_device=False), "resized")
     assert per_image.train_set[DrawIndex(0, 0, 0)][0].shape == (3, 32, 32)  # the per-image executor gives CHW
+
+
+def test_a_batch_made_in_one_piece_holds_the_per_sample_crops(data_root) -> None:
+    """The train loader asks for whole batches (``__getitems__``: crops written into one tensor): the same pixels
+    and labels as indexing sample by sample, and the same batch in a worker (made in shared memory there)."""
+    dm = _folder(data_root, BASE.replace(on_device=True, scale=(0.3, 1.0)), "resized")
+    indices = [DrawIndex(i, 5, 1) for i in (4, 0, 3, 1)]
+    images, labels = dm.train_dataloader().collate_fn(dm.train_set.__getitems__(indices))
+    samples = [dm.train_set[i] for i in indices]
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(images, torch.stack([image.permute(2, 0, 1) for image, _ in samples]))
+    assert torch.equal(labels, torch.stack([label for _, label in samples])) and labels.dtype == torch.int64
+    in_worker = torch.utils.data.DataLoader(
+        dm.train_set, batch_sampler=[indices], num_workers=1, collate_fn=dm.train_dataloader().collate_fn
+    )
+    assert torch.equal(next(iter(in_worker))[0], images)
+
+
+def test_train_crops_reuse_one_decode_buffer_without_a_trace_of_the_last_image(monkeypatch) -> None:
+    """Decoded images go into one buffer per thread, grown when a bigger one comes: every crop is the same as
+    decoded alone, at full and reduced DCT scales, and none falls back to the whole-image decoder."""
+    from datamodules.decoding import scaled_jpeg
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("a JPEG fell back to the whole-image decoder")
+
+    monkeypatch.setattr(scaled_jpeg, "decode_rgb", no_fallback)
+    files = [_jpeg(random_image(h, w, seed)) for seed, (h, w) in enumerate([(40, 52), (101, 131), (37, 45)])]
+    whole = lambda h, w: CropBox(0, 0, h, w)  # noqa: E731 - the crop box chooser
+    cases = [(data, size) for data in files for size in [(24, 32), (12, 16)]]  # 101x131 at 1/4 and 1/8 scale
+    monkeypatch.setattr(scaled_jpeg._SCRATCH, "buffer", None, raising=False)
+    alone = []
+    for data, size in cases:
+        scaled_jpeg._SCRATCH.buffer = None
+        alone.append(decode_resized_crop(data, whole, size, "bilinear"))
+    for (data, size), expected in zip(reversed(cases), reversed(alone)):
+        assert np.array_equal(decode_resized_crop(data, whole, size, "bilinear"), expected)
 
 
 @pytest.mark.parametrize("subsampling", [0, 2])  # 4:4:4 and 4:2:0 chroma

@@ -29,6 +29,7 @@ from datamodules.decoding import decoders
 from datamodules.decoding.device_decode import decode_batch
 from datamodules.decoding.encoded_images import EncodedImages, decode_bytes
 from datamodules.errors import ImageDecodeError
+from datamodules.sampling.draws import DrawIndex
 from datamodules.sources.shard_writer import write_shards
 
 needs_torchcodec = pytest.mark.skipif(decoders.TORCHCODEC is None, reason=f"torchcodec: {decoders.TORCHCODEC_MISSING}")
@@ -141,6 +142,22 @@ def test_training_skips_a_bad_file_with_a_named_warning_or_stops_on_error(tmp_pa
         else:
             batch = EncodedImages([stop.train_set[2][0]], ["bad.png"], True)
             decode_batch(batch, torch.device("cpu"), stop.corrupt, LIMIT)
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_a_train_batch_made_in_one_piece_replaces_a_bad_file_as_indexing_does(tmp_path, kind):
+    bad, reason = BAD_FILES[kind]
+    root = _folder(tmp_path, bad)
+    dm = ImageFolderDataModule(
+        root=str(root), num_classes=2, val_dir="train", image_size=32, num_workers=0, max_image_pixels=LIMIT
+    )
+    dm.setup()
+    indices = [DrawIndex(i, 3, 0) for i in (1, 2, 3)]  # 2 is bad.png: class b's first file takes its place
+    with pytest.warns(UserWarning, match=rf"skipping unreadable image .*bad\.png \({reason}"):
+        images, labels = dm.train_dataloader().collate_fn(dm.train_set.__getitems__(indices))
+        samples = [dm.train_set[i] for i in indices]
+    assert labels.tolist() == [0, 1, 1] and dm.num_corrupt_skipped == 2
+    assert torch.equal(images, torch.stack([image.permute(2, 0, 1) for image, _ in samples]))
 
 
 @pytest.mark.parametrize("kind", BAD_FILES)

@@ -40,11 +40,8 @@ def _cpu_path_boxes(crop: TrainCropDecode) -> list[CropBox]:
     """Boxes as loader workers draw them: each from its own sample's draws."""
     boxes = []
     for i in range(N):
-        token = draws._CURRENT.set(draws.draws_for(draws.DrawIndex(i, 7, 0)))
-        try:
+        with draws.sample_draws(draws.DrawIndex(i, 7, 0)):
             boxes.append(crop.choose_box(H, W))
-        finally:
-            draws._CURRENT.reset(token)
     return boxes
 
 
