@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import trained_looking
 from torch import nn
 
 from coatnet import create_model, fold_batchnorm
+from coatnet.blocks import BLOCKS, Block, register_block
+from coatnet.fusion import FOLD_RULES, fold_after, register_fold
 
 
 def batchnorms(model: nn.Module) -> int:
@@ -70,3 +74,50 @@ def test_batchnorm_without_running_statistics_is_refused():
     model.stem.norm1 = nn.BatchNorm2d(model.stem.norm1.num_features, track_running_stats=False)
     with pytest.raises(ValueError, match="no running statistics"):
         fold_batchnorm(model)
+
+
+class ConvNormBlock(Block):
+    """A new block type with a BatchNorm of its own: x + norm(conv(x)), downsampling by average pooling."""
+
+    def __init__(self, dim_in, dim_out, stride, grid, config, drop_path) -> None:
+        super().__init__(dim_in, dim_out, stride, grid, config, drop_path)
+        self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.shortcut = nn.Conv2d(dim_in, dim_out, 1)
+        self.conv, self.norm = nn.Conv2d(dim_out, dim_out, 3, padding=1), nn.BatchNorm2d(dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shortcut(self.pool(x))
+        return x + self.norm(self.conv(x))
+
+
+@pytest.fixture
+def conv_norm_letter():
+    """Layout letter N for one test (BLOCKS and FOLD_RULES are process-wide)."""
+    register_block("N")(ConvNormBlock)
+    try:
+        yield "N"
+    finally:
+        BLOCKS.pop("N")
+        FOLD_RULES.pop(ConvNormBlock, None)
+
+
+def test_a_new_block_is_left_unfolded_with_a_warning_until_it_registers_a_rule(conv_norm_letter):
+    torch.manual_seed(0)
+    model = create_model(
+        "coatnet_nano", layout="CNTT", widths=(16, 32, 32, 64), depths=(1, 2, 1, 1), img_size=32, num_classes=4,
+        stem={"widths": (16, 16)}, transformer={"head_dim": 16},
+    )  # fmt: skip
+    model = trained_looking(model).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match=r"no rule for ConvNormBlock: its BatchNorms stay.*register_fold"):
+        folded = fold_batchnorm(model)
+    assert batchnorms(folded) == 2  # the two ConvNormBlocks', the MBConv and stem ones folded
+    register_fold(ConvNormBlock)(
+        lambda block: (fold_after(block.conv, block.norm), setattr(block, "norm", nn.Identity()))
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folded = fold_batchnorm(model)
+    assert batchnorms(folded) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), model(images), rtol=1e-4, atol=1e-4)
