@@ -52,6 +52,8 @@ class CIFARDataModule(ImageClassificationDataModule):
         download_url, download_md5: override the archive source (default: the official release).
         max_image_pixels: ("folder") a file whose header declares more pixels stops the load naming it
             (a decompression bomb); default Pillow's 89,478,485.
+        on_corrupt: ("folder") "skip" leaves unreadable files out of the split, each with a warning naming it
+            (counted in ``num_corrupt_skipped``); "error" stops the load naming the file.
         val_split: "test" validates on the official test batch; "holdout" validates on
             the last ``holdout_per_class`` training images of each class (no tuning on test).
         augment: the training augmentation recipe (``TrainAugment``: pad-crop, flip, RandAugment, jitter,
@@ -76,6 +78,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         download_url: str | None = None,
         download_md5: str | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        on_corrupt: Literal["skip", "error"] = "skip",
         val_split: Literal["test", "holdout"] = "test",
         holdout_per_class: int = 500,
         augment: TrainAugment = CIFAR_AUGMENT,
@@ -113,6 +116,9 @@ class CIFARDataModule(ImageClassificationDataModule):
         self.download = download
         self.download_url, self.download_md5 = download_url, download_md5
         self.max_image_pixels = check_max_pixels(max_image_pixels)
+        if on_corrupt not in ("skip", "error"):
+            raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
+        self.on_corrupt, self.num_corrupt_skipped = on_corrupt, 0
         self.val_split, self.holdout_per_class = val_split, holdout_per_class
         self.augment = as_recipe(augment, CIFAR_AUGMENT)
         self.device_augment = AugmentExecutor(self.augment, "pad")
@@ -150,7 +156,7 @@ class CIFARDataModule(ImageClassificationDataModule):
 
         needs_test = self.val_split == "test"
         folder = self.root, self.variant, self.num_classes, needs_test, NATIVE_SIZE, self.max_image_pixels
-        self.class_names, train, test = load_cifar_folder(*folder)
+        self.class_names, train, test, self.num_corrupt_skipped = load_cifar_folder(*folder, self.on_corrupt)
         return train, test
 
     def test_dataloader(self) -> DataLoader:

@@ -176,14 +176,20 @@ def test_tar_shards_skip_a_bad_member_naming_shard_and_key(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", BAD_FILES)
-def test_cifar_folder_stops_naming_the_bad_file(tmp_path, kind):
+def test_cifar_folder_leaves_a_bad_file_out_or_stops_naming_it(tmp_path, kind):
     """The CIFAR folder is decoded once at setup; a zero-byte file gave a raw cv2.error naming no file."""
     bad, reason = BAD_FILES[kind]
-    root = write_image_folder(tmp_path, "train", [f"c{i}" for i in range(10)], per_class=1, size=(32, 32), fmt="PNG")
+    root = write_image_folder(tmp_path, "train", [f"c{i}" for i in range(10)], per_class=2, size=(32, 32), fmt="PNG")
     (root / "train" / "c3" / "bad.png").write_bytes(bad)
-    dm = CIFARDataModule(source="folder", root=str(root), val_split="holdout", max_image_pixels=LIMIT)
-    with pytest.raises(DatasetError, match=rf"cannot decode .*c3/bad\.png \({reason}.*replace or delete the file"):
-        dm.setup()
+    common = dict(source="folder", root=str(root), val_split="holdout", holdout_per_class=1, max_image_pixels=LIMIT)
+    skip = CIFARDataModule(**common)
+    with pytest.warns(UserWarning, match=rf"leaving out unreadable image .*c3/bad\.png \({reason}"):
+        skip.setup()
+    assert skip.num_corrupt_skipped == 1 and len(skip.train_set) == 10 and len(skip.val_set) == 10
+    assert sorted(skip.val_set.labels.tolist()) == list(range(10))  # c3 still holds out its last readable image
+    stop = CIFARDataModule(**common, on_corrupt="error")
+    with pytest.raises(DatasetError, match=rf"cannot decode .*c3/bad\.png \({reason}.*on_corrupt: skip"):
+        stop.setup()
 
 
 @pytest.mark.parametrize("kind", BAD_FILES)

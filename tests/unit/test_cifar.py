@@ -302,10 +302,14 @@ def test_folder_source_errors_name_the_problem_and_the_fix(tmp_path):
         CIFARDataModule(variant="cifar100", source="folder", root=str(tmp_path), val_split="holdout").setup()
     (tmp_path / "train" / "cat" / "0000.png").write_bytes(b"\x89PNG truncated")
     with pytest.raises(DatasetError, match="cannot decode .*0000.png.*replace or delete"):
-        CIFARDataModule(source="folder", root=str(tmp_path), val_split="holdout", holdout_per_class=1).setup()
+        CIFARDataModule(
+            source="folder", root=str(tmp_path), val_split="holdout", holdout_per_class=1, on_corrupt="error"
+        ).setup()
     big = tmp_path / "big"
     _png_folder(big, "train", per_class=2, size=(40, 40))
     with pytest.raises(DatasetError, match="40x40 pixels.*ImageFolderDataModule"):
         CIFARDataModule(source="folder", root=str(big), val_split="holdout", holdout_per_class=1).setup()
     with pytest.raises(ValueError, match="source must be"):
         CIFARDataModule(source="lmdb")
+    with pytest.raises(ValueError, match="on_corrupt must be 'skip' or 'error', got 'ignore'"):
+        CIFARDataModule(source="folder", on_corrupt="ignore")
