@@ -9,7 +9,8 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,26 @@ def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
             norm.weight.copy_(torch.randn(channels, generator=generator) * 0.5 + 1)
             norm.bias.copy_(torch.randn(channels, generator=generator) * 0.2)
     return model
+
+
+@contextmanager
+def registered_block(letter: str, block: type) -> Iterator[str]:
+    """``block`` is layout letter ``letter`` inside the block only: ``coatnet.blocks.BLOCKS`` is process-wide."""
+    from coatnet.blocks import BLOCKS, register_block
+
+    register_block(letter)(block)
+    try:
+        yield letter
+    finally:
+        BLOCKS.pop(letter)
+        block.letter = ""
+
+
+def small_layout_model(layout: str) -> nn.Module:
+    """A four-stage ``layout`` at toy widths and depths (32x32 input, 4 classes): for registered toy blocks."""
+    from coatnet import create_model
+
+    return create_model(
+        "coatnet_nano", layout=layout, widths=(16, 32, 32, 64), depths=(1, 2, 1, 1), img_size=32, num_classes=4,
+        stem={"widths": (16, 16)}, transformer={"head_dim": 16},
+    )  # fmt: skip

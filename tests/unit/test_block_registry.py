@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import registered_block, small_layout_model
 from torch import nn
 
 from coatnet import create_model, get_config
@@ -49,13 +50,9 @@ class TokenMlpBlock(Block):
 
 @pytest.fixture
 def toy_letter():
-    """Register the toy block as layout letter M for one test only: BLOCKS is process-wide."""
-    register_block("M")(TokenMlpBlock)
-    try:
-        yield "M"
-    finally:
-        BLOCKS.pop("M")
-        TokenMlpBlock.letter = ""
+    """The toy block is layout letter M for one test only."""
+    with registered_block("M", TokenMlpBlock) as letter:
+        yield letter
 
 
 def test_the_built_in_letters_are_the_table():
@@ -66,10 +63,7 @@ def test_the_built_in_letters_are_the_table():
 
 def test_a_registered_block_trains_in_a_layout(toy_letter):
     torch.manual_seed(0)
-    model = create_model(
-        "coatnet_nano", layout="CMTM", widths=(16, 32, 32, 64), depths=(1, 2, 1, 1), img_size=32, num_classes=4,
-        stem={"widths": (16, 16)}, transformer={"head_dim": 16},
-    )  # fmt: skip
+    model = small_layout_model("CMTM")
     assert [type(stage[0]) for stage in model.stages] == [MBConvBlock, TokenMlpBlock, TransformerBlock, TokenMlpBlock]
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(8) % 4

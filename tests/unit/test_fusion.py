@@ -6,11 +6,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import trained_looking
+from conftest import registered_block, small_layout_model, trained_looking
 from torch import nn
 
 from coatnet import create_model, fold_batchnorm
-from coatnet.blocks import BLOCKS, Block, register_block
+from coatnet.blocks import Block
 from coatnet.fusion import FOLD_RULES, fold_after, register_fold
 
 
@@ -92,21 +92,15 @@ class ConvNormBlock(Block):
 
 @pytest.fixture
 def conv_norm_letter():
-    """Layout letter N for one test (BLOCKS and FOLD_RULES are process-wide)."""
-    register_block("N")(ConvNormBlock)
-    try:
-        yield "N"
-    finally:
-        BLOCKS.pop("N")
-        FOLD_RULES.pop(ConvNormBlock, None)
+    """Layout letter N, and any folding rule registered for it, for one test (both tables are process-wide)."""
+    with registered_block("N", ConvNormBlock) as letter:
+        yield letter
+    FOLD_RULES.pop(ConvNormBlock, None)
 
 
 def test_a_new_block_is_left_unfolded_with_a_warning_until_it_registers_a_rule(conv_norm_letter):
     torch.manual_seed(0)
-    model = create_model(
-        "coatnet_nano", layout="CNTT", widths=(16, 32, 32, 64), depths=(1, 2, 1, 1), img_size=32, num_classes=4,
-        stem={"widths": (16, 16)}, transformer={"head_dim": 16},
-    )  # fmt: skip
+    model = small_layout_model("CNTT")
     model = trained_looking(model).eval()
     images = torch.randn(2, 3, 32, 32)
     with pytest.warns(UserWarning, match=r"no rule for ConvNormBlock: its BatchNorms stay.*register_fold"):
