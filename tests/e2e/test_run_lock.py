@@ -104,6 +104,19 @@ def test_loggers_without_a_run_folder_lock_the_folder_of_their_run_and_resume_fr
     assert len(last) == 1 and (last[0].parent.parent / "fit.lock").is_file(), last
     resumed = trainer()
     assert resolve_ckpt_path(resumed, "last", fresh_start=True) == str(last[0])
+    # known before anything is built too (so a resumed fine-tuning run does not load init_from): the experiment id
+    # that names the folder is looked up by the experiment's name
+    from jsonargparse import Namespace
+
+    from lightning_modules.resilience.last_of_config import last_checkpoint_of_config
+
+    def config(**init_args: str) -> Namespace:
+        logger = Namespace(class_path="lightning.pytorch.loggers.MLFlowLogger", init_args=Namespace(**init_args))
+        return Namespace(trainer=Namespace(logger=logger))
+
+    assert last_checkpoint_of_config(config(experiment_name="lock", tracking_uri=store)) == str(last[0])
+    assert last_checkpoint_of_config(config(experiment_name="other", tracking_uri=store)) is None
+    assert last_checkpoint_of_config(config(experiment_name="lock", tracking_uri="http://127.0.0.1:5000")) is None
 
 
 def test_last_checkpoint_of_a_wandb_config_is_looked_up_under_its_project(tmp_path):
