@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -111,11 +112,16 @@ def test_console_script_runs_a_smoke_fit_with_bare_config_names(installed):
 
 
 def test_other_console_scripts_start(installed):
-    listed = _run([str(installed["bin"] / "coatnet"), "list"], installed["cwd"], installed["env"])
-    assert "coatnet_0" in listed
-    help_text = _run([str(installed["bin"] / "coatnet-ablate"), "--help"], installed["cwd"], installed["env"])
-    assert "grid file" in help_text
-    # ablate starts each run as `python -m lightning_modules.cli fit ...`
-    module_cli = [sys.executable, "-m", "lightning_modules.cli", "fit", "--help"]
-    help_text = _run(module_cli, installed["cwd"], installed["env"])
-    assert "--config CONFIG" in help_text
+    commands = {
+        "list": [str(installed["bin"] / "coatnet"), "list"],
+        "ablate": [str(installed["bin"] / "coatnet-ablate"), "--help"],
+        # ablate starts each run as `python -m lightning_modules.cli fit ...`
+        "module cli": [sys.executable, "-m", "lightning_modules.cli", "fit", "--help"],
+    }
+    with ThreadPoolExecutor(len(commands)) as pool:  # each spends seconds importing torch: start them together
+        outputs = dict(
+            zip(commands, pool.map(lambda cmd: _run(cmd, installed["cwd"], installed["env"]), commands.values()))
+        )
+    assert "coatnet_0" in outputs["list"]
+    assert "grid file" in outputs["ablate"]
+    assert "--config CONFIG" in outputs["module cli"]
